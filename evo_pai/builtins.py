@@ -1,0 +1,4 @@
+"""Importing this module registers every built-in component."""
+from . import data, fitness, models, operators  # noqa: F401
+from .evaluation import local  # noqa: F401
+from . import search  # noqa: F401

@@ -1,0 +1,118 @@
+"""The `evo-pai` command line. Bad input: one line on stderr, exit code 2, no traceback."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import load_config
+from .errors import EvoPaiError
+from .registry import ALL, load_plugins
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evolutionary pruning at initialization: K-starts, dissipating gradients, their combination.")
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def rich_progress(progress: Progress) -> Callable[[str, int | None], Callable[[int], None]]:
+    def hook(label: str, total: int | None) -> Callable[[int], None]:
+        task = progress.add_task(label, total=total or None)
+        return lambda n: progress.advance(task, n)
+
+    return hook
+
+
+def print_summary(summary: dict, out: Path | None) -> None:
+    from .report import summary_rows
+
+    table = Table(title="evo-pai run", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in summary_rows(summary):
+        table.add_row(name, value)
+    if out:
+        table.add_row("run folder", str(out))
+    out_console.print(table)
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/quickstart.yaml"),
+    set_: List[str] = typer.Option([], "--set", help="override a key: --set search.sparsity=0.95 (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<method>-<data>-...-<hash>)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="allow writing into a non-empty --out folder"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Run a search and train its winner; writes a run folder."""
+    from .runner import run_experiment
+    from .runs import default_run_dir, prepare_run_dir
+
+    cfg = load_config(config, set_)
+    load_plugins(cfg.plugins)  # unknown plugin modules fail before any folder is made
+    _check_names(cfg)
+    run_dir = prepare_run_dir(out if out else default_run_dir(cfg), overwrite)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, disable=quiet, transient=False) as progress:
+        summary = run_experiment(cfg, run_dir, rich_progress(progress))
+    print_summary(summary, run_dir)
+
+
+def _check_names(cfg) -> None:
+    """Refuse unknown component names before any work starts."""
+    from .registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION
+
+    s = cfg.search
+    for reg, key, value in [
+        (METHOD, "search.method", s.method), (FITNESS, "search.fitness", s.fitness),
+        (MUTATION, "search.mutation", s.mutation), (CROSSOVER, "search.crossover", s.crossover),
+        (SELECTION, "search.selection", s.selection), (DATASET, "data.name", cfg.data.name),
+        (MODEL, "model.name", cfg.model.name), (BACKEND, "evaluation.backend", cfg.evaluation.backend),
+    ]:
+        if value not in reg:
+            raise EvoPaiError(f"{key}: unknown {reg.kind} '{value}'; choose one of {', '.join(reg.names())} (see `evo-pai list`)")
+
+
+@app.command("list")
+def list_components(
+    plugin: List[str] = typer.Option([], "--plugin", help="also import this plugin module (repeatable)"),
+) -> None:
+    """Print every registered component by kind, with a one-line description."""
+    load_plugins(plugin)
+    for kind, reg in ALL.items():
+        table = Table(title=kind, show_header=False, title_justify="left", box=None, padding=(0, 2))
+        for entry in reg:
+            table.add_row(entry.name, entry.description)
+        out_console.print(table)
+        out_console.print()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EvoPaiError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            err_console.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Run configuration: a validated, frozen pydantic tree loaded from YAML plus `--set` overrides.
+
+Every value the paper leaves open is a field here with a documented default; see docs/config.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import EvoPaiError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    name: str = "digits"
+    root: str | None = None  # None: the dataset's default location
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    train_subset: int | None = Field(None, ge=10)  # first N (shuffled) training examples
+    test_subset: int | None = Field(None, ge=10)
+    split_seed: int = 0  # fixed so every seed of a study sees the same split
+    params: dict[str, Any] = {}  # dataset-specific options (e.g. synthetic sizes)
+
+
+class ModelConfig(_Section):
+    name: str = "mlp"
+    params: dict[str, Any] = {}  # model-specific keyword arguments, e.g. {hidden: [300, 100]}
+
+
+class MaskConfig(_Section):
+    budget: Literal["erk", "uniform", "global"] = "erk"
+    include_output: bool = True
+    include_bias: bool = False
+    min_output_fan_in: int = Field(1, ge=0)  # every output class keeps at least this many inputs
+    allow_empty_layers: bool = False
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1.2e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class DGConfig(_Section):
+    tau: float = Field(0.1, ge=0)  # |w_t - w_0| <= tau * |w_0| counts as "dissipated"
+    mode: Literal["threshold", "schedule"] = "threshold"
+    scope: Literal["layer", "global"] = "layer"
+    max_step_fraction: float = Field(0.5, gt=0, le=1)  # at most this share of kept weights per step
+    epochs: int = Field(4, ge=1)  # dissipating method: pruning epochs to reach the target
+
+
+class SearchConfig(_Section):
+    method: str = "combined"
+    sparsity: float = Field(0.9, ge=0, lt=1)
+    population: int = Field(8, ge=1)
+    initial_sparsity: float | None = Field(None, ge=0, lt=1)  # p; None = 0.5 * target (combined)
+    burst_epochs: float = Field(1.0, gt=0)
+    generations: int = Field(4, ge=1)
+    fitness: str = "mixed"
+    fitness_params: dict[str, Any] = {}
+    selection: str = "tournament"
+    tournament_size: int = Field(3, ge=1)
+    elite: int = Field(1, ge=0)
+    crossover: str = "layerwise"
+    crossover_prob: float = Field(0.5, ge=0, le=1)
+    mutation: str = "dissipating_gradients"
+    mutation_params: dict[str, Any] = {}
+    dg: DGConfig = DGConfig()
+    params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
+
+
+class FinalConfig(_Section):
+    epochs: int = Field(10, ge=0)
+    init: Literal["rewind", "continue"] = "rewind"
+
+
+class EvaluationConfig(_Section):
+    backend: str = "local"
+    device: str = "auto"
+    address: str | None = None
+    num_actors: int | Literal["auto"] = "auto"
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float | None = Field(None, ge=0)
+    max_retries: int = Field(3, ge=0)
+    chunk_size: int | None = Field(None, ge=1)
+    max_memory_gb: float | None = Field(None, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+
+class Config(_Section):
+    seed: int = 0
+    plugins: list[str] = []
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    masks: MaskConfig = MaskConfig()
+    train: TrainConfig = TrainConfig()
+    search: SearchConfig = SearchConfig()
+    final: FinalConfig = FinalConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+
+def _format_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key; check the spelling against docs/config.md"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"config error: {loc}: {msg}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text or text.startswith("="):
+        raise EvoPaiError(f"--set '{text}': expected KEY=VALUE, e.g. --set search.sparsity=0.95")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise EvoPaiError(f"--set {text}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise EvoPaiError(f"config file '{p}' not found: pass the path of a YAML file, e.g. configs/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise EvoPaiError(f"config file '{p}' cannot be read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise EvoPaiError(f"config file '{p}' is not valid YAML{where}: fix the syntax") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise EvoPaiError(f"config file '{p}' must be a YAML mapping of sections (seed, data, model, search, ...)")
+    return raw
+
+
+def build_config(raw: dict) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise EvoPaiError(_format_error(exc)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    return build_config(apply_overrides(read_yaml(path), list(overrides)))
+
+
+def to_dict(cfg: Config) -> dict:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,4 @@
+"""Evaluators: the only code that knows about devices, processes and Ray."""
+from .base import BurstTask, Evaluator, WorkerContext, make_evaluator, resolve_device
+
+__all__ = ["BurstTask", "Evaluator", "WorkerContext", "make_evaluator", "resolve_device"]

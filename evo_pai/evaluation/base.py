@@ -1,0 +1,140 @@
+"""The evaluator interface, the per-worker context, and the result cache.
+
+Search code hands an evaluator a list of `BurstTask`s and gets `BurstResult`s back in the
+same order. Backends differ only in *where* `WorkerContext.run` executes.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..config import Config
+from ..data import DataSplits, load_data
+from ..masks import MaskSet
+from ..models import build_model
+from ..registry import BACKEND
+from ..training import BurstResult, train_masked
+
+Progress = Callable[[int], None]  # called with the number of tasks just finished
+
+
+@dataclass(frozen=True)
+class BurstTask:
+    """One training run: a mask, a budget in epochs, a seed, and where to start from."""
+
+    mask: MaskSet
+    epochs: float
+    seed: int
+    start: dict[str, torch.Tensor] | None = None  # None = the shared initialisation θ0
+    keep_state: bool = False
+    test: bool = False
+
+    def cache_key(self) -> tuple | None:
+        if self.start is not None or self.keep_state or self.test:
+            return None  # not a pure function of (mask, θ0): never reuse
+        return (self.mask.hash(), float(self.epochs), int(self.seed))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from ..errors import EvoPaiError
+
+        raise EvoPaiError(f"evaluation.device: '{name}' asked for but CUDA is not available; use cpu or auto")
+    return torch.device(name)
+
+
+def dtype_of(cfg: Config) -> torch.dtype:
+    return torch.float64 if cfg.train.dtype == "float64" else torch.float32
+
+
+def initial_model(cfg: Config, data: DataSplits) -> torch.nn.Module:
+    """The shared initialisation θ0: built from `cfg.seed` alone, identical in every process."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, data.input_shape, data.num_classes).to(dtype_of(cfg))
+
+
+class WorkerContext:
+    """What a worker builds once per search: data and model on its device, and θ0."""
+
+    def __init__(self, cfg: Config, device: str | torch.device = "cpu", data: DataSplits | None = None):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        data = data if data is not None else load_data(cfg.data)
+        self.data = data.to(self.device, dtype_of(cfg))
+        self.model = initial_model(cfg, data).to(self.device)
+        self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def run(self, task: BurstTask) -> BurstResult:
+        start = self.theta0 if task.start is None else {k: v.to(self.device) for k, v in task.start.items()}
+        return train_masked(
+            self.model, start, self.theta0, task.mask, self.data, self.cfg.train,
+            task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
+        )
+
+
+class Evaluator(ABC):
+    """Runs tasks, returns results in task order, skips tasks whose result is cached."""
+
+    def __init__(self, cfg: Config, cache_size: int = 64):
+        self.cfg = cfg
+        self.epochs_spent = 0.0  # model-epochs of training actually run
+        self.tasks_run = 0
+        self.cache_hits = 0
+        self._cache: OrderedDict[tuple, BurstResult] = OrderedDict()
+        self._cache_size = cache_size
+
+    def evaluate(self, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
+        results: list[BurstResult | None] = [None] * len(tasks)
+        todo: list[int] = []
+        first_of: dict[tuple, int] = {}
+        dupes: list[tuple[int, int]] = []
+        for i, t in enumerate(tasks):
+            key = t.cache_key()
+            if key is not None and key in self._cache:
+                results[i] = self._cache[key]
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+            elif key is not None and key in first_of:  # same mask twice in one batch
+                dupes.append((i, first_of[key]))
+                self.cache_hits += 1
+            else:
+                if key is not None:
+                    first_of[key] = i
+                todo.append(i)
+        if progress and len(tasks) > len(todo):
+            progress(len(tasks) - len(todo))
+        for i, res in zip(todo, self._run([tasks[i] for i in todo], progress)):
+            results[i] = res
+            self.epochs_spent += res.epochs
+            self.tasks_run += 1
+            key = tasks[i].cache_key()
+            if key is not None:
+                self._cache[key] = res
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        for i, j in dupes:
+            results[i] = results[j]
+        return results  # type: ignore[return-value]
+
+    @abstractmethod
+    def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
+        """Train every task; return results in the same order."""
+
+    def close(self) -> None:
+        """Release workers and devices."""
+
+    def __enter__(self) -> "Evaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_evaluator(cfg: Config, data: DataSplits | None = None) -> Evaluator:
+    return BACKEND.get(cfg.evaluation.backend)(cfg, data)

@@ -1,0 +1,23 @@
+"""Sequential evaluation in this process, on cpu, cuda, cuda:N or auto."""
+from __future__ import annotations
+
+from ..config import Config
+from ..data import DataSplits
+from ..registry import register_backend
+from ..training import BurstResult
+from .base import BurstTask, Evaluator, Progress, WorkerContext, resolve_device
+
+
+@register_backend("local", "one process, one device, one individual after another")
+class LocalEvaluator(Evaluator):
+    def __init__(self, cfg: Config, data: DataSplits | None = None):
+        super().__init__(cfg)
+        self.context = WorkerContext(cfg, resolve_device(cfg.evaluation.device), data)
+
+    def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
+        out = []
+        for t in tasks:
+            out.append(self.context.run(t))
+            if progress:
+                progress(1)
+        return out

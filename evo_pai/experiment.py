@@ -1,0 +1,131 @@
+"""Experiment: what every search method needs — θ0's shapes, masks, the evaluator, fitness, logging.
+
+Search methods receive an `Experiment` and return a `SearchOutcome`; they never touch devices,
+processes or files directly.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .config import Config
+from .data import DataSplits
+from .evaluation.base import BurstTask, Evaluator, initial_model
+from .fitness import WORST, score
+from .individual import Individual, derive_seed
+from .masks import MaskSet
+from .models import output_layer_name, prunable_names
+from .operators import PruneStep
+from .registry import MUTATION
+from .training import BurstResult
+
+Logger = Callable[[dict], None]
+
+
+@dataclass
+class SearchOutcome:
+    """A method's answer: the mask to train, and where final training starts."""
+
+    mask: MaskSet
+    final_start: dict[str, torch.Tensor] | None = None  # None: rewind to θ0
+    final_seed: int | None = None  # None: derived from the search seed
+    pre_epochs: float = 0.0  # epochs the final run repeats from the winner's burst ("continue")
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
+
+
+class Experiment:
+    def __init__(self, cfg: Config, evaluator: Evaluator, data: DataSplits, log: Logger | None = None):
+        self.cfg = cfg
+        self.evaluator = evaluator
+        self.data = data
+        self.model = initial_model(cfg, data)
+        self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        names = prunable_names(self.model, cfg.masks.include_output, cfg.masks.include_bias)
+        params = dict(self.model.named_parameters())
+        self.shapes = {k: tuple(params[k].shape) for k in names}
+        out = output_layer_name(self.model)
+        self.output_layer = out if out in self.shapes else None
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self._log = log or (lambda record: None)
+        self.started = time.perf_counter()
+        self.fitness_failures: list[dict] = []
+        self.resume_state: dict | None = None  # set by the runner when resuming
+        self.checkpoint: Callable[[dict], None] = lambda state: None
+
+    # -- masks ------------------------------------------------------------------------
+    def random_mask(self, sparsity: float, seed: int) -> MaskSet:
+        m = self.cfg.masks
+        return MaskSet.random(
+            self.shapes, sparsity, torch.Generator().manual_seed(seed), m.budget,
+            self.output_layer, m.min_output_fan_in, m.allow_empty_layers,
+        )
+
+    def dense_mask(self) -> MaskSet:
+        return MaskSet.dense(self.shapes, self.output_layer)
+
+    def prune_step(self, sparsity: float, final: bool) -> PruneStep:
+        m = self.cfg.masks
+        return PruneStep(sparsity, self.cfg.search.sparsity, final, m.budget, m.min_output_fan_in, m.allow_empty_layers)
+
+    def mutate(self, ind: Individual, step: PruneStep, name: str | None = None) -> MaskSet:
+        name = name or self.cfg.search.mutation
+        return MUTATION.get(name)(ind, step, self.generator, **self.mutation_params(name))
+
+    def mutation_params(self, name: str) -> dict:
+        s = self.cfg.search
+        base: dict = {}
+        if name == "dissipating_gradients":
+            base = {"tau": s.dg.tau, "mode": s.dg.mode, "scope": s.dg.scope, "max_step_fraction": s.dg.max_step_fraction}
+        elif name == "magnitude":
+            base = {"scope": s.dg.scope}
+        return {**base, **s.mutation_params}
+
+    # -- evaluation -------------------------------------------------------------------
+    def task_seed(self, ind: Individual) -> int:
+        return derive_seed(self.cfg.seed, ind.key)
+
+    def evaluate(self, population: list[Individual], epochs: float | None = None, progress=None) -> list[BurstResult]:
+        """Burst-train every individual from θ0 and set its fitness, traits and metrics."""
+        epochs = self.cfg.search.burst_epochs if epochs is None else epochs
+        tasks = [BurstTask(ind.mask, epochs, self.task_seed(ind)) for ind in population]
+        results = self.evaluator.evaluate(tasks, progress)
+        for ind, res in zip(population, results):
+            self.assign(ind, res)
+        return results
+
+    def assign(self, ind: Individual, res: BurstResult) -> None:
+        s = self.cfg.search
+        value, why = score(s.fitness, res, ind.mask, s.fitness_params)
+        if why:
+            self.fitness_failures.append({"individual": ind.key[:12], "reason": why})
+        ind.fitness.values = (value,)
+        ind.traits = res.traits
+        ind.metrics = dict(res.metrics)
+
+    def run_task(self, task: BurstTask) -> BurstResult:
+        return self.evaluator.evaluate([task])[0]
+
+    # -- logging ----------------------------------------------------------------------
+    def log_generation(self, generation: int, population: list[Individual], **extra: Any) -> dict:
+        fits = [ind.fitness.values[0] for ind in population if ind.fitness.valid]
+        finite = [f for f in fits if math.isfinite(f)]
+        best = max(population, key=lambda i: i.fitness.values[0] if i.fitness.valid else WORST)
+        record = {
+            "generation": generation,
+            "best_fitness": max(finite) if finite else None,
+            "mean_fitness": statistics.fmean(finite) if finite else None,
+            "std_fitness": statistics.pstdev(finite) if len(finite) > 1 else 0.0,
+            "worst_count": len(fits) - len(finite),
+            "sparsity": statistics.fmean(ind.mask.sparsity() for ind in population),
+            "best_val_accuracy": best.metrics.get("val_accuracy"),
+            "model_epochs": round(self.evaluator.epochs_spent, 4),
+            "wall_seconds": round(time.perf_counter() - self.started, 3),
+            **extra,
+        }
+        self._log(record)
+        return record

@@ -1,0 +1,53 @@
+"""DEAP individuals: a mask, a fitness, and the traits of the last training burst.
+
+Defined at module level (not through `deap.creator`) so they pickle into Ray workers and
+checkpoints without any runtime class creation.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from deap import base
+
+from .masks import MaskSet
+
+
+class Fitness(base.Fitness):
+    """Single-objective, maximised. Non-finite values become WORST (see fitness.py)."""
+
+    weights = (1.0,)
+
+
+class Individual:
+    """A candidate mask. `traits` maps trait name -> layer -> tensor (e.g. rel_change, grad_accum)."""
+
+    def __init__(self, mask: MaskSet, traits: dict[str, dict[str, torch.Tensor]] | None = None):
+        self.mask = mask
+        self.fitness = Fitness()
+        self.traits = traits
+        self.metrics: dict[str, Any] = {}
+        self.origin = "init"  # how it was made: init, elite, crossover, mutation
+
+    @property
+    def key(self) -> str:
+        return self.mask.hash()
+
+    def clone(self) -> "Individual":
+        """Copy with shared (read-only) tensors; operators build new masks, never edit in place."""
+        other = Individual(self.mask, self.traits)
+        other.fitness.values = self.fitness.values if self.fitness.valid else ()
+        other.metrics = dict(self.metrics)
+        other.origin = self.origin
+        return other
+
+    def __repr__(self) -> str:
+        fit = f"{self.fitness.values[0]:.4f}" if self.fitness.valid else "?"
+        return f"Individual(sparsity={self.mask.sparsity():.4f}, fitness={fit}, key={self.key[:8]})"
+
+
+def derive_seed(search_seed: int, *parts: Any) -> int:
+    """Seed for one task from the search seed and the task's identity (never the worker)."""
+    h = hashlib.sha256(repr((search_seed,) + parts).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF

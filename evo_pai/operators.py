@@ -1,0 +1,170 @@
+"""Variation operators: mutations (prune or swap weights), crossovers, selections.
+
+Mutation signature: fn(ind: Individual, step: PruneStep, generator: torch.Generator, **params) -> MaskSet.
+A sparsity-advancing mutation must return a mask at `step.sparsity` (schedule mode) or between
+the parent's sparsity and `step.target`, and exactly at `step.target` when `step.final` is set.
+Crossover signature: fn(a: Individual, b: Individual, generator) -> (Individual, Individual).
+Selection signature: fn(population, k, **params) -> list[Individual].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from deap import tools
+
+from .budgets import layer_counts, total_keep
+from .individual import Individual
+from .masks import MaskSet, _ensure_fan_in, _global_counts
+from .registry import register_crossover, register_mutation, register_selection
+
+INF = float("inf")
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    """Where a sparsity-advancing mutation must take a mask in this step."""
+
+    sparsity: float  # the schedule's sparsity for this step
+    target: float  # the search's final target sparsity: never exceeded
+    final: bool  # this step must land exactly on `target`
+    budget: str = "erk"  # masks.budget: erk | uniform | global
+    min_output_fan_in: int = 1
+    allow_empty_layers: bool = False
+
+    @property
+    def min_keep(self) -> int:
+        return 0 if self.allow_empty_layers else 1
+
+
+def keep_counts(mask: MaskSet, sparsity: float, step: PruneStep, scope: str) -> dict[str, int] | int:
+    """Per-layer kept counts at `sparsity` (layer scope), or the total (global scope / budget)."""
+    if scope == "global" or step.budget == "global":
+        return total_keep(mask.shapes(), sparsity)
+    return layer_counts(mask.shapes(), sparsity, step.budget, step.min_keep)
+
+
+def prune_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, int] | int, step: PruneStep) -> MaskSet:
+    """Keep the best-scoring kept weights: `keep` per layer, or in total ranked globally."""
+    if isinstance(keep, int):
+        masked = {k: scores[k].to(torch.float64).masked_fill(~mask[k], -INF) for k in mask}
+        keep = _global_counts(masked, keep, step.min_keep)
+    pruned = mask.prune(scores, {k: min(int(keep[k]), c) for k, c in mask.counts().items()})
+    out = mask.output_layer
+    if out and step.min_output_fan_in > 0:
+        fixed = dict(pruned)
+        fixed[out] = _ensure_fan_in(pruned[out], scores[out], step.min_output_fan_in)
+        pruned = MaskSet(fixed, out)
+    return pruned
+
+
+def _threshold_keep(mask: MaskSet, rel: Mapping[str, torch.Tensor], step: PruneStep, scope: str, tau: float, frac: float):
+    """The paper's literal rule: prune kept weights with rel_change <= tau, capped per step."""
+    target = keep_counts(mask, step.target, step, scope)
+    cand = {k: mask[k] & (rel[k] <= tau) for k in mask}
+    kept = mask.counts()
+    if isinstance(target, int):
+        total = sum(kept.values())
+        n = min(sum(int(c.sum()) for c in cand.values()), max(0, total - target), math.floor(frac * total))
+        return total - n
+    return {
+        k: kept[k] - min(int(cand[k].sum()), max(0, kept[k] - target[k]), math.floor(frac * kept[k])) for k in mask
+    }
+
+
+@register_mutation("dissipating_gradients", "prune kept weights that moved least from w0 (|w_t-w0| <= tau*|w0|)")
+def dissipating_gradients(
+    ind: Individual,
+    step: PruneStep,
+    generator: torch.Generator,
+    tau: float = 0.1,
+    mode: str = "threshold",
+    scope: str = "layer",
+    max_step_fraction: float = 0.5,
+) -> MaskSet:
+    rel = ind.traits["rel_change"]
+    if mode == "schedule":
+        return prune_to(ind.mask, rel, keep_counts(ind.mask, step.sparsity, step, scope), step)
+    if step.final:  # step limit reached: rank by relative change to land on the target
+        return prune_to(ind.mask, rel, keep_counts(ind.mask, step.target, step, scope), step)
+    # Non-candidates score +inf so only weights under the threshold can go in this step.
+    scores = {k: torch.where(rel[k] <= tau, rel[k], torch.full_like(rel[k], INF)) for k in rel}
+    return prune_to(ind.mask, scores, _threshold_keep(ind.mask, rel, step, scope, tau, max_step_fraction), step)
+
+
+@register_mutation("magnitude", "gradual magnitude pruning control: prune the smallest |w_t| on the DG schedule")
+def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer", **_: object) -> MaskSet:
+    scores = {k: w.abs() for k, w in ind.traits["weight"].items()}
+    sparsity = step.target if step.final else step.sparsity
+    return prune_to(ind.mask, scores, keep_counts(ind.mask, sparsity, step, scope), step)
+
+
+@register_mutation("random_swap", "prune n random kept weights per layer and regrow n pruned ones (density kept)")
+def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.05, **_: object) -> MaskSet:
+    out = {}
+    for k, m in ind.mask.items():
+        flat = m.reshape(-1).clone()
+        kept, free = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
+        n = min(max(1, int(fraction * len(kept))), len(free), len(kept) - step.min_keep)
+        if n > 0:
+            flat[kept[torch.randperm(len(kept), generator=generator)[:n]]] = False
+            flat[free[torch.randperm(len(free), generator=generator)[:n]]] = True
+        out[k] = flat.reshape(m.shape)
+    mask = MaskSet(out, ind.mask.output_layer)
+    o = mask.output_layer
+    if o and step.min_output_fan_in > 0:
+        fixed = dict(mask)
+        fixed[o] = _ensure_fan_in(mask[o], torch.rand(mask[o].shape, generator=generator), step.min_output_fan_in)
+        mask = MaskSet(fixed, o)
+    return mask
+
+
+def _child(parts: dict[str, tuple[Individual, str]], output_layer: str | None) -> Individual:
+    mask = MaskSet({k: p.mask[k] for k, (p, _) in parts.items()}, output_layer)
+    names = next(iter(parts.values()))[0].traits or {}
+    traits = {t: {k: p.traits[t][k] for k, (p, _) in parts.items()} for t in names}
+    child = Individual(mask, traits or None)
+    child.origin = "crossover"
+    return child
+
+
+@register_crossover("layerwise", "each layer's mask (and traits) comes whole from one parent")
+def layerwise(a: Individual, b: Individual, generator: torch.Generator) -> tuple[Individual, Individual]:
+    pick = torch.rand(len(a.mask), generator=generator) < 0.5
+    first, second = {}, {}
+    for i, k in enumerate(a.mask):
+        first[k], second[k] = ((a, k), (b, k)) if pick[i] else ((b, k), (a, k))
+    c1, c2 = _child(first, a.mask.output_layer), _child(second, a.mask.output_layer)
+    # Under a global budget parents' per-layer counts differ; repair children to the parent total.
+    total = sum(a.mask.counts().values())
+    return _match_total(c1, total), _match_total(c2, total)
+
+
+def _match_total(ind: Individual, total: int) -> Individual:
+    have = sum(ind.mask.counts().values())
+    if have == total or ind.traits is None:
+        return ind
+    mask = ind.mask
+    if have > total:  # drop the kept weights that moved least
+        rel = ind.traits["rel_change"]
+        scores = {k: rel[k].to(torch.float64).masked_fill(~mask[k], -INF) for k in mask}
+        mask = mask.prune(rel, _global_counts(scores, total, 1))
+    else:  # regrow the pruned weights with the largest accumulated gradient
+        g = ind.traits["grad_accum"]
+        scores = {k: g[k].to(torch.float64).masked_fill(mask[k], INF) for k in mask}
+        mask = MaskSet.from_scores(scores, 0.0, counts=_global_counts(scores, total, 1), output_layer=mask.output_layer, min_output_fan_in=0)
+    fixed = Individual(mask, ind.traits)
+    fixed.origin = ind.origin
+    return fixed
+
+
+@register_selection("tournament", "DEAP tournament selection (tournament_size from search.tournament_size)")
+def tournament(population: list, k: int, tournament_size: int = 3) -> list:
+    return tools.selTournament(population, k, tournsize=tournament_size)
+
+
+@register_selection("best", "DEAP truncation: the k fittest")
+def best(population: list, k: int, **_: object) -> list:
+    return tools.selBest(population, k)

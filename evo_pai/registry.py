@@ -1,0 +1,99 @@
+"""Name -> component registries, decorators, and plugin loading.
+
+One small `Registry` type serves every kind of component (fitness, mutation, ...).
+Users register with a decorator in their own module and list the module under
+`plugins:` in the YAML, or expose it through the `evo_pai.plugins` entry point.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import EvoPaiError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    obj: T
+    description: str
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, description: str | None = None) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+            self._entries[name] = Entry(name, obj, doc)
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            raise EvoPaiError(f"unknown {self.kind} '{name}': choose one of {known}")
+        return self._entries[name].obj
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+FITNESS: Registry = Registry("fitness")
+MUTATION: Registry = Registry("mutation")
+CROSSOVER: Registry = Registry("crossover")
+SELECTION: Registry = Registry("selection")
+METHOD: Registry = Registry("method")
+MODEL: Registry = Registry("model")
+DATASET: Registry = Registry("dataset")
+BACKEND: Registry = Registry("backend")
+PRUNER: Registry = Registry("pruner")
+
+ALL = {r.kind: r for r in (FITNESS, MUTATION, CROSSOVER, SELECTION, METHOD, MODEL, DATASET, BACKEND, PRUNER)}
+
+register_fitness = FITNESS.register
+register_mutation = MUTATION.register
+register_crossover = CROSSOVER.register
+register_selection = SELECTION.register
+register_method = METHOD.register
+register_model = MODEL.register
+register_dataset = DATASET.register
+register_backend = BACKEND.register
+register_pruner = PRUNER.register
+
+PLUGIN_GROUP = "evo_pai.plugins"
+
+
+def load_builtins() -> None:
+    """Import the modules whose decorators fill the registries."""
+    from . import builtins  # noqa: F401
+
+
+def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Import installed entry-point plugins, then the modules named in the config."""
+    load_builtins()
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken third-party plugin must not hide which one
+            raise EvoPaiError(f"plugin entry point '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise EvoPaiError(
+                f"plugins: cannot import module '{mod}' ({exc}); put it on PYTHONPATH or install it"
+            ) from exc

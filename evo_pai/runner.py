@@ -1,0 +1,112 @@
+"""One run end to end: config -> search -> final training -> run folder."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data import load_data
+from .errors import EvoPaiError
+from .evaluation.base import BurstTask, make_evaluator
+from .experiment import Experiment, SearchOutcome
+from .individual import derive_seed
+from .masks import MaskSet
+from .models import count_flops
+from .registry import METHOD, load_plugins
+from .report import plot_fitness
+from .runs import GenerationLog, write_config, write_json
+
+ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance
+
+
+def seed_everything(seed: int) -> None:
+    """DEAP's selection operators draw from Python's `random`; seed every RNG a search touches."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def expected_search_tasks(cfg: Config) -> int | None:
+    s = cfg.search
+    return {"kstarts": s.population, "combined": s.population * s.generations, "dissipating": s.dg.epochs,
+            "dense": 0, "random": 0}.get(s.method)
+
+
+def final_training(exp: Experiment, outcome: SearchOutcome):
+    cfg = exp.cfg
+    seed = outcome.final_seed if outcome.final_seed is not None else derive_seed(cfg.seed, "final")
+    task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs, seed,
+                     start=outcome.final_start, keep_state=True, test=True)
+    return exp.run_task(task)
+
+
+def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None = None) -> dict:
+    """Run the configured method and write the run folder; returns summary.json's content."""
+    t0 = time.perf_counter()
+    load_plugins(cfg.plugins)
+    method = METHOD.get(cfg.search.method)
+    seed_everything(cfg.seed)
+    data = load_data(cfg.data)
+    log = GenerationLog(out / "log.jsonl" if out else None)
+    if out:
+        write_config(out / "config.yaml", cfg)
+    with make_evaluator(cfg, data) as evaluator:
+        exp = Experiment(cfg, evaluator, data, log)
+        exp.progress = progress("search", expected_search_tasks(cfg)) if progress else None
+        outcome = method(exp)
+        if not isinstance(outcome, SearchOutcome):
+            raise EvoPaiError(f"search.method '{cfg.search.method}' returned {type(outcome).__name__}, not a SearchOutcome")
+        search_epochs, search_seconds = evaluator.epochs_spent, time.perf_counter() - t0
+        t1 = time.perf_counter()
+        advance = progress("final training", 1) if progress else None
+        final = final_training(exp, outcome)
+        if advance:
+            advance(1)
+        final_seconds = time.perf_counter() - t1
+        backend, device = cfg.evaluation.backend, str(getattr(evaluator, "device_name", cfg.evaluation.device))
+    summary = {
+        "method": cfg.search.method,
+        "dataset": cfg.data.name,
+        "model": cfg.model.name,
+        "target_sparsity": cfg.search.sparsity if cfg.search.method != "dense" else 0.0,
+        "sparsity": outcome.mask.sparsity(),
+        "test_accuracy": final.metrics.get("test_accuracy"),
+        "test_loss": final.metrics.get("test_loss"),
+        "val_accuracy": final.metrics.get("val_accuracy"),
+        "search_model_epochs": search_epochs,
+        "final_epochs": cfg.final.epochs,
+        "final_init": cfg.final.init,
+        "search_seconds": search_seconds,
+        "final_seconds": final_seconds,
+        "wall_seconds": time.perf_counter() - t0,
+        "seed": cfg.seed,
+        "backend": backend,
+        "device": device,
+        "flops": count_flops(exp.model, data.input_shape, dict(outcome.mask)),
+        "dead_units": outcome.mask.dead_units(),
+        "layer_sparsity": outcome.mask.layer_sparsity(),
+        "cache_hits": evaluator.cache_hits,
+        "fitness_failures": exp.fitness_failures,
+        "generations_logged": len(log.records),
+        **outcome.extra,
+    }
+    if out:
+        save_artifacts(out, outcome.mask, final.state, log.records, summary)
+    return summary
+
+
+def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[dict], summary: dict) -> None:
+    from safetensors.torch import save_file
+
+    mask.save(out / "mask.safetensors")
+    summary["sparsity"] = MaskSet.load(out / "mask.safetensors").sparsity()  # measured from the file
+    if state is not None:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    if records:
+        plot_fitness(records, out / "fitness.png", f"{summary['method']} on {summary['dataset']} ({summary['model']})")
+    write_json(out / "summary.json", summary)

@@ -1,0 +1,90 @@
+"""Run folders: naming, refusing to overwrite, atomic JSON writes, the generation log."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, to_dict
+from .errors import EvoPaiError
+
+RUNS_ROOT = Path("runs")
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha1(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_run_dir(cfg: Config, root: Path = RUNS_ROOT) -> Path:
+    """runs/<method>-<dataset>-<model>-s<sparsity>-seed<seed>-<hash>; a suffix if it is taken."""
+    s = cfg.search
+    base = root / f"{s.method}-{cfg.data.name}-{cfg.model.name}-s{s.sparsity:g}-seed{cfg.seed}-{config_hash(cfg)}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
+    if path.exists() and not path.is_dir():
+        raise EvoPaiError(f"--out {path}: exists and is not a folder; choose another path")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise EvoPaiError(f"--out {path}: folder exists and is not empty; choose a new folder or pass --overwrite")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvoPaiError(f"--out {path}: cannot create the run folder ({exc.strerror})") from exc
+    return path
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null (strict JSON has no inf/nan)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename: a crash leaves either the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(clean(obj), indent=2, allow_nan=False) + "\n").encode())
+
+
+def write_config(path: Path, cfg: Config) -> None:
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+
+
+class GenerationLog:
+    """log.jsonl: one JSON object per generation, appended and flushed as it happens."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.records: list[dict] = []
+
+    def __call__(self, record: dict) -> None:
+        self.records.append(record)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(clean(record), allow_nan=False) + "\n")
+
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

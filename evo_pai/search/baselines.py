@@ -1,0 +1,16 @@
+"""The trivial references: the dense network and a random mask at the target sparsity."""
+from __future__ import annotations
+
+from ..experiment import Experiment, SearchOutcome
+from ..individual import derive_seed
+from ..registry import register_method
+
+
+@register_method("dense", "no pruning: the unpruned network trained with the final recipe")
+def dense(exp: Experiment) -> SearchOutcome:
+    return SearchOutcome(exp.dense_mask())
+
+
+@register_method("random", "one random mask at the target sparsity (layer budget from masks.budget)")
+def random_mask(exp: Experiment) -> SearchOutcome:
+    return SearchOutcome(exp.random_mask(exp.cfg.search.sparsity, derive_seed(exp.cfg.seed, "random")))

@@ -1,0 +1,62 @@
+"""The combination: a DEAP-style evolutionary loop over masks with DG as the mutation.
+
+Generation g evaluates a population at sparsity s_g (s_0 = p, then a cubic ramp to the target).
+Between generations: elites are kept, parents are selected and mated (layerwise crossover),
+and every survivor is mutated by the sparsity-advancing operator to s_{g+1}.
+"""
+from __future__ import annotations
+
+import torch
+from deap import tools
+
+from ..budgets import cubic_schedule
+from ..experiment import Experiment, SearchOutcome
+from ..individual import Individual, derive_seed
+from ..registry import CROSSOVER, SELECTION, register_method
+from .kstarts import winner_outcome
+
+
+def initial_sparsity(exp: Experiment) -> float:
+    s = exp.cfg.search
+    return s.initial_sparsity if s.initial_sparsity is not None else 0.5 * s.sparsity
+
+
+def next_generation(exp: Experiment, population: list[Individual], sparsity: float, final: bool) -> list[Individual]:
+    s = exp.cfg.search
+    elites = [ind.clone() for ind in tools.selBest(population, min(s.elite, len(population)))]
+    select = SELECTION.get(s.selection)
+    params = {"tournament_size": s.tournament_size} if s.selection == "tournament" else {}
+    offspring = [ind.clone() for ind in select(population, len(population) - len(elites), **params)]
+    mate = CROSSOVER.get(s.crossover)
+    for i in range(1, len(offspring), 2):
+        if float(torch.rand((), generator=exp.generator)) < s.crossover_prob:
+            offspring[i - 1], offspring[i] = mate(offspring[i - 1], offspring[i], exp.generator)
+    step = exp.prune_step(sparsity, final)
+    children = []
+    for ind in elites + offspring:
+        child = Individual(exp.mutate(ind, step))
+        child.origin = "elite" if ind in elites else ind.origin if ind.origin == "crossover" else "mutation"
+        children.append(child)
+    return children
+
+
+@register_method("combined", "K-starts population + DG mutation in an evolutionary loop (the paper's combination)")
+def combined(exp: Experiment) -> SearchOutcome:
+    s = exp.cfg.search
+    p = initial_sparsity(exp) if s.generations > 1 else s.sparsity  # one generation: K-starts at target
+    schedule = [p] + cubic_schedule(p, s.sparsity, s.generations - 1)
+    state = exp.resume_state
+    if state is None:
+        population = [Individual(exp.random_mask(p, derive_seed(exp.cfg.seed, "kstarts", i))) for i in range(s.population)]
+        start = 0
+    else:
+        population, start = state["population"], state["generation"] + 1
+    for g in range(start, s.generations):
+        exp.evaluate(population, progress=getattr(exp, "progress", None))
+        exp.log_generation(g, population, target=schedule[g])
+        if g == s.generations - 1:
+            break
+        population = next_generation(exp, population, schedule[g + 1], final=g + 1 == s.generations - 1)
+        exp.checkpoint({"population": population, "generation": g})
+    best = max(range(len(population)), key=lambda i: (population[i].fitness.values[0], -i))
+    return winner_outcome(exp, population[best], final_population=len(population), winner_index=best)

@@ -1,0 +1,31 @@
+"""K-starts: k random p-sparse masks over one θ0, a short burst each, the fittest wins."""
+from __future__ import annotations
+
+from ..experiment import Experiment, SearchOutcome
+from ..individual import Individual, derive_seed
+from ..registry import register_method
+
+
+def candidate_table(population: list[Individual]) -> list[dict]:
+    return [
+        {"key": ind.key[:12], "fitness": ind.fitness.values[0], "val_accuracy": ind.metrics.get("val_accuracy")}
+        for ind in population
+    ]
+
+
+def winner_outcome(exp: Experiment, winner: Individual, **extra) -> SearchOutcome:
+    """Rewind: train the winner's mask from θ0. Continue: replay its burst and keep training."""
+    if exp.cfg.final.init == "continue":
+        return SearchOutcome(winner.mask, None, exp.task_seed(winner), exp.cfg.search.burst_epochs, extra)
+    return SearchOutcome(winner.mask, extra=extra)
+
+
+@register_method("kstarts", "k random masks at the target sparsity over one θ0; a burst each; the fittest wins")
+def kstarts(exp: Experiment) -> SearchOutcome:
+    s = exp.cfg.search
+    population = [Individual(exp.random_mask(s.sparsity, derive_seed(exp.cfg.seed, "kstarts", i))) for i in range(s.population)]
+    exp.evaluate(population, progress=getattr(exp, "progress", None))
+    exp.log_generation(0, population)
+    # argmax with ties to the first candidate: deterministic across backends
+    best = max(range(len(population)), key=lambda i: (population[i].fitness.values[0], -i))
+    return winner_outcome(exp, population[best], candidates=candidate_table(population), winner_index=best)

@@ -1,0 +1,142 @@
+"""Masked training: one pure function of (mask, start weights, data, hyper-parameters, seed).
+
+Sequential, vectorized and Ray backends all call into this module (or reproduce it exactly),
+which is what makes them agree for the same seed and makes a search resumable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import DataSplits
+from .masks import MaskSet
+
+EVAL_BATCH = 2048
+_EPS = 1e-12
+
+
+@dataclass
+class BurstResult:
+    """What a training run returns. Tensors are on CPU so results can cross process boundaries."""
+
+    metrics: dict[str, float]
+    # trait -> layer -> tensor: "weight" (w_t), "rel_change" (|w_t-w0|/|w0|), "grad_accum" (sum |g|)
+    traits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    init_scale: dict[str, float] = field(default_factory=dict)  # mean |w0| per layer
+    state: dict[str, torch.Tensor] | None = None  # full state_dict, when asked for
+    epochs: float = 0.0  # model-epochs of training this run cost
+
+    @property
+    def finite(self) -> bool:
+        return bool(self.metrics.get("finite", 1.0))
+
+
+def make_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def steps_for(epochs: float, n_train: int, batch_size: int) -> int:
+    return max(1, int(round(epochs * math.ceil(n_train / batch_size))))
+
+
+def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Index batches for `steps` steps: a fresh permutation per epoch, last partial batch kept."""
+    batches: list[torch.Tensor] = []
+    while len(batches) < steps:
+        perm = torch.randperm(n, generator=generator)
+        batches.extend(perm.split(batch_size))
+    return batches[:steps]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), EVAL_BATCH):
+        out = model(x[i : i + EVAL_BATCH])
+        loss += float(F.cross_entropy(out, y[i : i + EVAL_BATCH], reduction="sum"))
+        correct += int((out.argmax(1) == y[i : i + EVAL_BATCH]).sum())
+    model.train()
+    n = max(1, len(x))
+    return {"loss": loss / n, "accuracy": correct / n}
+
+
+def train_masked(
+    model: nn.Module,
+    start: Mapping[str, torch.Tensor],
+    reference: Mapping[str, torch.Tensor],
+    mask: MaskSet,
+    data: DataSplits,
+    hp: TrainConfig,
+    epochs: float,
+    seed: int,
+    keep_state: bool = False,
+    test: bool = False,
+) -> BurstResult:
+    """Train `model` from `start` with `mask` held fixed; traits are measured against `reference` (θ0).
+
+    `data` must already be on the model's device. Masked weights and their gradients are exactly
+    zero throughout; gradient accumulation records the *unmasked* gradient so pruned weights
+    also get a score (useful for regrowth).
+    """
+    device = next(model.parameters()).device
+    model.load_state_dict(start)
+    model.train()
+    params = dict(model.named_parameters())
+    masks = {k: mask[k].to(device) for k in mask}
+    with torch.no_grad():
+        for k, m in masks.items():
+            params[k].mul_(m)
+    opt = make_optimizer(model.parameters(), hp)
+    grad_accum = {k: torch.zeros_like(params[k]) for k in masks}
+    gen = torch.Generator().manual_seed(seed)
+    steps = steps_for(epochs, data.n_train, hp.batch_size)
+    loss_sum, finite = torch.zeros((), device=device), True
+    for idx in batch_order(data.n_train, steps, hp.batch_size, gen):
+        idx = idx.to(device)
+        out = model(data.train_x[idx])
+        loss = F.cross_entropy(out, data.train_y[idx])
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        for k, m in masks.items():
+            g = params[k].grad
+            grad_accum[k].add_(g.abs())
+            g.mul_(m)
+        opt.step()
+        with torch.no_grad():
+            for k, m in masks.items():
+                params[k].mul_(m)
+        loss_sum += loss.detach()
+    train_loss = float(loss_sum) / steps
+    finite = math.isfinite(train_loss) and all(bool(torch.isfinite(p).all()) for p in params.values())
+    val = evaluate(model, data.val_x, data.val_y)
+    metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"], "finite": float(finite)}
+    if test:
+        t = evaluate(model, data.test_x, data.test_y)
+        metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
+    weights, rel, scale = {}, {}, {}
+    with torch.no_grad():
+        for k in masks:
+            w, w0 = params[k].detach(), reference[k].to(device)
+            weights[k] = w.to("cpu", torch.float32).clone()
+            rel[k] = ((w - w0).abs() / (w0.abs() + _EPS)).to("cpu", torch.float32)
+            scale[k] = float(w0.abs().mean())
+    return BurstResult(
+        metrics=metrics,
+        traits={
+            "weight": weights,
+            "rel_change": rel,
+            "grad_accum": {k: v.to("cpu", torch.float32) for k, v in grad_accum.items()},
+        },
+        init_scale=scale,
+        state={k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()} if keep_state else None,
+        epochs=steps / math.ceil(data.n_train / hp.batch_size),
+    )
