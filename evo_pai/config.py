@@ -73,6 +73,11 @@ class SearchConfig(_Section):
     crossover_prob: float = Field(0.5, ge=0, le=1)
     mutation: str = "dissipating_gradients"
     mutation_params: dict[str, Any] = {}
+    # Exploration: a density-keeping mutation applied to non-elite children with this probability,
+    # and always to a child whose mask duplicates another's (DG alone is deterministic).
+    explore_mutation: str | None = "random_swap"
+    explore_prob: float = Field(0.2, ge=0, le=1)
+    explore_params: dict[str, Any] = {}
     dg: DGConfig = DGConfig()
     params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
 

@@ -15,6 +15,7 @@ import torch
 
 from .config import Config
 from .data import DataSplits
+from .errors import EvoPaiError
 from .evaluation.base import BurstTask, Evaluator, initial_model
 from .fitness import WORST, score
 from .individual import Individual, derive_seed
@@ -72,9 +73,13 @@ class Experiment:
         m = self.cfg.masks
         return PruneStep(sparsity, self.cfg.search.sparsity, final, m.budget, m.min_output_fan_in, m.allow_empty_layers)
 
-    def mutate(self, ind: Individual, step: PruneStep, name: str | None = None) -> MaskSet:
+    def mutate(self, ind: Individual, step: PruneStep, name: str | None = None, params: dict | None = None) -> MaskSet:
         name = name or self.cfg.search.mutation
-        return MUTATION.get(name)(ind, step, self.generator, **self.mutation_params(name))
+        kwargs = self.mutation_params(name) if params is None else params
+        try:
+            return MUTATION.get(name)(ind, step, self.generator, **kwargs)
+        except TypeError as exc:
+            raise EvoPaiError(f"mutation '{name}' does not accept the configured parameters: {exc}") from exc
 
     def mutation_params(self, name: str) -> dict:
         s = self.cfg.search

@@ -75,9 +75,12 @@ def write_config(path: Path, cfg: Config) -> None:
 class GenerationLog:
     """log.jsonl: one JSON object per generation, appended and flushed as it happens."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, records: list[dict] | None = None):
+        """A new log (the file is started afresh), or a resumed one holding `records`."""
         self.path = path
-        self.records: list[dict] = []
+        self.records: list[dict] = list(records or [])
+        if path is not None:
+            path.write_text("".join(json.dumps(clean(r), allow_nan=False) + "\n" for r in self.records))
 
     def __call__(self, record: dict) -> None:
         self.records.append(record)

@@ -13,6 +13,7 @@ class LocalEvaluator(Evaluator):
     def __init__(self, cfg: Config, data: DataSplits | None = None):
         super().__init__(cfg)
         self.context = WorkerContext(cfg, resolve_device(cfg.evaluation.device), data)
+        self.device_name = str(self.context.device)
 
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
         out = []

@@ -32,11 +32,18 @@ def next_generation(exp: Experiment, population: list[Individual], sparsity: flo
         if float(torch.rand((), generator=exp.generator)) < s.crossover_prob:
             offspring[i - 1], offspring[i] = mate(offspring[i - 1], offspring[i], exp.generator)
     step = exp.prune_step(sparsity, final)
-    children = []
+    children: list[Individual] = []
+    seen: set[str] = set()
     for ind in elites + offspring:
-        child = Individual(exp.mutate(ind, step))
+        child = Individual(exp.mutate(ind, step), ind.traits)
         child.origin = "elite" if ind in elites else ind.origin if ind.origin == "crossover" else "mutation"
-        children.append(child)
+        explore = child.key in seen or float(torch.rand((), generator=exp.generator)) < s.explore_prob
+        if child.origin != "elite" and s.explore_mutation and explore:
+            child = Individual(exp.mutate(child, step, s.explore_mutation, s.explore_params), ind.traits)
+            child.origin = "explore"
+        seen.add(child.key)
+        children.append(Individual(child.mask))
+        children[-1].origin = child.origin
     return children
 
 
