@@ -14,8 +14,17 @@ from .registry import (
 
 __version__ = "0.1.0"
 
+
+def run(*args, **kwargs):
+    """Run a config and return its summary; see `evo_pai.api.run`."""
+    from .api import run as _run
+
+    return _run(*args, **kwargs)
+
+
 __all__ = [
     "EvoPaiError",
+    "run",
     "register_backend",
     "register_crossover",
     "register_dataset",

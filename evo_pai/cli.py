@@ -50,16 +50,19 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Run a search and train its winner; writes a run folder."""
-    from .runner import run_experiment
+    from .runner import preflight, run_experiment
     from .runs import default_run_dir, prepare_run_dir
 
     cfg = load_config(config, set_)
     load_plugins(cfg.plugins)  # unknown plugin modules fail before any folder is made
     _check_names(cfg)
-    run_dir = prepare_run_dir(out if out else default_run_dir(cfg), overwrite)
+    run_dir = out if out else default_run_dir(cfg)
+    prepare_run_dir(run_dir, overwrite, create=False)  # refuse a taken folder before loading data
+    data = preflight(cfg)
+    prepare_run_dir(run_dir, overwrite)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, disable=quiet, transient=False) as progress:
-        summary = run_experiment(cfg, run_dir, rich_progress(progress))
+        summary = run_experiment(cfg, run_dir, rich_progress(progress), data)
     print_summary(summary, run_dir)
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import load_data
+from .data import DataSplits, load_data
 from .errors import EvoPaiError
-from .evaluation.base import BurstTask, make_evaluator
+from .evaluation.base import BurstTask, initial_model, make_evaluator
 from .experiment import Experiment, SearchOutcome
 from .individual import derive_seed
 from .masks import MaskSet
@@ -45,13 +45,23 @@ def final_training(exp: Experiment, outcome: SearchOutcome):
     return exp.run_task(task)
 
 
-def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None = None) -> dict:
+def preflight(cfg: Config) -> DataSplits:
+    """Everything that can reject the input, done before a run folder exists: names, data, model."""
+    load_plugins(cfg.plugins)
+    METHOD.get(cfg.search.method)
+    data = load_data(cfg.data)
+    initial_model(cfg, data)
+    return data
+
+
+def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None = None,
+                   data: DataSplits | None = None) -> dict:
     """Run the configured method and write the run folder; returns summary.json's content."""
     t0 = time.perf_counter()
     load_plugins(cfg.plugins)
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
-    data = load_data(cfg.data)
+    data = data if data is not None else load_data(cfg.data)
     log = GenerationLog(out / "log.jsonl" if out else None)
     if out:
         write_config(out / "config.yaml", cfg)

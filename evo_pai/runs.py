@@ -31,11 +31,13 @@ def default_run_dir(cfg: Config, root: Path = RUNS_ROOT) -> Path:
     return path
 
 
-def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
+def prepare_run_dir(path: Path, overwrite: bool = False, create: bool = True) -> Path:
     if path.exists() and not path.is_dir():
         raise EvoPaiError(f"--out {path}: exists and is not a folder; choose another path")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise EvoPaiError(f"--out {path}: folder exists and is not empty; choose a new folder or pass --overwrite")
+    if not create:
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,0 +1,26 @@
+"""Gradual magnitude pruning: the control for dissipating gradients.
+
+The very same loop as `dissipating` (one network, one epoch per step, DG's cubic schedule over
+`search.dg.epochs` steps, the same seeds and scope), with the `magnitude` mutation instead of
+`search.mutation`: it prunes the smallest |w_t| rather than the weights that moved least.
+A gain of DG over gmp is therefore the criterion's, not the schedule's.
+"""
+from __future__ import annotations
+
+from ..experiment import Experiment, SearchOutcome
+from ..registry import register_method
+from .dissipating import dissipating
+
+
+@register_method("gmp", "control: the dissipating loop and schedule, pruning the smallest |w_t| (magnitude mutation)")
+def gmp(exp: Experiment) -> SearchOutcome:
+    cfg = exp.cfg
+    # The mutation's schedule mode follows step.sparsity: DG's cubic schedule, exactly.
+    search = cfg.search.model_copy(update={"mutation": "magnitude", "mutation_params": {}})
+    exp.cfg = cfg.model_copy(update={"search": search})
+    try:
+        outcome = dissipating(exp)
+    finally:
+        exp.cfg = cfg
+    outcome.extra["mutation"] = "magnitude"
+    return outcome

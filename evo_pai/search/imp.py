@@ -1,0 +1,52 @@
+"""Iterative magnitude pruning with rewinding: the lottery-ticket procedure (Frankle & Carbin 2019).
+
+Train from the rewind point, prune `prune_fraction` of the remaining weights by |w| (per layer
+under masks.budget), rewind, repeat; the last round lands exactly on the target. Every round's
+training goes through the evaluator, so `search_model_epochs` counts IMP's whole cost.
+
+search.params: `prune_fraction` (0.2), `round_epochs` (epochs trained per round; default
+final.epochs), `rewind_epochs` (0: rewind to θ0; r > 0: train the dense net r epochs once and
+rewind every round, and the final training, to that state — "late rewinding").
+"""
+from __future__ import annotations
+
+import math
+
+from ..errors import EvoPaiError
+from ..evaluation.base import BurstTask
+from ..experiment import Experiment, SearchOutcome
+from ..individual import Individual, derive_seed
+from ..registry import register_method
+
+
+def imp_schedule(target: float, fraction: float) -> list[float]:
+    """Sparsity after each round: 1 - (1-f)^r, capped at (and ending on) the target."""
+    if not 0.0 < fraction < 1.0:
+        raise EvoPaiError(f"search.params.prune_fraction: must be in (0, 1), got {fraction}")
+    if target <= 0.0:
+        return []
+    rounds = max(1, math.ceil(math.log(1.0 - target) / math.log(1.0 - fraction) - 1e-9))
+    return [min(target, 1.0 - (1.0 - fraction) ** (r + 1)) for r in range(rounds - 1)] + [target]
+
+
+@register_method("imp", "lottery ticket: train, prune 20 % of the rest by magnitude, rewind; repeat to the target")
+def imp(exp: Experiment) -> SearchOutcome:
+    p = exp.cfg.search.params
+    fraction = float(p.get("prune_fraction", 0.2))
+    round_epochs = float(p.get("round_epochs", exp.cfg.final.epochs))
+    rewind_epochs = float(p.get("rewind_epochs", 0))
+    if round_epochs <= 0 or rewind_epochs < 0:
+        raise EvoPaiError("search.params.round_epochs must be > 0 and search.params.rewind_epochs >= 0")
+    mask, rewind = exp.dense_mask(), None
+    if rewind_epochs > 0:
+        rewind = exp.run_task(BurstTask(mask, rewind_epochs, derive_seed(exp.cfg.seed, "imp-rewind"), keep_state=True)).state
+    schedule = imp_schedule(exp.cfg.search.sparsity, fraction)
+    for r, sparsity in enumerate(schedule):
+        res = exp.run_task(BurstTask(mask, round_epochs, derive_seed(exp.cfg.seed, "imp", r), start=rewind))
+        ind = Individual(mask)
+        exp.assign(ind, res)
+        step = exp.prune_step(sparsity, final=r == len(schedule) - 1)
+        mask = exp.mutate(ind, step, "magnitude", {"scope": "layer"})
+        exp.log_generation(r, [ind], pruned_to=mask.sparsity())
+    return SearchOutcome(mask, final_start=rewind, extra={"imp_rounds": len(schedule), "round_epochs": round_epochs,
+                                                          "rewind_epochs": rewind_epochs})

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny configs that run in seconds on 2 CPU cores."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evo_pai.config import build_config
+from evo_pai.registry import load_plugins
+
+ROOT = Path(__file__).resolve().parents[1]
+
+load_plugins()
+
+
+def tiny_raw(method: str = "combined", **search) -> dict:
+    return {
+        "seed": 0,
+        "data": {"name": "synthetic", "params": {"n_train": 400, "n_test": 200, "dim": 16, "classes": 4}},
+        "model": {"name": "mlp", "params": {"hidden": [32, 16]}},
+        "search": {"method": method, "sparsity": 0.8, "population": 4, "generations": 3, "burst_epochs": 1,
+                   "initial_sparsity": 0.4, **search},
+        "train": {"lr": 0.01, "batch_size": 32},
+        "final": {"epochs": 2},
+    }
+
+
+@pytest.fixture
+def tiny_cfg():
+    return build_config(tiny_raw())
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evo_pai.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def cli_inproc(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI's `main()` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from evo_pai.cli import main
+
+    old = sys.argv
+    sys.argv = ["evo-pai", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
