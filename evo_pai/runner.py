@@ -15,6 +15,7 @@ from .errors import EvoPaiError
 from .evaluation.base import BurstTask, initial_model, make_evaluator
 from .experiment import Experiment, SearchOutcome
 from .individual import derive_seed
+from .cost import search_flops
 from .masks import MaskSet
 from .models import count_flops
 from .registry import METHOD, load_plugins
@@ -37,10 +38,18 @@ def expected_search_tasks(cfg: Config) -> int | None:
             "dense": 0, "random": 0}.get(s.method)
 
 
+def extra_epochs(cfg: Config) -> float:
+    """search.params.extra_epochs: equal-epoch controls train the final mask this much longer."""
+    value = cfg.search.params.get("extra_epochs", 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise EvoPaiError(f"search.params.extra_epochs: must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def final_training(exp: Experiment, outcome: SearchOutcome):
     cfg = exp.cfg
     seed = outcome.final_seed if outcome.final_seed is not None else derive_seed(cfg.seed, "final")
-    task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs, seed,
+    task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg), seed,
                      start=outcome.final_start, keep_state=True, test=True)
     return exp.run_task(task)
 
@@ -72,6 +81,7 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         if not isinstance(outcome, SearchOutcome):
             raise EvoPaiError(f"search.method '{cfg.search.method}' returned {type(outcome).__name__}, not a SearchOutcome")
         search_epochs, search_seconds = evaluator.epochs_spent, time.perf_counter() - t0
+        flops = search_flops(exp.model, data.input_shape, data.n_train, search_epochs, dict(getattr(evaluator, "kept_epochs", {})))
         t1 = time.perf_counter()
         advance = progress("final training", 1) if progress else None
         final = final_training(exp, outcome)
@@ -89,7 +99,9 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         "test_loss": final.metrics.get("test_loss"),
         "val_accuracy": final.metrics.get("val_accuracy"),
         "search_model_epochs": search_epochs,
+        "search_flops": flops,  # training FLOPs the search spent (see evo_pai/cost.py)
         "final_epochs": cfg.final.epochs,
+        "extra_epochs": extra_epochs(cfg),
         "final_init": cfg.final.init,
         "search_seconds": search_seconds,
         "final_seconds": final_seconds,

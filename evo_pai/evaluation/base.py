@@ -84,6 +84,7 @@ class Evaluator(ABC):
     def __init__(self, cfg: Config, cache_size: int = 64):
         self.cfg = cfg
         self.epochs_spent = 0.0  # model-epochs of training actually run
+        self.kept_epochs: dict[str, float] = {}  # layer -> sum of kept weights x epochs (sparse FLOPs)
         self.tasks_run = 0
         self.cache_hits = 0
         self._cache: OrderedDict[tuple, BurstResult] = OrderedDict()
@@ -112,6 +113,8 @@ class Evaluator(ABC):
         for i, res in zip(todo, self._run([tasks[i] for i in todo], progress)):
             results[i] = res
             self.epochs_spent += res.epochs
+            for k, c in tasks[i].mask.counts().items():
+                self.kept_epochs[k] = self.kept_epochs.get(k, 0.0) + c * res.epochs
             self.tasks_run += 1
             key = tasks[i].cache_key()
             if key is not None:

@@ -1,0 +1,159 @@
+"""Forward pass of K same-shaped networks at once, from parameters stacked on a leading K dim.
+
+The model's own forward is traced once with torch.fx; the graph is then replayed with batched
+kernels: Linear -> one `baddbmm`, Conv2d -> one grouped convolution (groups=K). Hand batching
+was chosen by measurement over torch.func.vmap (see docs/performance.md).
+
+Activations travel in one of two layouts, converted only where needed:
+  "kb": (K, B, ...)        what bmm and the loss want
+  "ch": (B, K*C, H, W)     what a grouped convolution and pooling want
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import EvoPaiError
+
+# Modules that act on each example (and, for images, each channel) independently: they run
+# unchanged on either layout, so K models cost one call.
+_PER_EXAMPLE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Identity,
+                nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass
+class _Act:
+    t: torch.Tensor
+    layout: str  # "kb" or "ch"
+    k: int
+
+    def kb(self) -> torch.Tensor:
+        if self.layout == "kb":
+            return self.t
+        b, kc = self.t.shape[:2]
+        return self.t.view(b, self.k, kc // self.k, *self.t.shape[2:]).transpose(0, 1)
+
+    def ch(self) -> torch.Tensor:
+        if self.layout == "ch":
+            return self.t
+        t = self.t  # (K, B, C, H, W)
+        return t.transpose(0, 1).reshape(t.shape[1], self.k * t.shape[2], *t.shape[3:])
+
+
+def _refuse(model_name: str, why: str) -> EvoPaiError:
+    return EvoPaiError(
+        f"evaluation.backend: model '{model_name}' {why}, which the vectorized backend cannot batch; "
+        f"use evaluation.backend local or ray"
+    )
+
+
+class StackedForward:
+    """Callable `(params, x) -> logits (K, B, classes)`; `params` maps names to (K, ...) tensors."""
+
+    def __init__(self, model: nn.Module, model_name: str):
+        for name, m in model.named_modules():
+            if isinstance(m, _NORM):
+                raise _refuse(model_name, f"has {type(m).__name__} layers ({name}) with per-model statistics")
+            if isinstance(m, nn.Dropout) and m.p > 0:
+                raise _refuse(model_name, f"uses Dropout ({name}), whose random draws differ per model")
+        try:
+            self.graph = fx.symbolic_trace(model).graph
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot batch"
+            raise _refuse(model_name, f"cannot be traced by torch.fx ({type(exc).__name__})") from None
+        self.modules = dict(model.named_modules())
+        self.model_name = model_name
+        for node in self.graph.nodes:  # fail now, not in the middle of a burst
+            self._check(node)
+
+    def _check(self, node: fx.Node) -> None:
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            if not isinstance(m, (nn.Linear, nn.Conv2d, nn.Flatten, nn.Dropout, *_PER_EXAMPLE)):
+                raise _refuse(self.model_name, f"has a {type(m).__name__} layer ({node.target})")
+        elif node.op == "call_method" and node.target not in ("flatten", "relu"):
+            raise _refuse(self.model_name, f"calls Tensor.{node.target} in forward")
+        elif node.op == "call_function" and node.target not in _FUNCTIONS:
+            raise _refuse(self.model_name, f"calls {getattr(node.target, '__name__', node.target)} in forward")
+        elif node.op == "get_attr":
+            raise _refuse(self.model_name, f"reads attribute {node.target} in forward")
+
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """`x`: (K, B, *input_shape) inputs, one batch per model."""
+        k = x.shape[0]
+        env: dict[str, object] = {}
+
+        def val(a):
+            return env[a.name] if isinstance(a, fx.Node) else a
+
+        for node in self.graph.nodes:
+            if node.op == "placeholder":
+                env[node.name] = _Act(x, "kb", k)
+            elif node.op == "call_module":
+                env[node.name] = self._module(node.target, val(node.args[0]), params)
+            elif node.op == "call_method":
+                env[node.name] = _apply(node.target, [val(a) for a in node.args], {kk: val(v) for kk, v in node.kwargs.items()})
+            elif node.op == "call_function":
+                env[node.name] = _apply(node.target, [val(a) for a in node.args], {kk: val(v) for kk, v in node.kwargs.items()})
+            elif node.op == "output":
+                return val(node.args[0]).kb()
+        raise AssertionError("fx graph without output")
+
+    def _module(self, name: str, a: _Act, params: dict[str, torch.Tensor]) -> _Act:
+        m = self.modules[name]
+        if isinstance(m, nn.Linear):
+            h = a.kb()
+            lead = h.shape[1:-1]
+            h = h.reshape(a.k, -1, h.shape[-1])
+            w = params[f"{name}.weight"].transpose(1, 2)
+            bias = params.get(f"{name}.bias")
+            out = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
+            return _Act(out.view(a.k, *lead, out.shape[-1]), "kb", a.k)
+        if isinstance(m, nn.Conv2d):
+            w = params[f"{name}.weight"]
+            bias = params.get(f"{name}.bias")
+            out = F.conv2d(a.ch(), w.flatten(0, 1), None if bias is None else bias.flatten(),
+                           m.stride, m.padding, m.dilation, m.groups * a.k)
+            return _Act(out, "ch", a.k)
+        if isinstance(m, nn.Flatten):
+            return _flatten(a, m.start_dim, m.end_dim)
+        if isinstance(m, nn.Dropout):  # p == 0 (checked): identity
+            return a
+        # per-example module: "ch" keeps 4-D images; "kb" folds K into the batch
+        if a.layout == "ch":
+            return _Act(m(a.t), "ch", a.k)
+        return _Act(m(a.t.flatten(0, 1)).unflatten(0, (a.k, -1)), "kb", a.k)
+
+
+def _flatten(a: _Act, start: int = 0, end: int = -1) -> _Act:
+    h = a.kb()
+    start = start + 1 if start >= 0 else start
+    end = end + 1 if end >= 0 else end
+    return _Act(h.flatten(start, end), "kb", a.k)
+
+
+def _relu(a: _Act, inplace: bool = False) -> _Act:
+    return _Act(F.relu(a.t), a.layout, a.k)
+
+
+def _add(a, b):
+    if isinstance(a, _Act) and isinstance(b, _Act):
+        if a.layout != b.layout:
+            return _Act(a.kb() + b.kb(), "kb", a.k)
+        return _Act(a.t + b.t, a.layout, a.k)
+    raise EvoPaiError("vectorized backend: only activation + activation additions can be batched")
+
+
+_FUNCTIONS = {torch.flatten: _flatten, F.relu: _relu, torch.relu: _relu, operator.add: _add}
+
+
+def _apply(target, args, kwargs):
+    if target == "flatten" or target is torch.flatten:
+        return _flatten(*args, **kwargs)
+    if target == "relu":
+        return _relu(*args)
+    return _FUNCTIONS[target](*args, **kwargs)
