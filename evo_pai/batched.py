@@ -22,7 +22,10 @@ from .masks import MaskSet
 from .stacked import StackedForward
 from .training import _EPS, BurstResult, batch_order, steps_for
 
-EVAL_ROWS = 3 * 128  # eval chunk per model: about the memory of a training step's activations
+
+def eval_rows(hp: TrainConfig) -> int:
+    # Evaluation keeps no graph: 3x the training batch is about the memory of a training step.
+    return 3 * hp.batch_size
 
 
 def make_stacked_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
@@ -36,7 +39,7 @@ def make_stacked_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate_batched(forward: StackedForward, params: dict[str, torch.Tensor], x: torch.Tensor,
-                     y: torch.Tensor, rows: int = EVAL_ROWS) -> tuple[list[float], list[float]]:
+                     y: torch.Tensor, rows: int) -> tuple[list[float], list[float]]:
     """Per-model (mean loss, accuracy) on one shared split."""
     k = next(iter(params.values())).shape[0]
     loss = torch.zeros(k, dtype=torch.float64, device=x.device)
@@ -68,14 +71,17 @@ def train_batched(
     device = next(model.parameters()).device
     names = [n for n, _ in model.named_parameters()]
     masked = list(masks[0])
-    params = {n: torch.stack([s[n].to(device) for s in starts]).requires_grad_() for n in names}
+    params = {n: forward.stack(n, [s[n].to(device) for s in starts]).requires_grad_() for n in names}
     dtype = params[names[0]].dtype
-    keep = {n: torch.stack([m[n] for m in masks]).to(device, dtype) for n in masked}
+    # 0/1 in the parameters' dtype: x * 1.0 == x * True exactly, and a same-dtype multiply is a
+    # vectorized kernel (a bool operand measured ~5x slower).
+    keep = {n: forward.stack(n, [m[n] for m in masks]).to(device, dtype) for n in masked}
     with torch.no_grad():
         for n in masked:
             params[n].mul_(keep[n])
     opt = make_stacked_optimizer(list(params.values()), hp)
     grad_accum = {n: torch.zeros_like(params[n]) for n in masked}
+    tmp = {n: torch.empty_like(params[n]) for n in masked}  # |g|, reused: no fresh pages every step
     steps = steps_for(epochs, data.n_train, hp.batch_size)
     orders = [batch_order(data.n_train, steps, hp.batch_size, torch.Generator().manual_seed(s)) for s in seeds]
     loss_sum = torch.zeros(k, dtype=dtype, device=device)
@@ -84,34 +90,38 @@ def train_batched(
         out = forward(params, data.train_x[idx])
         b = idx.shape[1]
         losses = F.cross_entropy(out.flatten(0, 1), data.train_y[idx].flatten(), reduction="none").view(k, b).mean(1)
-        opt.zero_grad(set_to_none=False)
+        # set_to_none: backward then writes the gradient instead of adding it to zeros (same values,
+        # two fewer passes over K models' gradients).
+        opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # d(sum)/d(loss_k) = 1: each model gets exactly its own gradient
         with torch.no_grad():
             for n in masked:
                 g = params[n].grad
-                grad_accum[n].add_(g.abs())
+                grad_accum[n].add_(torch.abs(g, out=tmp[n]))
                 g.mul_(keep[n])
         opt.step()
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0, as train_masked does.
         loss_sum += losses.detach()
-    return _results(model, forward, params, grad_accum, reference, data, loss_sum, steps, hp, keep_state, test)
+    return _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test)
 
 
-def _results(model, forward, params, grad_accum, reference, data, loss_sum, steps, hp, keep_state, test):
+def _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test):
     k = loss_sum.shape[0]
     params = {n: p.detach() for n, p in params.items()}
     train_loss = (loss_sum.double() / steps).tolist()
     finite_params = torch.stack([torch.isfinite(p.flatten(1)).all(1) for p in params.values()]).all(0).tolist()
-    val_loss, val_acc = evaluate_batched(forward, params, data.val_x, data.val_y)
-    test_metrics = evaluate_batched(forward, params, data.test_x, data.test_y) if any(test) else None
+    rows = eval_rows(hp)
+    val_loss, val_acc = evaluate_batched(forward, params, data.val_x, data.val_y, rows)
+    test_metrics = evaluate_batched(forward, params, data.test_x, data.test_y, rows) if any(test) else None
     masked = list(grad_accum)
     device = next(iter(params.values())).device
     ref = {n: reference[n].to(device) for n in masked}
     scale = {n: float(ref[n].abs().mean()) for n in masked}
-    rel = {n: ((params[n] - ref[n]).abs() / (ref[n].abs() + _EPS)).to("cpu", torch.float32) for n in masked}
-    weight = {n: params[n].to("cpu", torch.float32) for n in masked}
-    accum = {n: grad_accum[n].to("cpu", torch.float32) for n in masked}
+    nat = {n: forward.natural(n, p) for n, p in params.items()}  # (K, *shape) views
+    rel = {n: ((nat[n] - ref[n]).abs() / (ref[n].abs() + _EPS)).to("cpu", torch.float32) for n in masked}
+    weight = {n: nat[n].to("cpu", torch.float32) for n in masked}
+    accum = {n: forward.natural(n, grad_accum[n]).to("cpu", torch.float32) for n in masked}
     state_keys = list(model.state_dict())
     epochs = steps / math.ceil(data.n_train / hp.batch_size)
     out = []
@@ -121,14 +131,49 @@ def _results(model, forward, params, grad_accum, reference, data, loss_sum, step
                    "finite": float(finite)}
         if test[i]:
             metrics.update(test_loss=test_metrics[0][i], test_accuracy=test_metrics[1][i])
-        # .clone(): a slice would drag the whole stacked storage along when pickled
         out.append(BurstResult(
             metrics=metrics,
-            traits={"weight": {n: weight[n][i].clone() for n in masked},
-                    "rel_change": {n: rel[n][i].clone() for n in masked},
-                    "grad_accum": {n: accum[n][i].clone() for n in masked}},
+            traits={"weight": {n: _own(weight[n][i]) for n in masked},
+                    "rel_change": {n: _own(rel[n][i]) for n in masked},
+                    "grad_accum": {n: _own(accum[n][i]) for n in masked}},
             init_scale=dict(scale),
-            state={n: params[n][i].to("cpu").clone() for n in state_keys} if keep_state[i] else None,
+            state={n: _own((nat[n][i] if n in nat else starts[i][n]).to("cpu")) for n in state_keys}
+            if keep_state[i] else None,
             epochs=epochs,
         ))
     return out
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    # A contiguous copy: a slice would drag the whole stacked storage along when pickled.
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def bytes_per_model(model: nn.Module, input_shape: Sequence[int], hp: TrainConfig, masked: Sequence[str]) -> int:
+    """Upper estimate of the memory one more model adds to a batched burst, in bytes."""
+    p0 = next(model.parameters())
+    elem = p0.element_size()
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    n_params, n_masked = sum(sizes.values()), sum(sizes[n] for n in masked)
+    opt_states = 2 if hp.optimizer == "adam" else (1 if hp.momentum > 0 else 0)
+    # weights, grads, optimizer state, stacked start; per masked weight: keep-mask, grad_accum,
+    # |g| buffer; then the float32 traits (weight, rel_change, grad_accum) handed back.
+    state = elem * (n_params * (3 + opt_states) + 3 * n_masked) + 4 * 3 * n_masked
+    act = _activation_elements(model, input_shape, p0)
+    train = elem * hp.batch_size * act * 3  # outputs kept for backward, their grads, layout copies
+    evaluation = elem * eval_rows(hp) * act * 2  # outputs and layout copies, no graph
+    return state + max(train, evaluation)
+
+
+@torch.no_grad()
+def _activation_elements(model: nn.Module, input_shape: Sequence[int], p0: torch.Tensor) -> int:
+    """Elements of the input and of every leaf module's output, for one example."""
+    total = [math.prod(input_shape)]
+    hooks = [m.register_forward_hook(lambda _m, _i, o: total.append(o.numel()))
+             for m in model.modules() if not list(m.children())]
+    try:
+        model(torch.zeros(1, *input_shape, dtype=p0.dtype, device=p0.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(total)

@@ -66,6 +66,39 @@ def run(
     print_summary(summary, run_dir)
 
 
+@app.command()
+def resume(
+    run_dir: Path = typer.Argument(..., help="a run folder written by `evo-pai run` (holds config.yaml)"),
+    set_: List[str] = typer.Option([], "--set", help="change where it runs: --set evaluation.address=HOST:PORT "
+                                                     "(only evaluation.* keys; repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Continue an interrupted run from its last checkpoint; ends as the uninterrupted run would."""
+    from .checkpoint import FILENAME, load_checkpoint
+    from .runner import preflight, run_experiment
+
+    if not (run_dir / "config.yaml").is_file():
+        raise EvoPaiError(f"{run_dir}: not a run folder (no config.yaml); pass a folder written by `evo-pai run`")
+    if (run_dir / "summary.json").exists():
+        raise EvoPaiError(f"{run_dir}: this run already finished (summary.json exists); nothing to resume")
+    for text in set_:
+        if not text.startswith("evaluation."):
+            raise EvoPaiError(f"--set {text}: a resumed run keeps its config; only evaluation.* (where it runs) may change")
+    cfg = load_config(run_dir / "config.yaml", set_)
+    load_plugins(cfg.plugins)
+    _check_names(cfg)
+    path = run_dir / FILENAME
+    checkpoint = load_checkpoint(path, cfg) if path.exists() else None  # checked before anything is written
+    data = preflight(cfg)
+    gen = checkpoint.generation if checkpoint else None
+    where = f"after generation {gen}" if gen is not None else "the start (no checkpoint was written yet)"
+    err_console.print(f"resuming {run_dir} from {where}", markup=False, highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, disable=quiet, transient=False) as progress:
+        summary = run_experiment(cfg, run_dir, rich_progress(progress), data, resume=checkpoint)
+    print_summary(summary, run_dir)
+
+
 def _check_names(cfg) -> None:
     """Refuse unknown component names before any work starts."""
     from .registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION
@@ -93,6 +126,30 @@ def list_components(
             table.add_row(entry.name, entry.description)
         out_console.print(table)
         out_console.print()
+
+
+@app.command()
+def study(
+    config: Path = typer.Argument(..., help="study YAML, e.g. configs/study_fmnist.yaml"),
+    out: Optional[Path] = typer.Option(None, "--out", help="study folder (default: studies/<name>); rerun to resume"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="cells run in parallel (default: the study's jobs)"),
+) -> None:
+    """Run a grid of methods x sparsities x seeds (resumable), then write the report."""
+    from .study import load_study, run_study
+
+    spec = load_study(config)
+    root = out if out else Path("studies") / spec.name
+    counts = run_study(spec, root, jobs, say=lambda line: err_console.print(line, markup=False, highlight=False))
+    out_console.print(f"{counts['cells']} cells ({counts['ran']} run now, {counts['errors']} failed); "
+                      f"report: {root / 'report.md'}")
+
+
+@app.command()
+def report(study_dir: Path = typer.Argument(..., help="a folder written by `evo-pai study`")) -> None:
+    """Regenerate a study's tables and plots from its results.csv."""
+    from .study_report import write_report
+
+    out_console.print(f"report: {write_report(study_dir)}")
 
 
 def main() -> None:

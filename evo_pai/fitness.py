@@ -60,8 +60,8 @@ def val_loss(result: BurstResult, mask: MaskSet) -> float:
 
 def score(name: str, result: BurstResult, mask: MaskSet, params: dict | None = None) -> tuple[float, str | None]:
     """Fitness value and, when it had to be replaced by WORST, the reason."""
-    if not result.finite:
-        return WORST, "training diverged (non-finite loss or weights)"
+    if not result.finite:  # a backend that gave up on a task says why in metrics["error"]
+        return WORST, str(result.metrics.get("error") or "training diverged (non-finite loss or weights)")
     try:
         value = float(FITNESS.get(name)(result, mask, **(params or {})))
     except TypeError as exc:

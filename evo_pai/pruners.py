@@ -53,17 +53,17 @@ def _batches(ctx: ScoreContext, batch_size: int):
 
 
 @register_pruner("random", "uniformly random scores (the 'random pruning' reference)")
-def random_scores(ctx: ScoreContext, mask: MaskSet, **_: object) -> Scores:
+def random_scores(ctx: ScoreContext, mask: MaskSet) -> Scores:
     return {k: torch.rand(tuple(p.shape), generator=ctx.generator, dtype=torch.float64) for k, p in ctx.params().items()}
 
 
 @register_pruner("magnitude", "|θ0|: keep the largest initial weights")
-def magnitude_scores(ctx: ScoreContext, mask: MaskSet, **_: object) -> Scores:
+def magnitude_scores(ctx: ScoreContext, mask: MaskSet) -> Scores:
     return {k: p.detach().abs().to("cpu", torch.float64) for k, p in ctx.params().items()}
 
 
 @register_pruner("snip", "SNIP (Lee et al. 2019): |g ⊙ θ0|, connection sensitivity on a batch")
-def snip_scores(ctx: ScoreContext, mask: MaskSet, batch_size: int = 256, **_: object) -> Scores:
+def snip_scores(ctx: ScoreContext, mask: MaskSet, batch_size: int = 256) -> Scores:
     saved = _masked_model(ctx, mask)
     params = ctx.params()
     grads = {k: torch.zeros_like(p) for k, p in params.items()}
@@ -78,7 +78,7 @@ def snip_scores(ctx: ScoreContext, mask: MaskSet, batch_size: int = 256, **_: ob
 
 
 @register_pruner("grasp", "GraSP (Wang et al. 2020): θ0 ⊙ Hg, keep weights whose removal least hurts gradient flow")
-def grasp_scores(ctx: ScoreContext, mask: MaskSet, batch_size: int = 256, temperature: float = 200.0, **_: object) -> Scores:
+def grasp_scores(ctx: ScoreContext, mask: MaskSet, batch_size: int = 256, temperature: float = 200.0) -> Scores:
     # GraSP's S(-θ) = -θ ⊙ Hg removes the *largest* values; keeping the largest θ ⊙ Hg is the same rule.
     saved = _masked_model(ctx, mask)
     params = ctx.params()
@@ -101,7 +101,7 @@ def grasp_scores(ctx: ScoreContext, mask: MaskSet, batch_size: int = 256, temper
         ctx.model.load_state_dict(saved)
 
 
-def synflow_scores(ctx: ScoreContext, mask: MaskSet, **_: object) -> Scores:
+def synflow_scores(ctx: ScoreContext, mask: MaskSet) -> Scores:
     """SynFlow (Tanaka et al. 2020): |θ ⊙ dR/dθ| with R = 1ᵀ(∏|W_l|)1, data-free.
 
     Computed in float64 on a copy whose weights are |θ| (masked), biases zero and

@@ -15,10 +15,11 @@ from .errors import EvoPaiError
 from .evaluation.base import BurstTask, initial_model, make_evaluator
 from .experiment import Experiment, SearchOutcome
 from .individual import derive_seed
+from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from .cost import search_flops
 from .masks import MaskSet
 from .models import count_flops
-from .registry import METHOD, load_plugins
+from .registry import BACKEND, METHOD, load_plugins
 from .report import plot_fitness
 from .runs import GenerationLog, write_config, write_json
 
@@ -58,25 +59,40 @@ def preflight(cfg: Config) -> DataSplits:
     """Everything that can reject the input, done before a run folder exists: names, data, model."""
     load_plugins(cfg.plugins)
     METHOD.get(cfg.search.method)
+    backend_check = getattr(BACKEND.get(cfg.evaluation.backend), "preflight", None)
+    if backend_check:
+        backend_check(cfg)  # e.g. ray: is evaluation.address well formed and answering?
     data = load_data(cfg.data)
     initial_model(cfg, data)
     return data
 
 
 def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None = None,
-                   data: DataSplits | None = None) -> dict:
-    """Run the configured method and write the run folder; returns summary.json's content."""
-    t0 = time.perf_counter()
+                   data: DataSplits | None = None, resume: Checkpoint | None = None) -> dict:
+    """Run the configured method and write the run folder; returns summary.json's content.
+
+    With `resume` (a checkpoint read from `out`), the search continues where it was written.
+    """
+    t0 = time.perf_counter() - (float(resume.header["elapsed"]) if resume else 0.0)
     load_plugins(cfg.plugins)
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg.data)
-    log = GenerationLog(out / "log.jsonl" if out else None)
+    log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
     if out:
         write_config(out / "config.yaml", cfg)
+        if resume is None:  # a checkpoint left by an earlier run in an overwritten folder is not ours
+            (out / CHECKPOINT).unlink(missing_ok=True)
     with make_evaluator(cfg, data) as evaluator:
         exp = Experiment(cfg, evaluator, data, log)
         exp.progress = progress("search", expected_search_tasks(cfg)) if progress else None
+        if out:  # the search calls this after each completed generation
+            exp.checkpoint = lambda state: save_checkpoint(out / CHECKPOINT, cfg, state, exp, log.records,
+                                                           time.perf_counter() - t0)
+        if resume:
+            resume.restore(exp)  # RNG states, evaluator counters, exp.resume_state
+            if exp.progress:
+                exp.progress(resume.tasks_done)
         outcome = method(exp)
         if not isinstance(outcome, SearchOutcome):
             raise EvoPaiError(f"search.method '{cfg.search.method}' returned {type(outcome).__name__}, not a SearchOutcome")

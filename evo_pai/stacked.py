@@ -53,7 +53,8 @@ def _refuse(model_name: str, why: str) -> EvoPaiError:
 
 
 class StackedForward:
-    """Callable `(params, x) -> logits (K, B, classes)`; `params` maps names to (K, ...) tensors."""
+    """Callable `(params, x) -> logits (K, B, classes)`; `params` maps names to stacked tensors
+    made by `stack` (leading K dim; Linear weights transposed)."""
 
     def __init__(self, model: nn.Module, model_name: str):
         for name, m in model.named_modules():
@@ -67,8 +68,20 @@ class StackedForward:
             raise _refuse(model_name, f"cannot be traced by torch.fx ({type(exc).__name__})") from None
         self.modules = dict(model.named_modules())
         self.model_name = model_name
+        # Linear weights are stacked transposed, (K, in, out): bmm's weight gradient then comes out
+        # in the parameter's own layout, saving a copy of every weight gradient every step.
+        self.transposed = {f"{n}.weight" for n, m in self.modules.items() if isinstance(m, nn.Linear)}
         for node in self.graph.nodes:  # fail now, not in the middle of a burst
             self._check(node)
+
+    def stack(self, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """K per-model tensors -> the stacked layout this forward reads."""
+        t = torch.stack(tensors)
+        return t.transpose(1, 2).contiguous() if name in self.transposed else t
+
+    def natural(self, name: str, stacked: torch.Tensor) -> torch.Tensor:
+        """Stacked layout -> (K, *parameter shape) view."""
+        return stacked.transpose(1, 2) if name in self.transposed else stacked
 
     def _check(self, node: fx.Node) -> None:
         if node.op == "call_module":
@@ -109,7 +122,7 @@ class StackedForward:
             h = a.kb()
             lead = h.shape[1:-1]
             h = h.reshape(a.k, -1, h.shape[-1])
-            w = params[f"{name}.weight"].transpose(1, 2)
+            w = params[f"{name}.weight"]  # (K, in, out), see self.transposed
             bias = params.get(f"{name}.bias")
             out = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
             return _Act(out.view(a.k, *lead, out.shape[-1]), "kb", a.k)

@@ -99,7 +99,8 @@ def train_masked(
     grad_accum = {k: torch.zeros_like(params[k]) for k in masks}
     gen = torch.Generator().manual_seed(seed)
     steps = steps_for(epochs, data.n_train, hp.batch_size)
-    loss_sum, finite = torch.zeros((), device=device), True
+    # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
+    loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
     for idx in batch_order(data.n_train, steps, hp.batch_size, gen):
         idx = idx.to(device)
         out = model(data.train_x[idx])

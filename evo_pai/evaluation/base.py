@@ -62,12 +62,15 @@ def initial_model(cfg: Config, data: DataSplits) -> torch.nn.Module:
 class WorkerContext:
     """What a worker builds once per search: data and model on its device, and θ0."""
 
-    def __init__(self, cfg: Config, device: str | torch.device = "cpu", data: DataSplits | None = None):
+    def __init__(self, cfg: Config, device: str | torch.device = "cpu", data: DataSplits | None = None,
+                 theta0: dict[str, torch.Tensor] | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
         data = data if data is not None else load_data(cfg.data)
         self.data = data.to(self.device, dtype_of(cfg))
         self.model = initial_model(cfg, data).to(self.device)
+        if theta0 is not None:  # θ0 sent by the driver (Ray object store): the same tensors on every node
+            self.model.load_state_dict(theta0)
         self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def run(self, task: BurstTask) -> BurstResult:
@@ -93,6 +96,7 @@ class Evaluator(ABC):
     def evaluate(self, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
         results: list[BurstResult | None] = [None] * len(tasks)
         todo: list[int] = []
+        redo: dict[tuple, int] = {}  # hits on entries restored from a checkpoint without their tensors
         first_of: dict[tuple, int] = {}
         dupes: list[tuple[int, int]] = []
         for i, t in enumerate(tasks):
@@ -101,6 +105,11 @@ class Evaluator(ABC):
                 results[i] = self._cache[key]
                 self._cache.move_to_end(key)
                 self.cache_hits += 1
+                if results[i] is None:
+                    if key in redo:
+                        dupes.append((i, redo[key]))
+                    else:
+                        redo[key] = i
             elif key is not None and key in first_of:  # same mask twice in one batch
                 dupes.append((i, first_of[key]))
                 self.cache_hits += 1
@@ -110,6 +119,13 @@ class Evaluator(ABC):
                 todo.append(i)
         if progress and len(tasks) > len(todo):
             progress(len(tasks) - len(todo))
+        # A resumed search re-trains these (pure functions of the key) but counts them as the hits
+        # they were in the uninterrupted run, so the summaries of both runs agree.
+        redone = self._run([tasks[i] for i in redo.values()], None) if redo else []
+        for i, res in zip(redo.values(), redone):
+            results[i] = res
+            if "error" not in res.metrics:
+                self._cache[tasks[i].cache_key()] = res
         for i, res in zip(todo, self._run([tasks[i] for i in todo], progress)):
             results[i] = res
             self.epochs_spent += res.epochs
@@ -117,13 +133,23 @@ class Evaluator(ABC):
                 self.kept_epochs[k] = self.kept_epochs.get(k, 0.0) + c * res.epochs
             self.tasks_run += 1
             key = tasks[i].cache_key()
-            if key is not None:
+            if key is not None and "error" not in res.metrics:  # a failed worker is not a result to reuse
                 self._cache[key] = res
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         for i, j in dupes:
             results[i] = results[j]
         return results  # type: ignore[return-value]
+
+    def cache_state(self) -> dict:
+        """Counters and cache keys (LRU order) for a checkpoint; cached results are not saved."""
+        return {"epochs_spent": self.epochs_spent, "tasks_run": self.tasks_run, "cache_hits": self.cache_hits,
+                "kept_epochs": dict(getattr(self, "kept_epochs", {})), "keys": [list(k) for k in self._cache]}
+
+    def restore_cache_state(self, state: dict) -> None:
+        self.epochs_spent, self.tasks_run, self.cache_hits = state["epochs_spent"], state["tasks_run"], state["cache_hits"]
+        self.kept_epochs = dict(state.get("kept_epochs", {}))
+        self._cache = OrderedDict((tuple(k), None) for k in state["keys"])
 
     @abstractmethod
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:

@@ -1,0 +1,91 @@
+"""Population training: K bursts one after another (backend local) vs together (backend vectorized).
+
+    python benchmarks/population_throughput.py [--quick] [--repeats N]
+
+One burst = one epoch of Adam (batch 128) on a Fashion-MNIST training subset, then validation
+(LeNet-300-100: 16384 training / 1800 validation examples, the 9:1 ratio of the full set;
+Conv-4: 256 / 128, its cost per example is ~500x LeNet's). Both backends get the same tasks
+(masks, seeds) each round; seeds change between rounds so the result cache never hits.
+speedup = median over rounds of (sequential time / vectorized time) within the round.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
+from _vmap import VmapForward  # noqa: E402
+
+from evo_pai.config import build_config  # noqa: E402
+from evo_pai.data import load_data  # noqa: E402
+from evo_pai.evaluation.base import BurstTask  # noqa: E402
+from evo_pai.evaluation.local import LocalEvaluator  # noqa: E402
+from evo_pai.evaluation.vectorized import BatchedTrainer, VectorizedEvaluator  # noqa: E402
+from evo_pai.experiment import Experiment  # noqa: E402
+from evo_pai.registry import load_plugins  # noqa: E402
+
+SPARSITY = 0.5
+
+
+def case(model: str, train: int | None, val: int, ks: list[int], with_vmap: bool):
+    raw = {"seed": 0, "data": {**FMNIST, "train_subset": train}, "model": {"name": model},
+           "evaluation": {"device": "cpu"}}
+    cfg = build_config(raw)
+    data = load_data(cfg.data)
+    data = dataclasses.replace(data, val_x=data.val_x[:val], val_y=data.val_y[:val])
+    local = LocalEvaluator(cfg, data)
+    vec = VectorizedEvaluator(build_config({**raw, "evaluation": {"backend": "vectorized", "device": "cpu"}}), data)
+    exp = Experiment(cfg, local, data)
+    masks = [exp.random_mask(SPARSITY, i) for i in range(max(ks))]
+    for k in ks:
+        def tasks(r: int, k=k):
+            return [BurstTask(masks[i], 1.0, 1000 * (r + 2) + i) for i in range(k)]
+        variants = {"sequential": lambda r, k=k: local.evaluate(tasks(r)),
+                    "vectorized": lambda r, k=k: vec.evaluate(tasks(r))}
+        if with_vmap:  # same trainer, forward/backward by torch.func.vmap instead of hand batching
+            trainer = BatchedTrainer(vec.context)
+            trainer.forward = VmapForward(vec.context.model)
+            variants["vmap"] = lambda r, k=k: trainer.run(tasks(r))
+        yield k, data.n_train, variants
+
+
+def main() -> None:
+    def extra(p):
+        p.add_argument("--models", default="mlp,conv4", help="comma-separated: mlp (LeNet-300-100), conv4")
+        p.add_argument("--ks", default=None, help="comma-separated population sizes (default 8,16,32; quick 8,16 / 4)")
+        p.add_argument("--with-vmap", action="store_true", help="also time torch.func.vmap as the batching mechanism")
+
+    args = parse(__doc__.splitlines()[0], extra)
+    load_plugins()
+    if args.quick:
+        plan = [("mlp", 1024, 256, [8, 16]), ("conv4", 16, 16, [4])]
+    else:
+        plan = [("mlp", 16384, 1800, [8, 16, 32]), ("conv4", 256, 128, [8, 16, 32])]
+    models = args.models.split(",")
+    plan = [(m, tr, va, [int(k) for k in args.ks.split(",")] if args.ks else ks) for m, tr, va, ks in plan if m in models]
+    if not plan:
+        raise SystemExit("--models: choose from mlp, conv4")
+    print(f"population_throughput: {machine()}, repeats={args.repeats}{' (quick)' if args.quick else ''}")
+    header = ["model", "K", "train", "seq_s", "vec_s", "speedup", "seq_model_ep/s", "vec_model_ep/s"]
+    if args.with_vmap:
+        header += ["vmap_s", "vmap_speedup"]
+    rows = []
+    for model, train, val, ks in plan:
+        for k, n_train, variants in case(model, train, val, ks, args.with_vmap):
+            t = interleaved(variants, args.repeats)
+            seq, vec = t.median("sequential"), t.median("vectorized")
+            rows.append([model, k, n_train, seq, vec, t.ratio("sequential", "vectorized"), k / seq, k / vec])
+            if args.with_vmap:
+                rows[-1] += [t.median("vmap"), t.ratio("sequential", "vmap")]
+            print(table(header, rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(table(header, rows))
+    for r in rows:
+        print(f"ratio speedup {r[0]} K={r[1]}: {r[5]:.2f}x" + (f" (vmap: {r[9]:.2f}x)" if args.with_vmap else ""))
+
+
+if __name__ == "__main__":
+    main()

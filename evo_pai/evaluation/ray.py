@@ -1,0 +1,343 @@
+"""Population evaluation on Ray actors: a laptop (Ray started here) or an existing cluster.
+
+One cluster connection and one set of actors per search. Each actor builds data and model
+from the config once; θ0 goes through the object store once, so every node trains from the
+driver's exact tensors. Ray restarts dead actors and retries their tasks; when Ray gives up,
+the driver resubmits the task to a live actor; only then does the individual get the worst
+fitness, with the cause. Results come back in task order, and seeds come from the tasks
+(derived from each individual's identity), so Ray and the local backend agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import socket
+import statistics
+import time
+from collections import deque
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config, build_config, to_dict
+from ..data import DataSplits, load_data
+from ..errors import EvoPaiError
+from ..registry import load_plugins, register_backend
+from ..training import BurstResult
+from .base import BurstTask, Evaluator, Progress, WorkerContext, dtype_of, initial_model
+
+log = logging.getLogger(__name__)
+
+# An idle actor re-runs a task in flight for longer than both of these (a dead node's actor may wait
+# for resources forever; Ray itself never gives up on it).
+STRAGGLER_FACTOR = 3.0  # x the median task time
+STRAGGLER_SECONDS = 5.0
+POLL_SECONDS = 0.5  # how often the dispatcher looks for stragglers while it waits
+
+
+class BurstWorker:
+    """The body of one Ray actor. Plain class: wrapped with `ray.remote` at run time."""
+
+    def __init__(self, cfg_raw: dict, threads: int, device: str):
+        torch.set_num_threads(threads)  # Ray sets OMP threads to 1 in workers; use the CPUs we reserved
+        self.device, self.error, self.context = device, None, None
+        try:
+            self.cfg = build_config(cfg_raw)
+            load_plugins(self.cfg.plugins)
+            self.data = load_data(self.cfg.data)  # from this node's files, never shipped per task
+        except Exception as exc:  # reported by ready(): one line on the driver, not a dead actor
+            self.error = str(exc) if isinstance(exc, EvoPaiError) else f"{type(exc).__name__}: {exc}"
+
+    def ready(self, theta0_ref: list) -> tuple[int, str | None]:
+        """Build model and θ0 now, so start-up cost is not counted as the first task's time."""
+        if self.error is None:
+            try:
+                self._build(theta0_ref)
+            except Exception as exc:
+                self.error = str(exc) if isinstance(exc, EvoPaiError) else f"{type(exc).__name__}: {exc}"
+        return os.getpid(), self.error
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _build(self, theta0_ref: list) -> None:
+        if self.context is None:  # θ0 from the object store (wrapped in a list: Ray passes the reference)
+            import ray
+
+            self.context = WorkerContext(self.cfg, self.device, self.data, theta0=ray.get(theta0_ref[0]))
+            self.data = None  # the context holds its own copy on the device
+
+    def run(self, task: BurstTask, theta0_ref: list) -> BurstResult:
+        if self.error:  # a restarted actor whose set-up failed on this node
+            raise EvoPaiError(f"a Ray actor could not build the data and model: {self.error}")
+        self._build(theta0_ref)  # after a restart Ray re-runs __init__ only
+        return self.context.run(task)
+
+
+@contextmanager
+def preserved_rng():
+    """ray.init draws from Python's `random`; DEAP's selection must not notice Ray was started."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
+
+
+def failed_result(task: BurstTask, cause: str) -> BurstResult:
+    """Worst fitness (finite=0) with the cause; zero traits so variation operators still work."""
+    zeros = {k: torch.zeros(m.shape) for k, m in task.mask.items()}
+    return BurstResult(
+        metrics={"finite": 0.0, "error": cause},
+        traits={"weight": zeros, "rel_change": dict(zeros), "grad_accum": dict(zeros)},
+    )
+
+
+def on_cpu(task: BurstTask) -> BurstTask:
+    """CUDA tensors never cross to an actor: a start state from a GPU driver is moved first."""
+    if task.start is None or all(v.device.type == "cpu" for v in task.start.values()):
+        return task
+    return dataclasses.replace(task, start={k: v.to("cpu") for k, v in task.start.items()})
+
+
+def reachable(address: str, timeout: float = 5.0) -> bool:
+    """Ray retries an unreachable GCS for minutes; a TCP connect answers in seconds."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise EvoPaiError(f"evaluation.address: '{address}' is not HOST:PORT (or 'auto', or empty to start Ray here)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return " | ".join(lines[:3]) if lines else "unknown error"
+
+
+@register_backend("ray", "Ray actors on this machine or an existing cluster (evaluation.address)")
+class RayEvaluator(Evaluator):
+    def __init__(self, cfg: Config, data: DataSplits | None = None):
+        super().__init__(cfg)
+        try:
+            import ray
+        except ImportError as exc:  # pragma: no cover - ray is a dependency
+            raise EvoPaiError("evaluation.backend: 'ray' needs the ray package; pip install 'ray>=2.9'") from exc
+        self._ray = ray
+        self._owns_ray = False
+        self.actors: list[Any] = []  # None marks an actor Ray gave up on
+        self._inflight: dict[Any, tuple[int, int | None, float]] = {}  # ref -> (actor, task index, start)
+        self._durations: list[float] = []
+        self.failures: list[dict] = []  # actor deaths seen by the driver, with causes
+        self.timings: dict[str, float] = {}  # seconds: ray_init, actors, shutdown (benchmarks read them)
+        try:
+            with preserved_rng():
+                t0 = time.perf_counter()
+                self._connect()
+                t1 = time.perf_counter()
+                self._start_actors(data)
+                self.timings.update(ray_init=t1 - t0, actors=time.perf_counter() - t1)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up -----------------------------------------------------------------------
+    @staticmethod
+    def preflight(cfg: Config) -> None:
+        """Checked before the run folder is made: a wrong address fails in seconds, not minutes."""
+        address = cfg.evaluation.address
+        if address not in (None, "auto") and not reachable(address):
+            raise EvoPaiError(f"evaluation.address: nothing answers at {address}; start the head with "
+                              "`ray start --head --port=PORT` or use address 'auto' on a cluster node")
+
+    def _connect(self) -> None:
+        ray, address = self._ray, self.cfg.evaluation.address
+        if ray.is_initialized():
+            return  # the caller owns the connection (e.g. a notebook or `ray job submit`)
+        self.preflight(self.cfg)
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            kwargs["include_dashboard"] = False  # a private local cluster: no HTTP port opened
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:
+            where = f"at {address}" if address else "locally"
+            hint = ("is the cluster up (`ray status`)? With token authentication, set RAY_AUTH_MODE=token "
+                    "and make the cluster's token available (~/.ray/auth_token)") if address else "see `ray start --help`"
+            raise EvoPaiError(f"evaluation.address: cannot start or reach Ray {where} ({one_line(exc)}); {hint}") from None
+        self._owns_ray = True
+
+    def _plan(self) -> tuple[int, float, float, str]:
+        """(number of actors, CPUs and GPUs per actor, device inside an actor)."""
+        ev = self.cfg.evaluation
+        total = self._ray.cluster_resources()
+        free = self._ray.available_resources()
+        cluster_gpus = float(total.get("GPU", 0.0))
+        if ev.device == "cpu":
+            if ev.gpus_per_actor:
+                raise EvoPaiError("evaluation.gpus_per_actor: GPUs were asked for with evaluation.device=cpu; set device to auto or cuda")
+            gpus = 0.0
+        elif ev.device == "auto":
+            gpus = ev.gpus_per_actor if ev.gpus_per_actor is not None else (1.0 if cluster_gpus >= 1 else 0.0)
+        else:  # cuda or cuda:N: Ray assigns the GPU through CUDA_VISIBLE_DEVICES
+            gpus = ev.gpus_per_actor or 1.0
+        if gpus > cluster_gpus:
+            raise EvoPaiError(f"evaluation.gpus_per_actor: {gpus:g} GPU per actor asked for but the Ray cluster has "
+                              f"{cluster_gpus:g}; use evaluation.device=cpu or a cluster with GPUs")
+        cpus = ev.cpus_per_actor
+        if cpus > float(total.get("CPU", 0.0)):
+            raise EvoPaiError(f"evaluation.cpus_per_actor: {cpus:g} CPUs per actor but the Ray cluster has "
+                              f"{total.get('CPU', 0):g}; lower it")
+        if ev.num_actors == "auto":
+            n = math.floor(free.get("GPU", 0.0) / gpus) if gpus > 0 else math.floor(free.get("CPU", 0.0) / cpus)
+            n = max(1, min(n, self.cfg.search.population))  # more actors than individuals would idle
+        else:
+            n = ev.num_actors
+            if n < 1:
+                raise EvoPaiError(f"evaluation.num_actors: {n} actors cannot train anything; use 1 or more, or auto")
+            need_cpu, need_gpu = n * cpus, n * gpus
+            if need_cpu > float(total.get("CPU", 0.0)) + 1e-9 or need_gpu > cluster_gpus + 1e-9:
+                raise EvoPaiError(f"evaluation.num_actors: {n} actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs; "
+                                  f"the cluster has {total.get('CPU', 0):g} and {cluster_gpus:g}; use fewer actors or auto")
+        return n, cpus, gpus, "cuda" if gpus > 0 else "cpu"
+
+    def _start_actors(self, data: DataSplits | None) -> None:
+        ray, ev = self._ray, self.cfg.evaluation
+        n, cpus, gpus, device = self._plan()
+        data = data if data is not None else load_data(self.cfg.data)
+        model = initial_model(self.cfg, data)  # θ0 built here once; actors receive these exact tensors
+        theta0 = ray.put({k: v.detach().to("cpu", dtype_of(self.cfg)).clone() for k, v in model.state_dict().items()})
+        self._theta0 = [theta0]  # sent (as a reference) with every task; fetched once per actor
+        remote = ray.remote(BurstWorker).options(
+            num_cpus=cpus, num_gpus=gpus, max_restarts=ev.max_retries, max_task_retries=ev.max_retries,
+        )
+        threads = max(1, int(cpus))
+        self.actors = [remote.remote(to_dict(self.cfg), threads, device) for _ in range(n)]
+        for pid, error in ray.get([a.ready.remote(self._theta0) for a in self.actors]):
+            if error:
+                raise EvoPaiError(f"a Ray actor could not build the data and model: {error} "
+                                  "(every node needs evo-pai, its plugins and the dataset files)")
+        self.device_name = f"ray: {n} actor{'s' if n > 1 else ''} x {device} ({cpus:g} CPU, {gpus:g} GPU each)"
+
+    # -- running ----------------------------------------------------------------------
+    def actor_pids(self) -> list[int | None]:
+        """Process id of each actor (None for one Ray gave up on); tests use it to kill one."""
+        refs = [a.pid.remote() if a is not None else None for a in self.actors]
+        return [self._ray.get(r) if r is not None else None for r in refs]
+
+    @property
+    def live_actors(self) -> int:
+        return sum(a is not None for a in self.actors)
+
+    def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        ray, limit = self._ray, self.cfg.evaluation.max_retries
+        results: list[BurstResult | None] = [None] * len(tasks)
+        resubmits = [0] * len(tasks)
+        queue = deque(range(len(tasks)))
+        busy = {a for a, _, _ in self._inflight.values()}  # copies left over from an earlier call
+        idle = deque(i for i, a in enumerate(self.actors) if a is not None and i not in busy)
+        remaining = len(tasks)
+
+        def submit(actor: int, i: int) -> None:
+            ref = self.actors[actor].run.remote(on_cpu(tasks[i]), self._theta0)
+            self._inflight[ref] = (actor, i, time.perf_counter())
+
+        def finish(i: int, res: BurstResult) -> None:
+            nonlocal remaining
+            results[i] = res
+            remaining -= 1
+
+        reported = 0
+        while remaining:
+            while idle and queue:
+                i = queue.popleft()
+                if results[i] is None:
+                    submit(idle.popleft(), i)
+            if idle and not queue:
+                straggler = self._straggler(results)
+                if straggler is not None:
+                    log.warning("task %d is running far longer than usual (dead node or restarting actor?); "
+                                "running it again on actor %d, first result wins", straggler, idle[0])
+                    submit(idle.popleft(), straggler)
+            if progress and reported < len(tasks) - remaining:  # after refilling: no actor waits on the bar
+                progress(len(tasks) - remaining - reported)
+                reported = len(tasks) - remaining
+            if not self._inflight:
+                raise EvoPaiError(f"all Ray actors are gone ({self.failures[-1]['cause'] if self.failures else 'unknown cause'}); "
+                                  "the last checkpoint is kept: `evo-pai resume RUN_DIR` after fixing the cluster")
+            done, _ = ray.wait(list(self._inflight), num_returns=1, timeout=POLL_SECONDS)
+            for ref in done:
+                actor, i, started = self._inflight.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except RayActorError as exc:
+                    self._retire(actor, exc)
+                    if i is None or results[i] is not None or any(j == i for _, j, _ in self._inflight.values()):
+                        continue  # another copy of this task is still running or already finished
+                    resubmits[i] += 1
+                    if resubmits[i] > limit:
+                        cause = (f"gave up after {resubmits[i]} Ray actor failure(s) on this task "
+                                 f"(evaluation.max_retries={limit}): {one_line(exc)}")
+                        log.warning("individual %d gets the worst fitness: %s", i, cause)
+                        finish(i, failed_result(tasks[i], cause))
+                    else:
+                        queue.appendleft(i)  # resubmit to the next live actor
+                    continue
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+                    if isinstance(cause, EvoPaiError):
+                        raise EvoPaiError(str(cause)) from None
+                    raise
+                idle.append(actor)
+                if i is not None and results[i] is None:
+                    self._durations.append(time.perf_counter() - started)
+                    finish(i, res)
+        if progress and reported < len(tasks):
+            progress(len(tasks) - reported)
+        # copies still running belong to no task now; their actors stay busy until they finish
+        self._inflight = {ref: (a, None, t) for ref, (a, _, t) in self._inflight.items()}
+        return results  # type: ignore[return-value]
+
+    def _straggler(self, results: list[BurstResult | None]) -> int | None:
+        """A task running far longer than usual (its actor may wait for a dead node): run it again."""
+        if not self._durations:
+            return None
+        limit = max(STRAGGLER_FACTOR * statistics.median(self._durations[-64:]), STRAGGLER_SECONDS)
+        now, copies = time.perf_counter(), {}
+        for _, i, started in self._inflight.values():
+            if i is not None and results[i] is None:
+                copies.setdefault(i, []).append(now - started)
+        late = [(min(ages), i) for i, ages in copies.items() if len(ages) == 1 and min(ages) > limit]
+        return max(late)[1] if late else None
+
+    def _retire(self, actor: int, exc: Exception) -> None:
+        if self.actors[actor] is not None:
+            cause = one_line(exc)
+            log.warning("Ray actor %d dropped (Ray gave up on its restarts or task retries): %s", actor, cause)
+            self.failures.append({"actor": actor, "cause": cause})
+            self.actors[actor] = None
+
+    def close(self) -> None:
+        ray, t0 = self._ray, time.perf_counter()
+        for a in self.actors:
+            if a is not None:
+                try:
+                    ray.kill(a)
+                except Exception:  # already dead
+                    pass
+        self.actors, self._inflight = [], {}
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()  # stops a Ray we started; only disconnects from an existing cluster
+        self._owns_ray = False
+        self.timings.setdefault("shutdown", time.perf_counter() - t0)

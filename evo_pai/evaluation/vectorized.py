@@ -1,0 +1,117 @@
+"""The population trained together on one device: stacked weights, one batched step for all.
+
+`train_tasks_batched(context, tasks)` is the whole backend in one call, so a Ray actor can use
+it for its share of a population. Memory is planned before any training: a chunk that does not
+fit the budget is refused up front instead of running out of memory midway.
+"""
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+import torch
+
+from ..batched import bytes_per_model, train_batched
+from ..config import Config
+from ..data import DataSplits
+from ..errors import EvoPaiError
+from ..models import prunable_names
+from ..registry import register_backend
+from ..stacked import StackedForward
+from ..training import BurstResult, steps_for
+from .base import BurstTask, Evaluator, Progress, WorkerContext, resolve_device
+
+_GB = 2**30
+_CPU_SHARE = 0.5  # default budget on CPU: half of MemAvailable (the rest is the OS's and the data's)
+_GPU_SHARE = 0.8  # default budget on a GPU: most of its free memory
+
+
+def memory_budget(cfg: Config, device: torch.device) -> tuple[int, str]:
+    """(bytes, where the number comes from) that a batched chunk may use."""
+    if cfg.evaluation.max_memory_gb is not None:
+        return int(cfg.evaluation.max_memory_gb * _GB), "evaluation.max_memory_gb"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * _GPU_SHARE), f"{_GPU_SHARE:.0%} of free GPU memory"
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        available = 8 * _GB  # no /proc (macOS, Windows): assume a small laptop
+    return int(available * _CPU_SHARE), f"{_CPU_SHARE:.0%} of available RAM"
+
+
+def plan_chunk(per_model: int, budget: int, source: str, chunk_size: int | None, model: str) -> int:
+    """Models per batched pass: `chunk_size` if it fits, else the most that fit. Raises if none fit."""
+    fit = budget // per_model
+    if fit < 1:
+        raise EvoPaiError(
+            f"evaluation.max_memory_gb: one '{model}' model needs about {per_model / _GB:.2f} GB in a batched "
+            f"burst but the budget ({source}) is {budget / _GB:.2f} GB; raise evaluation.max_memory_gb or lower "
+            f"train.batch_size"
+        )
+    if chunk_size is None:
+        return fit
+    if chunk_size > fit:
+        raise EvoPaiError(
+            f"evaluation.chunk_size: {chunk_size} '{model}' models need about {chunk_size * per_model / _GB:.2f} GB "
+            f"but the budget ({source}) is {budget / _GB:.2f} GB; set evaluation.chunk_size to at most {fit} or "
+            f"raise evaluation.max_memory_gb"
+        )
+    return chunk_size
+
+
+class BatchedTrainer:
+    """Checks the model and plans chunks once per worker; then trains task lists chunk by chunk."""
+
+    def __init__(self, context: WorkerContext):
+        cfg = context.cfg
+        self.context = context
+        self.forward = StackedForward(context.model, cfg.model.name)
+        masked = prunable_names(context.model, include_bias=cfg.masks.include_bias)  # superset of any mask
+        self.bytes_per_model = bytes_per_model(context.model, context.data.input_shape, cfg.train, masked)
+        budget, source = memory_budget(cfg, context.device)
+        self.chunk = plan_chunk(self.bytes_per_model, budget, source, cfg.evaluation.chunk_size, cfg.model.name)
+
+    def run(self, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
+        ctx, hp = self.context, self.context.cfg.train
+        # Models trained together must take the same number of steps (one optimizer step count).
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(tasks):
+            groups.setdefault((steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask)), []).append(i)
+        results: list[BurstResult | None] = [None] * len(tasks)
+        for members in groups.values():
+            for lo in range(0, len(members), self.chunk):
+                chunk = [tasks[i] for i in members[lo : lo + self.chunk]]
+                starts = [ctx.theta0 if t.start is None else t.start for t in chunk]
+                out = train_batched(
+                    ctx.model, self.forward, starts, ctx.theta0, [t.mask for t in chunk], ctx.data, hp,
+                    chunk[0].epochs, [t.seed for t in chunk], [t.keep_state for t in chunk], [t.test for t in chunk],
+                )
+                for i, res in zip(members[lo : lo + self.chunk], out):
+                    results[i] = res
+                if progress:
+                    progress(len(chunk))
+        return results  # type: ignore[return-value]
+
+
+_trainers: "weakref.WeakKeyDictionary[WorkerContext, BatchedTrainer]" = weakref.WeakKeyDictionary()
+
+
+def train_tasks_batched(context: WorkerContext, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
+    """Train `tasks` on `context`'s device in batched chunks; results in task order (for Ray actors)."""
+    if context not in _trainers:
+        _trainers[context] = BatchedTrainer(context)
+    return _trainers[context].run(tasks, progress)
+
+
+@register_backend("vectorized", "one device, the population trained together (stacked weights, one batched step)")
+class VectorizedEvaluator(Evaluator):
+    def __init__(self, cfg: Config, data: DataSplits | None = None):
+        super().__init__(cfg)
+        self.context = WorkerContext(cfg, resolve_device(cfg.evaluation.device), data)
+        self.device_name = str(self.context.device)
+        self.trainer = BatchedTrainer(self.context)  # refuses unsupported models and oversized chunks now
+
+    def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
+        return self.trainer.run(tasks, progress)

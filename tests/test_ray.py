@@ -1,0 +1,250 @@
+"""The Ray backend on real Ray clusters (no mocks): agreement with the local backend, a two-node
+cluster started with `ray start`, actors killed mid-generation, and the quick benchmark.
+
+Float results depend on the thread count, so the local reference runs with one torch thread,
+like the 1-CPU actors; masks must then be identical and metrics equal within 1e-6.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, tiny_raw
+from evo_pai.config import build_config
+from evo_pai.data import load_data
+from evo_pai.evaluation.base import make_evaluator
+from evo_pai.experiment import Experiment
+from evo_pai.masks import MaskSet
+from evo_pai.registry import METHOD
+from evo_pai.runner import run_experiment, seed_everything
+
+ray = pytest.importorskip("ray")
+
+TOL = 1e-6  # local (1 thread) vs Ray actors (1 CPU each): measured bitwise equal; allowed slack
+
+
+def raw_config(**evaluation) -> dict:
+    raw = tiny_raw(population=6, generations=3, burst_epochs=2)
+    raw["data"]["params"] = {"n_train": 1500, "n_test": 200, "dim": 16, "classes": 4}
+    raw["evaluation"] = {"backend": "ray", "num_actors": 2, "cpus_per_actor": 1, **evaluation}
+    return raw
+
+
+def local_config() -> dict:
+    raw = raw_config()
+    raw["evaluation"] = {"backend": "local", "device": "cpu"}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a 1-CPU actor uses
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(one_thread, tmp_path_factory):
+    """The undisturbed local run: summary and winning mask."""
+    out = tmp_path_factory.mktemp("local")
+    summary = run_experiment(build_config(local_config()), out)
+    return summary, MaskSet.load(out / "mask.safetensors")
+
+
+@pytest.fixture(scope="module")
+def local_ray(one_thread):
+    """A Ray instance on this machine for the in-process tests; the evaluator reuses it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def search(cfg, on_progress=None):
+    """The combined search on a fresh evaluator; on_progress(evaluator, tasks_done) can inject faults."""
+    data = load_data(cfg.data)
+    seed_everything(cfg.seed)
+    with make_evaluator(cfg, data) as ev:
+        exp = Experiment(cfg, ev, data)
+        done = [0]
+
+        def progress(n: int) -> None:
+            done[0] += n
+            if on_progress:
+                on_progress(ev, done[0])
+
+        exp.progress = progress
+        outcome = METHOD.get("combined")(exp)
+        return outcome.mask, exp, {"live_actors": ev.live_actors, "failures": list(ev.failures)}
+
+
+def close(a: dict, b: dict, keys) -> None:
+    for k in keys:
+        assert abs(a[k] - b[k]) <= TOL, (k, a[k], b[k])
+
+
+def test_ray_backend_matches_local(local_ray, reference, tmp_path):
+    ref, ref_mask = reference
+    summary = run_experiment(build_config(raw_config()), tmp_path)
+    assert MaskSet.load(tmp_path / "mask.safetensors") == ref_mask
+    close(summary, ref, ["test_accuracy", "test_loss", "val_accuracy", "sparsity"])
+    for k in ["search_model_epochs", "cache_hits", "fitness_failures", "generations_logged", "layer_sparsity"]:
+        assert summary[k] == ref[k], k
+    assert summary["device"].startswith("ray: 2 actors x cpu")
+
+
+def test_killed_actor_restarts_then_dead_actor_tasks_move(local_ray, reference):
+    """max_retries=1: the first kill is absorbed by Ray (restart + task retry); the second kill of the
+    same actor exhausts its restarts, so its tasks are resubmitted to the live actor."""
+    ref_mask = reference[1]
+    k = 6  # population
+    pids: list[int] = []
+
+    def kill(ev, done: int) -> None:
+        if done > k and not pids:  # generation 1, both actors busy
+            pids.append(ev.actor_pids()[0])
+            os.kill(pids[0], signal.SIGKILL)
+        elif done > 2 * k and len(pids) == 1:  # generation 2: the restarted process
+            pids.append(ray.get(ev.actors[0].pid.remote()))
+            os.kill(pids[1], signal.SIGKILL)
+
+    mask, exp, ev = search(build_config(raw_config(max_retries=1)), kill)
+    assert len(pids) == 2 and pids[0] != pids[1], "Ray restarted the first killed actor in a new process"
+    assert mask == ref_mask, "same winning mask as the undisturbed run"
+    assert exp.fitness_failures == []
+    assert ev["live_actors"] == 1 and len(ev["failures"]) == 1  # the twice-killed actor was given up
+
+
+def test_retries_exhausted_gives_worst_fitness_with_cause(local_ray):
+    killed: list[int] = []
+
+    def kill(ev, done: int) -> None:
+        if done > 6 and not killed:
+            killed.append(ev.actor_pids()[0])
+            os.kill(killed[0], signal.SIGKILL)
+
+    raw = raw_config(max_retries=0)
+    raw["search"]["generations"] = 2
+    mask, exp, ev = search(build_config(raw), kill)
+    assert killed and ev["live_actors"] == 1
+    causes = [f["reason"] for f in exp.fitness_failures]
+    assert causes and all("Ray actor" in c for c in causes), causes
+    assert mask.sparsity() == pytest.approx(0.8, abs=0.01)  # the search still finished
+
+
+# -- a two-node cluster started with `ray start` -------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(roots: set[int]) -> set[int]:
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, grew = set(roots), True
+    while grew:
+        new = {p for p, pp in parent.items() if pp in found and p not in found}
+        found |= new
+        grew = bool(new)
+    return found
+
+
+class RayNodes:
+    """`ray start --block` processes in their own sessions; stopped by killing them and their children."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.procs = tmp, []
+        token = tmp / "token"
+        token.write_text(secrets.token_hex(32))
+        # token authentication on, with a token private to this test (not ~/.ray/auth_token)
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+                    "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+
+    def start(self, *args: str) -> None:
+        log = self.tmp / f"node{len(self.procs)}.log"
+        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", "--num-cpus=1",
+               f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args]
+        self.procs.append(subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=self.env,
+                                           start_new_session=True))
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert self.procs[-1].poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+
+    def kill(self, *procs: subprocess.Popen) -> None:
+        """SIGKILL the nodes' processes and every process they started (raylet, workers, actors)."""
+        for pid in descendants({p.pid for p in procs}):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            p.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill(*self.procs)
+
+
+def test_two_node_cluster_survives_losing_the_worker_node(reference, tmp_path):
+    """`evo-pai run` against a head + worker started with `ray start`; the worker node is killed after
+    generation 0. Its actor cannot be restarted (no free CPU left), so the head's actor re-runs the
+    stuck task (straggler rule, or resubmission if Ray reports the actor dead) and carries on alone:
+    same winning mask as the undisturbed run."""
+    port = free_port()
+    nodes = RayNodes(tmp_path)
+    ray_tmp = tempfile.mkdtemp(prefix="evr", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    try:
+        nodes.start("--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
+                    f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+                    f"--temp-dir={ray_tmp}")
+        nodes.start(f"--address=127.0.0.1:{port}")
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(raw_config(address=f"127.0.0.1:{port}")))
+        out = tmp_path / "run"
+        err = open(tmp_path / "run.err", "w")
+        run = subprocess.Popen([sys.executable, "-m", "evo_pai.cli", "run", str(cfg), "--out", str(out), "--quiet"],
+                               cwd=ROOT, env=nodes.env, stdout=subprocess.DEVNULL, stderr=err)
+        log = out / "log.jsonl"
+        while not (log.exists() and log.read_text().strip()) and run.poll() is None:
+            time.sleep(0.02)
+        nodes.kill(nodes.procs[1])  # the whole worker node, mid-search
+        assert run.wait(timeout=300) == 0, (tmp_path / "run.err").read_text()[-3000:]
+    finally:
+        nodes.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"].startswith("ray: 2 actors")  # 1 CPU per node: one actor on each node
+    assert MaskSet.load(out / "mask.safetensors") == reference[1]
+    close(summary, reference[0], ["test_accuracy", "val_accuracy"])
+    assert summary["fitness_failures"] == []
+    err = (tmp_path / "run.err").read_text()
+    assert "running it again" in err or "dropped" in err, err[-2000:]  # a recovery path did the work
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian package dataset-fashion-mnist not installed (scripts/install.sh installs it)")
+def test_benchmark_quick_runs():
+    """The benchmark's --quick mode: starts and stops its own local Ray (the address=None path)."""
+    run = subprocess.run([sys.executable, "benchmarks/ray_scaling.py", "--quick"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ratio" in run.stdout and "fixed cost" in run.stdout and "same winners: yes" in run.stdout, run.stdout

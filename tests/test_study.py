@@ -1,0 +1,109 @@
+"""`evo-pai study` / `evo-pai report` on configs/study_smoke.yaml: grid, resume, report, errors."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import yaml
+
+from evo_pai.errors import EvoPaiError
+from evo_pai.predictiveness import spearman_table
+from evo_pai.study import grid, load_study
+
+from conftest import ROOT, run_cli
+
+SMOKE = ROOT / "configs/study_smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "smoke"
+    r = run_cli("study", str(SMOKE), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_study_runs_every_cell_and_writes_the_report(smoke):
+    out, r = smoke
+    spec = load_study(SMOKE)
+    cells = grid(spec)
+    got = rows(out / "results.csv")
+    assert len(got) == len(cells)
+    labels = {row["label"] for row in got}
+    assert {"dense", "random", "magnitude", "snip", "grasp", "synflow", "gmp", "imp", "kstarts", "kstarts_sh",
+            "dissipating", "combined"} <= labels
+    # dense ignores the sparsity: one cell per seed
+    assert [row["target_sparsity"] for row in got if row["label"] == "dense"] == ["0.0"]
+    report = (out / "report.md").read_text()
+    assert "| method | 80 % | 95 % |" in report and "**" in report  # best per column marked
+    assert "## Targets" in report and "Spearman" in report
+    for png in ["accuracy_vs_sparsity.png", "accuracy_vs_compute.png"]:
+        assert (out / png).stat().st_size > 5000
+    pred = rows(out / "predictiveness.csv")
+    assert len(pred) == 4 and "fitness_mixed" in pred[0] and "final_test_accuracy" in pred[0]
+    assert "25 cells" in r.stdout
+
+
+def test_study_resumes_without_recomputing_finished_cells(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = {row["cell"]: row["test_accuracy"] for row in rows(copy / "results.csv")}
+    victim = sorted((copy / "cells").iterdir())[3]
+    (victim / "summary.json").unlink()  # as if killed while this cell ran
+    for path in (copy / "predictiveness").glob("*.json"):
+        path.unlink()
+    r = run_cli("study", str(SMOKE), "--out", str(copy), "--jobs", "2")  # spawned workers, too
+    assert r.returncode == 0, r.stderr
+    assert "24 already done, 1 to run" in r.stderr and "FAILED" not in r.stderr
+    assert len(rows(copy / "predictiveness.csv")) == 4
+    after = {row["cell"]: row["test_accuracy"] for row in rows(copy / "results.csv")}
+    assert after == before  # the rerun cell is deterministic, the others were not touched
+
+
+def test_report_regenerates_from_the_csv(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "r"
+    copy.mkdir()
+    shutil.copy(out / "results.csv", copy / "results.csv")
+    r = run_cli("report", str(copy))
+    assert r.returncode == 0, r.stderr
+    assert (copy / "report.md").read_text().startswith("# Study report")
+    assert (copy / "accuracy_vs_sparsity.png").is_file()
+
+
+def test_bad_study_input_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"sparsities": [0.9], "seeds": [0], "methods": ["random"], "colour": 1}))
+    r = run_cli("study", str(bad), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "colour" in r.stderr and "Traceback" not in r.stderr
+    bad.write_text(yaml.safe_dump({"sparsities": [0.9], "seeds": [0], "methods": ["nope"]}))
+    r = run_cli("study", str(bad), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "unknown method 'nope'" in r.stderr
+    r = run_cli("report", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "results.csv" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_duplicate_row_labels_are_refused(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"sparsities": [0.9], "seeds": [0], "methods": ["random", {"name": "random"}]}))
+    with pytest.raises(EvoPaiError, match="appears twice"):
+        grid(load_study(path))
+
+
+def test_spearman_table_ranks_fitness_against_final_accuracy():
+    table_rows = []
+    for seed in (0, 1):
+        for i in range(5):
+            table_rows.append({"sparsity": 0.9, "seed": seed, "candidate": i, "final_test_accuracy": 0.5 + 0.1 * i,
+                               "fitness_good": i, "fitness_bad": -i, "fitness_flat": 1.0})
+    t = {r["fitness"]: r for r in spearman_table(table_rows, ["good", "bad", "flat"])}
+    assert t["good"]["rho_mean"] == pytest.approx(1.0) and t["good"]["pick_rank"] == 1
+    assert t["bad"]["rho_mean"] == pytest.approx(-1.0) and t["bad"]["pick_gain"] < 0
+    assert t["flat"]["cells"] == 0 and t["flat"]["rho_mean"] is None

@@ -1,0 +1,178 @@
+"""Backend vectorized: per-model results equal the local backend's; refusals and chunking."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from evo_pai.config import build_config
+from evo_pai.data import load_data
+from evo_pai.errors import EvoPaiError
+from evo_pai.evaluation.base import BurstTask, WorkerContext, make_evaluator
+from evo_pai.evaluation.vectorized import BatchedTrainer, plan_chunk, train_tasks_batched
+from evo_pai.experiment import Experiment
+from evo_pai.masks import MaskSet
+from evo_pai.runner import run_experiment
+from evo_pai.stacked import StackedForward
+
+from conftest import run_cli, tiny_raw
+
+F64_TOL = 1e-10  # |Δ| of every metric, trait element and state element, float64
+F32_TOL = 1e-5  # float32: |Δ| of metrics; relative L2 error of traits and states (measured ~1e-7)
+
+
+def raw_for(model: str, dtype: str, optimizer: str = "adam", **evaluation) -> dict:
+    raw = tiny_raw(generations=2)
+    if model != "mlp":  # image models: 8x8 digits, a small training subset keeps conv4 fast
+        raw["data"] = {"name": "digits", "train_subset": 64}
+        raw["model"] = {"name": model}
+    raw["train"] = {"dtype": dtype, "optimizer": optimizer, "weight_decay": 1e-3, "batch_size": 16}
+    raw["evaluation"] = {"device": "cpu", **evaluation}
+    return raw
+
+
+def both(raw: dict, **evaluation):
+    cfg = build_config(raw)
+    data = load_data(cfg.data)
+    vec_raw = {**raw, "evaluation": {**raw["evaluation"], "backend": "vectorized", **evaluation}}
+    local, vec = make_evaluator(cfg, data), make_evaluator(build_config(vec_raw), data)
+    return local, vec, Experiment(cfg, local, data)
+
+
+def mixed_tasks(exp: Experiment, n: int = 4, epochs: float = 1.0) -> list[BurstTask]:
+    """Different masks and seeds; one from a trained start state, one keeping state, one with test."""
+    start = {k: v * 1.1 for k, v in exp.theta0.items()}
+    return [BurstTask(exp.random_mask(0.3 + 0.1 * i, i), epochs, 100 + i, start=start if i == 1 else None,
+                      keep_state=i == 0, test=i == 2) for i in range(n)]
+
+
+def assert_same(a, b, tol: float, relative: bool) -> None:
+    assert a.metrics.keys() == b.metrics.keys()
+    for k in a.metrics:
+        assert abs(a.metrics[k] - b.metrics[k]) <= (tol if k != "val_accuracy" and k != "test_accuracy" or not relative else 0.02), k
+    assert a.epochs == b.epochs and a.init_scale == b.init_scale
+    pairs = [(a.traits[t][n], b.traits[t][n]) for t in a.traits for n in a.traits[t]]
+    assert (a.state is None) == (b.state is None)
+    if a.state is not None:
+        assert a.state.keys() == b.state.keys()
+        pairs += [(a.state[n], b.state[n]) for n in a.state]
+    for x, y in pairs:
+        assert x.shape == y.shape and x.dtype == y.dtype
+        err = float((x.double() - y.double()).norm() / (x.double().norm() + 1e-30)) if relative else float((x - y).abs().max())
+        assert err <= tol
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_mlp_float64_equals_local(optimizer):
+    local, vec, exp = both(raw_for("mlp", "float64", optimizer))
+    tasks = mixed_tasks(exp)
+    for a, b in zip(local.evaluate(tasks), vec.evaluate(tasks)):
+        assert_same(a, b, F64_TOL, relative=False)
+        assert a.metrics["val_loss"] == pytest.approx(b.metrics["val_loss"], abs=F64_TOL)
+
+
+def test_mlp_float32_within_tolerance():
+    local, vec, exp = both(raw_for("mlp", "float32"))
+    tasks = mixed_tasks(exp)
+    for a, b in zip(local.evaluate(tasks), vec.evaluate(tasks)):
+        assert_same(a, b, F32_TOL, relative=True)
+
+
+@pytest.mark.parametrize("model", ["lenet5", "conv4"])
+def test_conv_models_float64_equal_local(model):
+    local, vec, exp = both(raw_for(model, "float64"))
+    tasks = mixed_tasks(exp, n=2 if model == "conv4" else 3)  # float64 convolutions are slow on CPU
+    for a, b in zip(local.evaluate(tasks), vec.evaluate(tasks)):
+        assert_same(a, b, F64_TOL, relative=False)
+
+
+def test_lenet5_float32_within_tolerance():
+    local, vec, exp = both(raw_for("lenet5", "float32"))
+    tasks = mixed_tasks(exp, n=3)
+    for a, b in zip(local.evaluate(tasks), vec.evaluate(tasks)):
+        assert_same(a, b, F32_TOL, relative=True)
+
+
+def test_mixed_burst_lengths_and_chunks_keep_task_order():
+    local, vec, exp = both(raw_for("mlp", "float64"), chunk_size=2)
+    assert vec.trainer.chunk == 2
+    tasks = [dataclasses.replace(t, epochs=e) for t, e in zip(mixed_tasks(exp, n=5), [1, 2, 1, 0.5, 2])]
+    for a, b in zip(local.evaluate(tasks), vec.evaluate(tasks)):
+        assert_same(a, b, F64_TOL, relative=False)
+
+
+def test_cache_semantics_match_the_base_evaluator():
+    _, vec, exp = both(raw_for("mlp", "float32"))
+    tasks = [BurstTask(exp.random_mask(0.5, i), 1.0, i) for i in range(3)]
+    first = vec.evaluate(tasks + tasks[:1])  # a duplicate inside one call is trained once
+    assert vec.tasks_run == 3 and vec.cache_hits == 1 and first[3] is first[0]
+    again = vec.evaluate(tasks)
+    assert vec.tasks_run == 3 and vec.cache_hits == 4 and again[1] is first[1]
+
+
+def test_train_tasks_batched_for_ray_actors_matches_context_run():
+    cfg = build_config(raw_for("mlp", "float64"))
+    ctx = WorkerContext(cfg, "cpu")
+    exp = Experiment(cfg, make_evaluator(cfg, ctx.data), load_data(cfg.data))
+    tasks = mixed_tasks(exp, n=3)
+    for a, b in zip([ctx.run(t) for t in tasks], train_tasks_batched(ctx, tasks)):
+        assert_same(a, b, F64_TOL, relative=False)
+
+
+def test_search_with_vectorized_backend_matches_local(tmp_path):
+    raw = raw_for("mlp", "float64")
+    summaries = {}
+    for backend in ("local", "vectorized"):
+        cfg = build_config({**raw, "evaluation": {"device": "cpu", "backend": backend}})
+        (tmp_path / backend).mkdir()
+        summaries[backend] = run_experiment(cfg, tmp_path / backend)
+    a, b = summaries["local"], summaries["vectorized"]
+    assert a["test_accuracy"] == b["test_accuracy"] and a["sparsity"] == b["sparsity"]
+    assert a["test_loss"] == pytest.approx(b["test_loss"], abs=F64_TOL)
+    assert MaskSet.load(tmp_path / "local" / "mask.safetensors") == MaskSet.load(tmp_path / "vectorized" / "mask.safetensors")
+
+
+def test_batchnorm_model_is_refused_with_one_line():
+    raw = raw_for("resnet20", "float32")
+    raw["data"] = {"name": "digits"}
+    with pytest.raises(EvoPaiError, match=r"model 'resnet20' has BatchNorm2d.*use evaluation.backend local or ray"):
+        make_evaluator(build_config({**raw, "evaluation": {"backend": "vectorized", "device": "cpu"}}))
+
+
+def test_cli_refusal_exit_code_2(tmp_path):
+    proc = run_cli("run", "configs/quickstart.yaml", "--set", "evaluation.backend=vectorized",
+                   "--set", "model.name=resnet20", "--out", str(tmp_path / "run"), "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "resnet20" in lines[0] and "local or ray" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_unbatchable_layers_are_refused():
+    with pytest.raises(EvoPaiError, match="Dropout"):
+        StackedForward(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)), "plugin")
+    with pytest.raises(EvoPaiError, match="LSTM"):
+        StackedForward(nn.Sequential(nn.LSTM(4, 4)), "plugin")
+
+
+def test_memory_budget_refuses_before_training():
+    cfg = build_config(raw_for("mlp", "float32"))
+    per_model = BatchedTrainer(WorkerContext(cfg, "cpu")).bytes_per_model
+    budget_gb = 3.5 * per_model / 2**30
+    fits = make_evaluator(build_config(raw_for("mlp", "float32", backend="vectorized", max_memory_gb=budget_gb)))
+    assert fits.trainer.chunk == 3  # chunk_size unset: the largest chunk inside the budget
+    with pytest.raises(EvoPaiError, match=r"evaluation.chunk_size: 4 .* at most 3"):
+        make_evaluator(build_config(raw_for("mlp", "float32", backend="vectorized", chunk_size=4,
+                                            max_memory_gb=budget_gb)))
+    with pytest.raises(EvoPaiError, match="evaluation.max_memory_gb"):
+        plan_chunk(per_model, per_model // 2, "evaluation.max_memory_gb", None, "mlp")
+
+
+def test_memory_estimate_covers_stacked_state():
+    cfg = build_config(raw_for("mlp", "float32"))
+    ctx = WorkerContext(cfg, "cpu")
+    n = sum(p.numel() for p in ctx.model.parameters())
+    # at least weights + grads + Adam's two moments, 4 bytes each
+    assert BatchedTrainer(ctx).bytes_per_model >= 4 * 4 * n
