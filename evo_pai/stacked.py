@@ -1,18 +1,20 @@
 """Forward pass of K same-shaped networks at once, from parameters stacked on a leading K dim.
 
 The model's own forward is traced once with torch.fx; the graph is then replayed with batched
-kernels: Linear -> one `baddbmm`, Conv2d -> one grouped convolution (groups=K; model by model
-where oneDNN's grouped kernel is slow). Hand batching was chosen by measurement over
-torch.func.vmap (see docs/performance.md).
+kernels: Linear -> one `baddbmm`; Conv2d -> one grouped convolution (groups=K) for small
+convolutions, or one convolution per model for large ones on CPU (see `conv_mode`). Hand
+batching was chosen by measurement over torch.func.vmap (docs/performance.md).
 
-Activations travel in one of two layouts, converted only where needed:
-  "kb": (K, B, ...)        what bmm and the loss want
-  "ch": (B, K*C, H, W)     what a grouped convolution and pooling want
+Activations travel in one of three layouts, converted only where needed:
+  "kb":   (K, B, ...)                   what bmm and the loss want
+  "ch":   (B, K*C, H, W), channels_last  what a grouped convolution and pooling want
+  "list": K tensors (B, C, H, W)         model by model, for large convolutions
 """
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,31 +23,56 @@ from torch import fx, nn
 from .errors import EvoPaiError
 
 # Modules that act on each example (and, for images, each channel) independently: they run
-# unchanged on either layout, so K models cost one call.
+# unchanged on any layout, so K models cost one call ("list": K calls).
 _PER_EXAMPLE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Identity,
                 nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 MIN_GROUP_CHANNELS = 4  # below this many input channels per model, convolve model by model
+# On CPU, a convolution whose output for one model and one batch has at least this many elements
+# runs model by model: its compute dwarfs the per-call overhead that batching saves, and K times
+# larger activations cost page faults and copies (Conv-4 on 28x28, measured: grouped 0.73-0.87x
+# of sequential, per model ~1.0x; LeNet-5's small convolutions gain from grouping).
+PER_MODEL_MIN_ELEMENTS = 2**21
 
 
 @dataclass
 class _Act:
-    t: torch.Tensor
-    layout: str  # "kb" or "ch"
+    t: torch.Tensor | list[torch.Tensor]
+    layout: str  # "kb", "ch" or "list"
     k: int
 
     def kb(self) -> torch.Tensor:
         if self.layout == "kb":
             return self.t
+        if self.layout == "list":
+            return torch.stack(self.t)
         b, kc = self.t.shape[:2]
         return self.t.view(b, self.k, kc // self.k, *self.t.shape[2:]).transpose(0, 1)
 
     def ch(self) -> torch.Tensor:
         if self.layout == "ch":
             return self.t
+        if self.layout == "list":
+            return torch.cat(self.t, 1).contiguous(memory_format=torch.channels_last)
         k, b, c, h, w = self.t.shape
         # channels_last: oneDNN's grouped convolution runs ~1.3x faster in NHWC than in NCHW (measured)
         return self.t.permute(1, 3, 4, 0, 2).contiguous().view(b, h, w, k * c).permute(0, 3, 1, 2)
+
+    def parts(self) -> list[torch.Tensor]:
+        if self.layout == "list":
+            return self.t
+        if self.layout == "kb":
+            return list(self.t.unbind(0))
+        b, kc = self.t.shape[:2]
+        return list(self.t.view(b, self.k, kc // self.k, *self.t.shape[2:]).unbind(1))
+
+    def map(self, fn) -> "_Act":
+        """Apply a per-example, per-channel function."""
+        if self.layout == "list":
+            return _Act([fn(x) for x in self.t], "list", self.k)
+        if self.layout == "ch":
+            return _Act(fn(self.t), "ch", self.k)
+        return _Act(fn(self.t.flatten(0, 1)).unflatten(0, (self.k, -1)), "kb", self.k)
 
 
 def _refuse(model_name: str, why: str) -> EvoPaiError:
@@ -55,11 +82,31 @@ def _refuse(model_name: str, why: str) -> EvoPaiError:
     )
 
 
+def _conv_output_elements(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Largest Conv2d output for one example (0 without convolutions)."""
+    sizes = [0]
+    hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel()))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(sizes)
+
+
 class StackedForward:
     """Callable `(params, x) -> logits (K, B, classes)`; `params` maps names to stacked tensors
-    made by `stack` (leading K dim; Linear weights transposed)."""
+    made by `stack` (leading K dim; Linear weights transposed).
 
-    def __init__(self, model: nn.Module, model_name: str):
+    conv_mode: "grouped", "per_model", or "auto" (per model on CPU when a convolution's output for
+    one model and `batch_size` examples reaches PER_MODEL_MIN_ELEMENTS, else grouped).
+    """
+
+    def __init__(self, model: nn.Module, model_name: str, input_shape: Sequence[int] | None = None,
+                 batch_size: int = 128, conv_mode: str = "auto"):
         for name, m in model.named_modules():
             if isinstance(m, _NORM):
                 raise _refuse(model_name, f"has {type(m).__name__} layers ({name}) with per-model statistics")
@@ -76,6 +123,13 @@ class StackedForward:
         self.transposed = {f"{n}.weight" for n, m in self.modules.items() if isinstance(m, nn.Linear)}
         for node in self.graph.nodes:  # fail now, not in the middle of a burst
             self._check(node)
+        if conv_mode == "auto":
+            cpu = next(model.parameters()).device.type == "cpu"
+            big = input_shape is not None and _conv_output_elements(model, input_shape) * batch_size >= PER_MODEL_MIN_ELEMENTS
+            conv_mode = "per_model" if cpu and big else "grouped"
+        if conv_mode not in ("grouped", "per_model"):
+            raise ValueError(f"conv_mode must be auto, grouped or per_model, not {conv_mode!r}")
+        self.conv_mode = conv_mode
 
     def stack(self, name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         """K per-model tensors -> the stacked layout this forward reads."""
@@ -99,7 +153,7 @@ class StackedForward:
             raise _refuse(self.model_name, f"reads attribute {node.target} in forward")
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """`x`: (K, B, *input_shape) inputs, one batch per model."""
+        """`x`: (K, B, *input_shape) inputs, one batch per model (stride 0 on K: shared inputs)."""
         k = x.shape[0]
         env: dict[str, object] = {}
 
@@ -111,10 +165,9 @@ class StackedForward:
                 env[node.name] = _Act(x, "kb", k)
             elif node.op == "call_module":
                 env[node.name] = self._module(node.target, val(node.args[0]), params)
-            elif node.op == "call_method":
-                env[node.name] = _apply(node.target, [val(a) for a in node.args], {kk: val(v) for kk, v in node.kwargs.items()})
-            elif node.op == "call_function":
-                env[node.name] = _apply(node.target, [val(a) for a in node.args], {kk: val(v) for kk, v in node.kwargs.items()})
+            elif node.op in ("call_method", "call_function"):
+                fn = _FUNCTIONS[_METHODS.get(node.target, node.target)]
+                env[node.name] = fn(*[val(a) for a in node.args], **{kk: val(v) for kk, v in node.kwargs.items()})
             elif node.op == "output":
                 return val(node.args[0]).kb()
         raise AssertionError("fx graph without output")
@@ -135,56 +188,46 @@ class StackedForward:
             return _flatten(a, m.start_dim, m.end_dim)
         if isinstance(m, nn.Dropout):  # p == 0 (checked): identity
             return a
-        # per-example module: "ch" keeps 4-D images; "kb" folds K into the batch
-        if a.layout == "ch":
-            return _Act(m(a.t), "ch", a.k)
-        return _Act(m(a.t.flatten(0, 1)).unflatten(0, (a.k, -1)), "kb", a.k)
+        return a.map(m)
 
-    @staticmethod
-    def _conv(m: nn.Conv2d, a: _Act, w: torch.Tensor, bias: torch.Tensor | None) -> _Act:
+    def _conv(self, m: nn.Conv2d, a: _Act, w: torch.Tensor, bias: torch.Tensor | None) -> _Act:
         k = a.k
-        if a.layout == "kb" and a.t.stride(0) == 0 and m.groups == 1:
-            # Evaluation: every model sees the same images, so one convolution with all K*O filters.
-            out = F.conv2d(a.t[0], w.flatten(0, 1), None if bias is None else bias.flatten(),
-                           m.stride, m.padding, m.dilation)
+        shared = a.layout == "kb" and a.t.stride(0) == 0  # evaluation: every model sees the same images
+        if self.conv_mode == "per_model" or m.in_channels // m.groups < MIN_GROUP_CHANNELS:
+            # Model by model (also where oneDNN's grouped kernel with 1-3 input channels per group is
+            # 4-20x slower than K separate convolutions: first layers, measured).
+            xs = [a.t[0]] * k if shared else a.parts()
+            return _Act([F.conv2d(xs[i], w[i], None if bias is None else bias[i], m.stride, m.padding,
+                                  m.dilation, m.groups) for i in range(k)], "list", k)
+        flat_b = None if bias is None else bias.flatten()
+        if shared and m.groups == 1:  # one convolution with all K*O filters
+            out = F.conv2d(a.t[0], w.flatten(0, 1), flat_b, m.stride, m.padding, m.dilation)
             return _Act(out.contiguous(memory_format=torch.channels_last), "ch", k)
-        if m.in_channels // m.groups < MIN_GROUP_CHANNELS:
-            # oneDNN's grouped convolution with 1-3 input channels per group is 4-20x slower than K
-            # separate convolutions (measured: Conv-4's first layer, 28x28, K=8, fwd+bwd).
-            h = a.kb()
-            outs = [F.conv2d(h[i], w[i], None if bias is None else bias[i], m.stride, m.padding, m.dilation, m.groups)
-                    for i in range(k)]
-            return _Act(torch.cat(outs, 1).contiguous(memory_format=torch.channels_last), "ch", k)
-        out = F.conv2d(a.ch(), w.flatten(0, 1), None if bias is None else bias.flatten(),
-                       m.stride, m.padding, m.dilation, m.groups * k)
+        out = F.conv2d(a.ch(), w.flatten(0, 1), flat_b, m.stride, m.padding, m.dilation, m.groups * k)
         return _Act(out, "ch", k)
 
 
 def _flatten(a: _Act, start: int = 0, end: int = -1) -> _Act:
-    h = a.kb()
+    if a.layout == "list":  # per-model tensors keep their own dims
+        return _Act([x.flatten(start, end) for x in a.t], "list", a.k)
     start = start + 1 if start >= 0 else start
     end = end + 1 if end >= 0 else end
-    return _Act(h.flatten(start, end), "kb", a.k)
+    return _Act(a.kb().flatten(start, end), "kb", a.k)
 
 
 def _relu(a: _Act, inplace: bool = False) -> _Act:
-    return _Act(F.relu(a.t), a.layout, a.k)
+    return a.map(F.relu)
 
 
 def _add(a, b):
-    if isinstance(a, _Act) and isinstance(b, _Act):
-        if a.layout != b.layout:
-            return _Act(a.kb() + b.kb(), "kb", a.k)
+    if not (isinstance(a, _Act) and isinstance(b, _Act)):
+        raise EvoPaiError("vectorized backend: only activation + activation additions can be batched")
+    if a.layout == b.layout == "list":
+        return _Act([x + y for x, y in zip(a.t, b.t)], "list", a.k)
+    if a.layout == b.layout:
         return _Act(a.t + b.t, a.layout, a.k)
-    raise EvoPaiError("vectorized backend: only activation + activation additions can be batched")
+    return _Act(a.kb() + b.kb(), "kb", a.k)
 
 
 _FUNCTIONS = {torch.flatten: _flatten, F.relu: _relu, torch.relu: _relu, operator.add: _add}
-
-
-def _apply(target, args, kwargs):
-    if target == "flatten" or target is torch.flatten:
-        return _flatten(*args, **kwargs)
-    if target == "relu":
-        return _relu(*args)
-    return _FUNCTIONS[target](*args, **kwargs)
+_METHODS = {"flatten": torch.flatten, "relu": torch.relu}

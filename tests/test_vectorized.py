@@ -80,9 +80,11 @@ def test_mlp_float32_within_tolerance():
         assert_same(a, b, F32_TOL, relative=True)
 
 
-@pytest.mark.parametrize("model", ["lenet5", "conv4"])
-def test_conv_models_float64_equal_local(model):
+@pytest.mark.parametrize("model,conv_mode", [("lenet5", "grouped"), ("lenet5", "per_model"), ("conv4", "auto")])
+def test_conv_models_float64_equal_local(model, conv_mode):
     local, vec, exp = both(raw_for(model, "float64"))
+    if conv_mode != "auto":  # both ways of batching convolutions (auto picks by size and device)
+        vec.trainer.forward = StackedForward(vec.context.model, model, conv_mode=conv_mode)
     tasks = mixed_tasks(exp, n=2 if model == "conv4" else 3)  # float64 convolutions are slow on CPU
     for a, b in zip(local.evaluate(tasks), vec.evaluate(tasks)):
         assert_same(a, b, F64_TOL, relative=False)

@@ -67,7 +67,7 @@ class BatchedTrainer:
     def __init__(self, context: WorkerContext):
         cfg = context.cfg
         self.context = context
-        self.forward = StackedForward(context.model, cfg.model.name)
+        self.forward = StackedForward(context.model, cfg.model.name, context.data.input_shape, cfg.train.batch_size)
         masked = prunable_names(context.model, include_bias=cfg.masks.include_bias)  # superset of any mask
         self.bytes_per_model = bytes_per_model(context.model, context.data.input_shape, cfg.train, masked)
         budget, source = memory_budget(cfg, context.device)
