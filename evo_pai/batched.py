@@ -71,11 +71,11 @@ def train_batched(
     device = next(model.parameters()).device
     names = [n for n, _ in model.named_parameters()]
     masked = list(masks[0])
-    params = {n: forward.stack(n, [s[n].to(device) for s in starts]).requires_grad_() for n in names}
+    params = {n: torch.stack([s[n].to(device) for s in starts]).requires_grad_() for n in names}
     dtype = params[names[0]].dtype
     # 0/1 in the parameters' dtype: x * 1.0 == x * True exactly, and a same-dtype multiply is a
     # vectorized kernel (a bool operand measured ~5x slower).
-    keep = {n: forward.stack(n, [m[n] for m in masks]).to(device, dtype) for n in masked}
+    keep = {n: torch.stack([m[n] for m in masks]).to(device, dtype) for n in masked}
     with torch.no_grad():
         for n in masked:
             params[n].mul_(keep[n])
@@ -120,10 +120,9 @@ def _results(model, forward, params, grad_accum, starts, reference, data, loss_s
     device = next(iter(params.values())).device
     ref = {n: reference[n].to(device) for n in masked}
     scale = {n: float(ref[n].abs().mean()) for n in masked}
-    nat = {n: forward.natural(n, p) for n, p in params.items()}  # (K, *shape) views
-    rel = {n: ((nat[n] - ref[n]).abs() / (ref[n].abs() + _EPS)).to("cpu", torch.float32) for n in masked}
-    weight = {n: nat[n].to("cpu", torch.float32) for n in masked}
-    accum = {n: forward.natural(n, grad_accum[n]).to("cpu", torch.float32) for n in masked}
+    rel = {n: ((params[n] - ref[n]).abs() / (ref[n].abs() + _EPS)).to("cpu", torch.float32) for n in masked}
+    weight = {n: params[n].to("cpu", torch.float32) for n in masked}
+    accum = {n: grad_accum[n].to("cpu", torch.float32) for n in masked}
     state_keys = list(model.state_dict())
     epochs = steps / math.ceil(data.n_train / hp.batch_size)
     out = []
@@ -139,7 +138,7 @@ def _results(model, forward, params, grad_accum, starts, reference, data, loss_s
                     "rel_change": {n: _own(rel[n][i]) for n in masked},
                     "grad_accum": {n: _own(accum[n][i]) for n in masked}},
             init_scale=dict(scale),
-            state={n: _own((nat[n][i] if n in nat else starts[i][n]).to("cpu")) for n in state_keys}
+            state={n: _own((params[n][i] if n in params else starts[i][n]).to("cpu")) for n in state_keys}
             if keep_state[i] else None,
             epochs=epochs,
         ))

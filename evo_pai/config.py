@@ -97,6 +97,8 @@ class EvaluationConfig(_Section):
     max_retries: int = Field(3, ge=0)
     chunk_size: int | None = Field(None, ge=1)
     max_memory_gb: float | None = Field(None, gt=0)
+    # inside each Ray actor: train its share of the population together (vectorized) or one by one
+    actor_trainer: Literal["auto", "vectorized", "sequential"] = "auto"
 
     @field_validator("device")
     @classmethod

@@ -139,7 +139,7 @@ def test_search_with_vectorized_backend_matches_local(tmp_path):
 def test_batchnorm_model_is_refused_with_one_line():
     raw = raw_for("resnet20", "float32")
     raw["data"] = {"name": "digits"}
-    with pytest.raises(EvoPaiError, match=r"model 'resnet20' has BatchNorm2d.*use evaluation.backend local or ray"):
+    with pytest.raises(EvoPaiError, match=r"model 'resnet20' has BatchNorm2d.*use evaluation.backend local, or ray with evaluation.actor_trainer sequential"):
         make_evaluator(build_config({**raw, "evaluation": {"backend": "vectorized", "device": "cpu"}}))
 
 
@@ -148,7 +148,7 @@ def test_cli_refusal_exit_code_2(tmp_path):
                    "--set", "model.name=resnet20", "--out", str(tmp_path / "run"), "--quiet")
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "resnet20" in lines[0] and "local or ray" in lines[0]
+    assert len(lines) == 1 and "resnet20" in lines[0] and "evaluation.backend local" in lines[0]
     assert "Traceback" not in proc.stderr
 
 
@@ -178,3 +178,20 @@ def test_memory_estimate_covers_stacked_state():
     n = sum(p.numel() for p in ctx.model.parameters())
     # at least weights + grads + Adam's two moments, 4 bytes each
     assert BatchedTrainer(ctx).bytes_per_model >= 4 * 4 * n
+
+
+def test_ray_actor_trainer_resolution():
+    """auto: batched where the model allows it, else one by one; vectorized for resnet20: the refusal."""
+    from evo_pai.evaluation.base import initial_model
+    from evo_pai.evaluation.ray import actor_trainer
+
+    for model, choice, expected in [("mlp", "auto", "vectorized"), ("mlp", "sequential", "sequential"),
+                                    ("resnet20", "auto", "sequential")]:
+        raw = raw_for(model, "float32", actor_trainer=choice)
+        raw["data"] = {"name": "digits"} if model == "resnet20" else raw["data"]
+        cfg = build_config(raw)
+        data = load_data(cfg.data)
+        assert actor_trainer(cfg, initial_model(cfg, data), data) == expected, (model, choice)
+    cfg = build_config({**raw, "evaluation": {**raw["evaluation"], "actor_trainer": "vectorized"}})
+    with pytest.raises(EvoPaiError, match="actor_trainer sequential"):
+        actor_trainer(cfg, initial_model(cfg, data), data)

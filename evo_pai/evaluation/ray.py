@@ -28,8 +28,10 @@ from ..config import Config, build_config, to_dict
 from ..data import DataSplits, load_data
 from ..errors import EvoPaiError
 from ..registry import load_plugins, register_backend
+from ..stacked import StackedForward
 from ..training import BurstResult
 from .base import BurstTask, Evaluator, Progress, WorkerContext, dtype_of, initial_model
+from .vectorized import BatchedTrainer
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,9 @@ POLL_SECONDS = 0.5  # how often the dispatcher looks for stragglers while it wai
 class BurstWorker:
     """The body of one Ray actor. Plain class: wrapped with `ray.remote` at run time."""
 
-    def __init__(self, cfg_raw: dict, threads: int, device: str):
+    def __init__(self, cfg_raw: dict, threads: int, device: str, trainer: str = "sequential"):
         torch.set_num_threads(threads)  # Ray sets OMP threads to 1 in workers; use the CPUs we reserved
-        self.device, self.error, self.context = device, None, None
+        self.device, self.trainer, self.error, self.context = device, trainer, None, None
         try:
             self.cfg = build_config(cfg_raw)
             load_plugins(self.cfg.plugins)
@@ -71,12 +73,17 @@ class BurstWorker:
 
             self.context = WorkerContext(self.cfg, self.device, self.data, theta0=ray.get(theta0_ref[0]))
             self.data = None  # the context holds its own copy on the device
+            # planned here, so a share too large for this node's memory is refused by ready()
+            self.batched = BatchedTrainer(self.context) if self.trainer == "vectorized" else None
 
-    def run(self, task: BurstTask, theta0_ref: list) -> BurstResult:
+    def run(self, tasks: list[BurstTask], theta0_ref: list) -> list[BurstResult]:
+        """One unit of work: this actor's share of a population, trained together or one by one."""
         if self.error:  # a restarted actor whose set-up failed on this node
             raise EvoPaiError(f"a Ray actor could not build the data and model: {self.error}")
         self._build(theta0_ref)  # after a restart Ray re-runs __init__ only
-        return self.context.run(task)
+        if self.trainer == "vectorized":
+            return self.batched.run(tasks)
+        return [self.context.run(t) for t in tasks]
 
 
 @contextmanager
@@ -105,6 +112,20 @@ def on_cpu(task: BurstTask) -> BurstTask:
     if task.start is None or all(v.device.type == "cpu" for v in task.start.values()):
         return task
     return dataclasses.replace(task, start={k: v.to("cpu") for k, v in task.start.items()})
+
+
+def actor_trainer(cfg: Config, model: torch.nn.Module, data: DataSplits) -> str:
+    """evaluation.actor_trainer resolved: 'auto' is vectorized when the model can be batched."""
+    choice = cfg.evaluation.actor_trainer
+    if choice == "sequential":
+        return choice
+    try:
+        StackedForward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
+    except EvoPaiError:
+        if choice == "vectorized":
+            raise
+        return "sequential"  # e.g. BatchNorm models: trained one by one, as the local backend does
+    return "vectorized"
 
 
 def reachable(address: str, timeout: float = 5.0) -> bool:
@@ -138,6 +159,7 @@ class RayEvaluator(Evaluator):
         self._inflight: dict[Any, tuple[int, int | None, float]] = {}  # ref -> (actor, task index, start)
         self._durations: list[float] = []
         self.failures: list[dict] = []  # actor deaths seen by the driver, with causes
+        self.trainer = "sequential"  # set with the actors: how each trains its share
         self.timings: dict[str, float] = {}  # seconds: ray_init, actors, shutdown (benchmarks read them)
         try:
             with preserved_rng():
@@ -217,16 +239,18 @@ class RayEvaluator(Evaluator):
         model = initial_model(self.cfg, data)  # θ0 built here once; actors receive these exact tensors
         theta0 = ray.put({k: v.detach().to("cpu", dtype_of(self.cfg)).clone() for k, v in model.state_dict().items()})
         self._theta0 = [theta0]  # sent (as a reference) with every task; fetched once per actor
+        self.trainer = actor_trainer(self.cfg, model, data)
         remote = ray.remote(BurstWorker).options(
             num_cpus=cpus, num_gpus=gpus, max_restarts=ev.max_retries, max_task_retries=ev.max_retries,
         )
         threads = max(1, int(cpus))
-        self.actors = [remote.remote(to_dict(self.cfg), threads, device) for _ in range(n)]
+        self.actors = [remote.remote(to_dict(self.cfg), threads, device, self.trainer) for _ in range(n)]
         for pid, error in ray.get([a.ready.remote(self._theta0) for a in self.actors]):
             if error:
                 raise EvoPaiError(f"a Ray actor could not build the data and model: {error} "
                                   "(every node needs evo-pai, its plugins and the dataset files)")
-        self.device_name = f"ray: {n} actor{'s' if n > 1 else ''} x {device} ({cpus:g} CPU, {gpus:g} GPU each)"
+        self.device_name = (f"ray: {n} actor{'s' if n > 1 else ''} x {device} ({cpus:g} CPU, {gpus:g} GPU each, "
+                            f"{self.trainer} trainer)")
 
     # -- running ----------------------------------------------------------------------
     def actor_pids(self) -> list[int | None]:
@@ -238,61 +262,70 @@ class RayEvaluator(Evaluator):
     def live_actors(self) -> int:
         return sum(a is not None for a in self.actors)
 
+    def _units(self, n: int) -> list[list[int]]:
+        """Task indices per actor call: one each for sequential actors (load balances task by task),
+        an even share per live actor for vectorized ones (at most evaluation.chunk_size), trained together."""
+        if self.trainer != "vectorized":
+            return [[i] for i in range(n)]
+        size = self.cfg.evaluation.chunk_size or math.ceil(n / max(1, self.live_actors))
+        return [list(range(lo, min(lo + size, n))) for lo in range(0, n, size)]
+
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
         from ray.exceptions import RayActorError, RayTaskError
 
         ray, limit = self._ray, self.cfg.evaluation.max_retries
-        results: list[BurstResult | None] = [None] * len(tasks)
-        resubmits = [0] * len(tasks)
-        queue = deque(range(len(tasks)))
+        units = self._units(len(tasks))
+        done_units: list[list[BurstResult] | None] = [None] * len(units)
+        resubmits = [0] * len(units)
+        queue = deque(range(len(units)))
         busy = {a for a, _, _ in self._inflight.values()}  # copies left over from an earlier call
         idle = deque(i for i, a in enumerate(self.actors) if a is not None and i not in busy)
-        remaining = len(tasks)
+        remaining, finished, reported = len(units), 0, 0
 
-        def submit(actor: int, i: int) -> None:
-            ref = self.actors[actor].run.remote(on_cpu(tasks[i]), self._theta0)
-            self._inflight[ref] = (actor, i, time.perf_counter())
+        def submit(actor: int, u: int) -> None:
+            ref = self.actors[actor].run.remote([on_cpu(tasks[i]) for i in units[u]], self._theta0)
+            self._inflight[ref] = (actor, u, time.perf_counter())
 
-        def finish(i: int, res: BurstResult) -> None:
-            nonlocal remaining
-            results[i] = res
+        def finish(u: int, res: list[BurstResult]) -> None:
+            nonlocal remaining, finished
+            done_units[u] = res
             remaining -= 1
+            finished += len(units[u])
 
-        reported = 0
         while remaining:
             while idle and queue:
-                i = queue.popleft()
-                if results[i] is None:
-                    submit(idle.popleft(), i)
+                u = queue.popleft()
+                if done_units[u] is None:
+                    submit(idle.popleft(), u)
             if idle and not queue:
-                straggler = self._straggler(results)
+                straggler = self._straggler(done_units)
                 if straggler is not None:
-                    log.warning("task %d is running far longer than usual (dead node or restarting actor?); "
-                                "running it again on actor %d, first result wins", straggler, idle[0])
+                    log.warning("a share of %d task(s) is running far longer than usual (dead node or restarting "
+                                "actor?); running it again on actor %d, first result wins", len(units[straggler]), idle[0])
                     submit(idle.popleft(), straggler)
-            if progress and reported < len(tasks) - remaining:  # after refilling: no actor waits on the bar
-                progress(len(tasks) - remaining - reported)
-                reported = len(tasks) - remaining
+            if progress and reported < finished:  # after refilling: no actor waits on the bar
+                progress(finished - reported)
+                reported = finished
             if not self._inflight:
                 raise EvoPaiError(f"all Ray actors are gone ({self.failures[-1]['cause'] if self.failures else 'unknown cause'}); "
                                   "the last checkpoint is kept: `evo-pai resume RUN_DIR` after fixing the cluster")
             done, _ = ray.wait(list(self._inflight), num_returns=1, timeout=POLL_SECONDS)
             for ref in done:
-                actor, i, started = self._inflight.pop(ref)
+                actor, u, started = self._inflight.pop(ref)
                 try:
                     res = ray.get(ref)
                 except RayActorError as exc:
                     self._retire(actor, exc)
-                    if i is None or results[i] is not None or any(j == i for _, j, _ in self._inflight.values()):
-                        continue  # another copy of this task is still running or already finished
-                    resubmits[i] += 1
-                    if resubmits[i] > limit:
-                        cause = (f"gave up after {resubmits[i]} Ray actor failure(s) on this task "
+                    if u is None or done_units[u] is not None or any(j == u for _, j, _ in self._inflight.values()):
+                        continue  # another copy of this share is still running or already finished
+                    resubmits[u] += 1
+                    if resubmits[u] > limit:
+                        cause = (f"gave up after {resubmits[u]} Ray actor failure(s) on this task "
                                  f"(evaluation.max_retries={limit}): {one_line(exc)}")
-                        log.warning("individual %d gets the worst fitness: %s", i, cause)
-                        finish(i, failed_result(tasks[i], cause))
+                        log.warning("individual(s) %s get the worst fitness: %s", units[u], cause)
+                        finish(u, [failed_result(tasks[i], cause) for i in units[u]])
                     else:
-                        queue.appendleft(i)  # resubmit to the next live actor
+                        queue.appendleft(u)  # resubmit to the next live actor
                     continue
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
@@ -300,17 +333,21 @@ class RayEvaluator(Evaluator):
                         raise EvoPaiError(str(cause)) from None
                     raise
                 idle.append(actor)
-                if i is not None and results[i] is None:
+                if u is not None and done_units[u] is None:
                     self._durations.append(time.perf_counter() - started)
-                    finish(i, res)
-        if progress and reported < len(tasks):
-            progress(len(tasks) - reported)
+                    finish(u, res)
+        if progress and reported < finished:
+            progress(finished - reported)
         # copies still running belong to no task now; their actors stay busy until they finish
         self._inflight = {ref: (a, None, t) for ref, (a, _, t) in self._inflight.items()}
+        results: list[BurstResult | None] = [None] * len(tasks)
+        for members, res in zip(units, done_units):
+            for i, r in zip(members, res):  # type: ignore[arg-type]
+                results[i] = r
         return results  # type: ignore[return-value]
 
-    def _straggler(self, results: list[BurstResult | None]) -> int | None:
-        """A task running far longer than usual (its actor may wait for a dead node): run it again."""
+    def _straggler(self, results: list) -> int | None:
+        """A unit of work running far longer than usual (its actor may wait for a dead node): run it again."""
         if not self._durations:
             return None
         limit = max(STRAGGLER_FACTOR * statistics.median(self._durations[-64:]), STRAGGLER_SECONDS)

@@ -1,7 +1,7 @@
 """The population trained together on one device: stacked weights, one batched step for all.
 
-`train_tasks_batched(context, tasks)` is the whole backend in one call, so a Ray actor can use
-it for its share of a population. Memory is planned before any training: a chunk that does not
+`BatchedTrainer` is the whole backend on one worker: a Ray actor with
+evaluation.actor_trainer=vectorized uses it for its share of a population. Memory is planned before any training: a chunk that does not
 fit the budget is refused up front instead of running out of memory midway.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ _trainers: "weakref.WeakKeyDictionary[WorkerContext, BatchedTrainer]" = weakref.
 
 
 def train_tasks_batched(context: WorkerContext, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
-    """Train `tasks` on `context`'s device in batched chunks; results in task order (for Ray actors)."""
+    """Train `tasks` on `context`'s device in batched chunks; results in task order (one call for scripts)."""
     if context not in _trainers:
         _trainers[context] = BatchedTrainer(context)
     return _trainers[context].run(tasks, progress)
