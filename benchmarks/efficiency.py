@@ -97,10 +97,6 @@ def update_replay(model: nn.Module, k: int, steps: int, masked: list[str], hp):
                     acc[n].add_(torch.abs(g, out=tmp[n]) if k else g.abs())
                     g.mul_(keep[n])
             opt.step()
-            if not k:
-                with torch.no_grad():
-                    for n, m in keep.items():
-                        params[names.index(n)].mul_(m)
 
     return run
 

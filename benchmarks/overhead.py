@@ -54,10 +54,7 @@ def hand_loop(model, theta0, mask, data, lr: float, seed: int, traits: bool = Fa
             if traits:
                 accum[k].add_(params[k].grad.abs())
             params[k].grad.mul_(m)
-        opt.step()
-        with torch.no_grad():
-            for k, m in keep.items():
-                params[k].mul_(m)
+        opt.step()  # masked gradients keep masked weights at exactly 0: no re-masking needed
     with torch.no_grad():
         out = model(data.val_x)
         return float(F.cross_entropy(out, data.val_y)), float((out.argmax(1) == data.val_y).float().mean())

@@ -78,5 +78,20 @@ def test_masked_weights_stay_exactly_zero_and_traits_are_right(ctx):
         assert torch.allclose(res.traits["rel_change"][k], expected)
         assert (res.traits["grad_accum"][k] >= 0).all()
         assert torch.equal(res.state[k], w)
+
+
+@pytest.mark.parametrize("train", [{"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-2},
+                                   {"optimizer": "adam", "weight_decay": 1e-2}])
+def test_masked_weights_stay_zero_with_momentum_and_weight_decay(train):
+    """The trainer masks gradients only (no re-masking after the step): optimizer state and weight
+    decay of a masked weight must stay exactly zero, from a start state that was not zero there."""
+    raw = tiny_raw()
+    raw["train"] = {**raw["train"], **train}
+    c = WorkerContext(build_config(raw), "cpu")
+    m = _mask(c)
+    start = {k: v + 0.5 for k, v in c.theta0.items()}  # nonzero everywhere, masked positions included
+    res = c.run(BurstTask(m, 2.0, 3, start=start, keep_state=True))
+    for k in m:
+        assert (res.state[k][~m[k]] == 0).all() and (res.state[k][m[k]] != 0).all()
     assert res.epochs == pytest.approx(2.0)
     assert res.metrics["val_accuracy"] > 0.4  # 4 classes: well above chance after 2 epochs
