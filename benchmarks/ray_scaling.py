@@ -133,7 +133,7 @@ def main() -> None:
               f"{med[seq_name]['generation'] / med[vec_name]['generation']:.2f}x for the generation")
     winners = {name: sorted({x["winner"][:8] for x in rs}) for name, rs in runs.items()}
     # Local and sequential actors do the same float arithmetic: their winners must agree. Batched
-    # (vectorized) float32 arithmetic differs in the last bits, which may flip a close ranking.
+    # (vectorized) float32 arithmetic differs in the last bits, which may flip a close ranking or a weight at DG's threshold.
     exact = {n: ws for n, ws in winners.items() if "vectorized" not in n}
     same = len({w for ws in exact.values() for w in ws}) == 1
     print(f"same winners: {'yes' if same else 'no: ' + ', '.join(f'{n} {ws}' for n, ws in exact.items())}")
