@@ -31,7 +31,7 @@ from evo_pai.batched import eval_rows  # noqa: E402
 from evo_pai.config import build_config  # noqa: E402
 from evo_pai.data import load_data  # noqa: E402
 from evo_pai.evaluation.base import BurstTask, WorkerContext  # noqa: E402
-from evo_pai.evaluation.vectorized import train_tasks_batched  # noqa: E402
+from evo_pai.evaluation.vectorized import BatchedTrainer  # noqa: E402
 from evo_pai.experiment import Experiment  # noqa: E402
 from evo_pai.evaluation.local import LocalEvaluator  # noqa: E402
 from evo_pai.registry import load_plugins  # noqa: E402
@@ -124,7 +124,8 @@ def main() -> None:
     for name, k, lead, rows_val in cases:
         gemm, flops = replay(gemm_plan(ctx.model, lead, steps, n_val, rows_val))
         if lead:
-            burst = lambda r, k=k: train_tasks_batched(ctx, [BurstTask(masks[i], 1.0, 100 * r + i) for i in range(k)])
+            trainer = BatchedTrainer(ctx)
+            burst = lambda r, k=k, trainer=trainer: trainer.run([BurstTask(masks[i], 1.0, 100 * r + i) for i in range(k)])
         else:
             burst = lambda r: local.context.run(BurstTask(masks[0], 1.0, r))
         update = update_replay(ctx.model, lead, steps, masked, cfg.train)

@@ -220,29 +220,27 @@ def run_study(spec: StudySpec, root: Path, jobs: int | None = None, say: Callabl
     say(f"study '{spec.name}': {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run ({jobs} job(s))")
     errors: list[str] = []
 
-    def finished(name: str, err: str | None) -> None:
-        if err:
-            errors.append(err)
-            say(f"  FAILED {err}")
-        else:
-            say(f"  done {name}")
-        write_csv(root / "results.csv", collect(cells, root), CSV_FIELDS)
-
-    groups = predictiveness_jobs(spec)
-    _map(jobs, run_cell, [(c, root, spec.threads) for c in todo], [c.dirname for c in todo], finished)
-    write_csv(root / "results.csv", collect(cells, root), CSV_FIELDS)
-    if groups:
-        say(f"predictiveness: {len(groups)} K-starts cells, every candidate trained with the final recipe")
-
-        def finished_group(name: str, err: str | None) -> None:
+    def reporter(write):
+        """A job's completion callback: report it, keep its error, rewrite the table with `write`."""
+        def finished(name: str, err: str | None) -> None:
             if err:
                 errors.append(err)
                 say(f"  FAILED {err}")
             else:
                 say(f"  done {name}")
-            write_predictiveness_csv(root)
+            write()
+        return finished
 
-        _map(jobs, run_predictiveness_group, [(g, root, spec.threads) for g in groups], [g.dirname for g in groups], finished_group)
+    def write_results() -> None:
+        write_csv(root / "results.csv", collect(cells, root), CSV_FIELDS)
+
+    groups = predictiveness_jobs(spec)
+    _map(jobs, run_cell, [(c, root, spec.threads) for c in todo], [c.dirname for c in todo], reporter(write_results))
+    write_results()
+    if groups:
+        say(f"predictiveness: {len(groups)} K-starts cells, every candidate trained with the final recipe")
+        _map(jobs, run_predictiveness_group, [(g, root, spec.threads) for g in groups], [g.dirname for g in groups],
+             reporter(lambda: write_predictiveness_csv(root)))
         write_predictiveness_csv(root)
     write_report(root)
     if errors:

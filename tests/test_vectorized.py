@@ -11,7 +11,7 @@ from evo_pai.config import build_config
 from evo_pai.data import load_data
 from evo_pai.errors import EvoPaiError
 from evo_pai.evaluation.base import BurstTask, WorkerContext, make_evaluator
-from evo_pai.evaluation.vectorized import BatchedTrainer, plan_chunk, train_tasks_batched
+from evo_pai.evaluation.vectorized import BatchedTrainer, plan_chunk
 from evo_pai.experiment import Experiment
 from evo_pai.masks import MaskSet
 from evo_pai.runner import run_experiment
@@ -114,12 +114,12 @@ def test_cache_semantics_match_the_base_evaluator():
     assert vec.tasks_run == 3 and vec.cache_hits == 4 and again[1] is first[1]
 
 
-def test_train_tasks_batched_for_ray_actors_matches_context_run():
+def test_batched_trainer_for_ray_actors_matches_context_run():
     cfg = build_config(raw_for("mlp", "float64"))
     ctx = WorkerContext(cfg, "cpu")
     exp = Experiment(cfg, make_evaluator(cfg, ctx.data), load_data(cfg.data))
     tasks = mixed_tasks(exp, n=3)
-    for a, b in zip([ctx.run(t) for t in tasks], train_tasks_batched(ctx, tasks)):
+    for a, b in zip([ctx.run(t) for t in tasks], BatchedTrainer(ctx).run(tasks)):
         assert_same(a, b, F64_TOL, relative=False)
 
 

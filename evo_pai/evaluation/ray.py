@@ -81,7 +81,7 @@ class BurstWorker:
         if self.error:  # a restarted actor whose set-up failed on this node
             raise EvoPaiError(f"a Ray actor could not build the data and model: {self.error}")
         self._build(theta0_ref)  # after a restart Ray re-runs __init__ only
-        if self.trainer == "vectorized":
+        if self.batched is not None:
             return self.batched.run(tasks)
         return [self.context.run(t) for t in tasks]
 
@@ -320,7 +320,7 @@ class RayEvaluator(Evaluator):
                         continue  # another copy of this share is still running or already finished
                     resubmits[u] += 1
                     if resubmits[u] > limit:
-                        cause = (f"gave up after {resubmits[u]} Ray actor failure(s) on this task "
+                        cause = (f"gave up after {resubmits[u]} Ray actor failure(s) on this share "
                                  f"(evaluation.max_retries={limit}): {one_line(exc)}")
                         log.warning("individual(s) %s get the worst fitness: %s", units[u], cause)
                         finish(u, [failed_result(tasks[i], cause) for i in units[u]])
@@ -346,16 +346,16 @@ class RayEvaluator(Evaluator):
                 results[i] = r
         return results  # type: ignore[return-value]
 
-    def _straggler(self, results: list) -> int | None:
+    def _straggler(self, done_units: list) -> int | None:
         """A unit of work running far longer than usual (its actor may wait for a dead node): run it again."""
         if not self._durations:
             return None
         limit = max(STRAGGLER_FACTOR * statistics.median(self._durations[-64:]), STRAGGLER_SECONDS)
         now, copies = time.perf_counter(), {}
-        for _, i, started in self._inflight.values():
-            if i is not None and results[i] is None:
-                copies.setdefault(i, []).append(now - started)
-        late = [(min(ages), i) for i, ages in copies.items() if len(ages) == 1 and min(ages) > limit]
+        for _, u, started in self._inflight.values():
+            if u is not None and done_units[u] is None:
+                copies.setdefault(u, []).append(now - started)
+        late = [(min(ages), u) for u, ages in copies.items() if len(ages) == 1 and min(ages) > limit]
         return max(late)[1] if late else None
 
     def _retire(self, actor: int, exc: Exception) -> None:

@@ -1,12 +1,11 @@
 """The population trained together on one device: stacked weights, one batched step for all.
 
-`BatchedTrainer` is the whole backend on one worker: a Ray actor with
-evaluation.actor_trainer=vectorized uses it for its share of a population. Memory is planned before any training: a chunk that does not
-fit the budget is refused up front instead of running out of memory midway.
+`BatchedTrainer` is the whole backend on one worker; a Ray actor with
+evaluation.actor_trainer=vectorized uses it for its share of a population. Memory is planned before
+any training: a chunk that does not fit the budget is refused up front, not out of memory midway.
 """
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 
 import torch
@@ -19,7 +18,8 @@ from ..models import prunable_names
 from ..registry import register_backend
 from ..stacked import StackedForward
 from ..training import BurstResult, steps_for
-from .base import BurstTask, Evaluator, Progress, WorkerContext, resolve_device
+from .base import BurstTask, Progress, WorkerContext
+from .local import LocalEvaluator
 
 _GB = 2**30
 _CPU_SHARE = 0.5  # default budget on CPU: half of MemAvailable (the rest is the OS's and the data's)
@@ -95,22 +95,12 @@ class BatchedTrainer:
         return results  # type: ignore[return-value]
 
 
-_trainers: "weakref.WeakKeyDictionary[WorkerContext, BatchedTrainer]" = weakref.WeakKeyDictionary()
-
-
-def train_tasks_batched(context: WorkerContext, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
-    """Train `tasks` on `context`'s device in batched chunks; results in task order (one call for scripts)."""
-    if context not in _trainers:
-        _trainers[context] = BatchedTrainer(context)
-    return _trainers[context].run(tasks, progress)
-
-
 @register_backend("vectorized", "one device, the population trained together (stacked weights, one batched step)")
-class VectorizedEvaluator(Evaluator):
+class VectorizedEvaluator(LocalEvaluator):
+    """The local backend's process and device, with the population trained in batched chunks."""
+
     def __init__(self, cfg: Config, data: DataSplits | None = None):
-        super().__init__(cfg)
-        self.context = WorkerContext(cfg, resolve_device(cfg.evaluation.device), data)
-        self.device_name = str(self.context.device)
+        super().__init__(cfg, data)
         self.trainer = BatchedTrainer(self.context)  # refuses unsupported models and oversized chunks now
 
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
