@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs write PNGs, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_fitness(records: list[dict], path: Path, title: str) -> None:
@@ -24,6 +25,7 @@ def plot_fitness(records: list[dict], path: Path, title: str) -> None:
         ax.fill_between(gens, [x if x is not None else float("nan") for x in lo],
                         [x if x is not None else float("nan") for x in hi], alpha=0.2)
     ax.set_xlabel("generation / pruning step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("fitness")
     ax2 = ax.twinx()
     ax2.plot(gens, [r["sparsity"] for r in records], "k:", label="sparsity")
@@ -31,7 +33,7 @@ def plot_fitness(records: list[dict], path: Path, title: str) -> None:
     ax2.set_ylim(0, 1)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right", fontsize=8)
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
