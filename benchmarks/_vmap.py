@@ -1,6 +1,6 @@
 """The alternative the vectorized backend was measured against: torch.func.vmap over functional_call.
 
-Same interface as evo_pai.stacked.StackedForward, so `train_batched` runs unchanged with it and
+Same interface as evo_pai.training.stacked.StackedForward, so `train_batched` runs unchanged with it and
 the benchmark compares the two forward/backward mechanisms and nothing else.
 """
 from __future__ import annotations

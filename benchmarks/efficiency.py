@@ -27,15 +27,16 @@ from torch import nn  # noqa: E402
 
 from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
 
-from evo_pai.batched import eval_rows  # noqa: E402
+from evo_pai.training.batched import eval_rows  # noqa: E402
 from evo_pai.config import build_config  # noqa: E402
 from evo_pai.data import load_data  # noqa: E402
-from evo_pai.evaluation.base import BurstTask, WorkerContext  # noqa: E402
+from evo_pai.training.tasks import BurstTask
+from evo_pai.evaluation.base import WorkerContext  # noqa: E402
 from evo_pai.evaluation.vectorized import BatchedTrainer  # noqa: E402
-from evo_pai.experiment import Experiment  # noqa: E402
+from evo_pai.search.experiment import Experiment  # noqa: E402
 from evo_pai.evaluation.local import LocalEvaluator  # noqa: E402
-from evo_pai.registry import load_plugins  # noqa: E402
-from evo_pai.training import EVAL_BATCH  # noqa: E402
+from evo_pai.runs.components import load_components  # noqa: E402
+from evo_pai.training.burst import EVAL_BATCH  # noqa: E402
 
 BATCH = 128
 
@@ -73,8 +74,8 @@ def replay(plan, dtype=torch.float32):
 
 def update_replay(model: nn.Module, k: int, steps: int, masked: list[str], hp):
     """The per-step parameter work alone: |g| accumulation, gradient masking, optimizer step."""
-    from evo_pai.batched import make_stacked_optimizer
-    from evo_pai.training import make_optimizer
+    from evo_pai.training.batched import make_stacked_optimizer
+    from evo_pai.training.burst import make_optimizer
 
     lead = (k,) if k else ()
     params = [torch.randn(*lead, *p.shape).requires_grad_() for _, p in model.named_parameters()]
@@ -83,7 +84,7 @@ def update_replay(model: nn.Module, k: int, steps: int, masked: list[str], hp):
     acc = {n: torch.zeros_like(p) for n, p in zip(names, params) if n in masked}
     keep = {n: torch.rand(p.shape) < 0.5 for n, p in zip(names, params) if n in masked}
     tmp = {n: torch.empty_like(a) for n, a in acc.items()}
-    if k:  # as evo_pai.batched does it
+    if k:  # as evo_pai.training.batched does it
         keep = {n: m.float() for n, m in keep.items()}
         opt = make_stacked_optimizer(params, hp)
     else:  # as evo_pai.training.train_masked does it
@@ -103,7 +104,7 @@ def update_replay(model: nn.Module, k: int, steps: int, masked: list[str], hp):
 
 def main() -> None:
     args = parse(__doc__.splitlines()[0])
-    load_plugins()
+    load_components()
     steps, n_val, ks = (20, 512, [16]) if args.quick else (40, 800, [8, 16, 32])
     raw = {"seed": 0, "data": {**FMNIST, "train_subset": steps * BATCH}, "model": {"name": "mlp"},
            "train": {"batch_size": BATCH}, "evaluation": {"device": "cpu"}}

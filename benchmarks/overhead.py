@@ -27,10 +27,10 @@ from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
 
 from evo_pai.config import build_config  # noqa: E402
 from evo_pai.data import load_data  # noqa: E402
-from evo_pai.evaluation.base import BurstTask  # noqa: E402
+from evo_pai.training.tasks import BurstTask  # noqa: E402
 from evo_pai.evaluation.local import LocalEvaluator  # noqa: E402
-from evo_pai.experiment import Experiment  # noqa: E402
-from evo_pai.registry import load_plugins  # noqa: E402
+from evo_pai.search.experiment import Experiment  # noqa: E402
+from evo_pai.runs.components import load_components  # noqa: E402
 
 BATCH = 128
 
@@ -62,7 +62,7 @@ def hand_loop(model, theta0, mask, data, lr: float, seed: int, traits: bool = Fa
 
 def main() -> None:
     args = parse(__doc__.splitlines()[0])
-    load_plugins()
+    load_components()
     train, n_val = (4096, 1000) if args.quick else (None, 6000)
     cfg = build_config({"seed": 0, "data": {**FMNIST, "train_subset": train}, "model": {"name": "mlp"},
                         "train": {"batch_size": BATCH}, "evaluation": {"device": "cpu"}})

@@ -22,11 +22,11 @@ from _vmap import VmapForward  # noqa: E402
 
 from evo_pai.config import build_config  # noqa: E402
 from evo_pai.data import load_data  # noqa: E402
-from evo_pai.evaluation.base import BurstTask  # noqa: E402
+from evo_pai.training.tasks import BurstTask  # noqa: E402
 from evo_pai.evaluation.local import LocalEvaluator  # noqa: E402
 from evo_pai.evaluation.vectorized import BatchedTrainer, VectorizedEvaluator  # noqa: E402
-from evo_pai.experiment import Experiment  # noqa: E402
-from evo_pai.registry import load_plugins  # noqa: E402
+from evo_pai.search.experiment import Experiment  # noqa: E402
+from evo_pai.runs.components import load_components  # noqa: E402
 
 SPARSITY = 0.5
 
@@ -61,7 +61,7 @@ def main() -> None:
         p.add_argument("--with-vmap", action="store_true", help="also time torch.func.vmap as the batching mechanism")
 
     args = parse(__doc__.splitlines()[0], extra)
-    load_plugins()
+    load_components()
     if args.quick:
         plan = [("mlp", 1024, 256, [8, 16]), ("conv4", 16, 16, [4])]
     else:

@@ -30,9 +30,10 @@ from _common import machine, table  # noqa: E402
 from evo_pai.config import load_config  # noqa: E402
 from evo_pai.data import load_data  # noqa: E402
 from evo_pai.evaluation.base import make_evaluator  # noqa: E402
-from evo_pai.experiment import Experiment  # noqa: E402
-from evo_pai.registry import METHOD, load_plugins  # noqa: E402
-from evo_pai.runner import seed_everything  # noqa: E402
+from evo_pai.search.experiment import Experiment  # noqa: E402
+from evo_pai.registry import METHOD
+from evo_pai.runs.components import load_components  # noqa: E402
+from evo_pai.runs.runner import seed_everything  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "combined_fmnist.yaml"
 
@@ -80,7 +81,7 @@ def main() -> None:
     p.add_argument("--actors", type=int, default=2, help="Ray actors, 1 CPU each (default 2)")
     args = p.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
-    load_plugins()
+    load_components()
     k = 4 if args.quick else 16
     common = [f"search.population={k}", "search.generations=1"]
     if args.quick:

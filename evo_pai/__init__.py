@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 
 
 def run(*args, **kwargs):
-    """Run a config and return its summary; see `evo_pai.api.run`."""
-    from .api import run as _run
+    """Run a config and return its summary; see `evo_pai.runs.api.run`."""
+    from .runs.api import run as _run
 
     return _run(*args, **kwargs)
 

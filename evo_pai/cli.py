@@ -12,7 +12,8 @@ from rich.table import Table
 
 from .config import load_config
 from .errors import EvoPaiError
-from .registry import ALL, load_plugins
+from .registry import ALL
+from .runs.components import load_components
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolutionary pruning at initialization: K-starts, dissipating gradients, their combination.")
@@ -29,7 +30,7 @@ def rich_progress(progress: Progress) -> Callable[[str, int | None], Callable[[i
 
 
 def print_summary(summary: dict, out: Path | None) -> None:
-    from .report import summary_rows
+    from .runs.report import summary_rows
 
     table = Table(title="evo-pai run", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -50,11 +51,11 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Run a search and train its winner; writes a run folder."""
-    from .runner import preflight, run_experiment
-    from .runs import default_run_dir, prepare_run_dir
+    from .runs.runner import preflight, run_experiment
+    from .runs.folder import default_run_dir, prepare_run_dir
 
     cfg = load_config(config, set_)
-    load_plugins(cfg.plugins)  # unknown plugin modules fail before any folder is made
+    load_components(cfg.plugins)  # unknown plugin modules fail before any folder is made
     _check_names(cfg)
     run_dir = out if out else default_run_dir(cfg)
     prepare_run_dir(run_dir, overwrite, create=False)  # refuse a taken folder before loading data
@@ -74,8 +75,8 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Continue an interrupted run from its last checkpoint; ends as the uninterrupted run would."""
-    from .checkpoint import FILENAME, load_checkpoint
-    from .runner import preflight, run_experiment
+    from .runs.checkpoint import FILENAME, load_checkpoint
+    from .runs.runner import preflight, run_experiment
 
     if not (run_dir / "config.yaml").is_file():
         raise EvoPaiError(f"{run_dir}: not a run folder (no config.yaml); pass a folder written by `evo-pai run`")
@@ -85,7 +86,7 @@ def resume(
         if not text.startswith("evaluation."):
             raise EvoPaiError(f"--set {text}: a resumed run keeps its config; only evaluation.* (where it runs) may change")
     cfg = load_config(run_dir / "config.yaml", set_)
-    load_plugins(cfg.plugins)
+    load_components(cfg.plugins)
     _check_names(cfg)
     path = run_dir / FILENAME
     checkpoint = load_checkpoint(path, cfg) if path.exists() else None  # checked before anything is written
@@ -119,7 +120,7 @@ def list_components(
     plugin: List[str] = typer.Option([], "--plugin", help="also import this plugin module (repeatable)"),
 ) -> None:
     """Print every registered component by kind, with a one-line description."""
-    load_plugins(plugin)
+    load_components(plugin)
     for kind, reg in ALL.items():
         table = Table(title=kind, show_header=False, title_justify="left", box=None, padding=(0, 2))
         for entry in reg:
@@ -135,7 +136,8 @@ def study(
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="cells run in parallel (default: the study's jobs)"),
 ) -> None:
     """Run a grid of methods x sparsities x seeds (resumable), then write the report."""
-    from .study import load_study, run_study
+    from .study.grid import load_study
+    from .study.runner import run_study
 
     spec = load_study(config)
     root = out if out else Path("studies") / spec.name
@@ -147,7 +149,7 @@ def study(
 @app.command()
 def report(study_dir: Path = typer.Argument(..., help="a folder written by `evo-pai study`")) -> None:
     """Regenerate a study's tables and plots from its results.csv."""
-    from .study_report import write_report
+    from .study.report import write_report
 
     out_console.print(f"report: {write_report(study_dir)}")
 

@@ -11,7 +11,7 @@ import math
 from .errors import EvoPaiError
 from .masks import MaskSet
 from .registry import FITNESS, register_fitness
-from .training import BurstResult
+from .training.burst import BurstResult
 
 WORST = float("-inf")
 log = logging.getLogger(__name__)

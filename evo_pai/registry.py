@@ -77,14 +77,12 @@ register_pruner = PRUNER.register
 PLUGIN_GROUP = "evo_pai.plugins"
 
 
-def load_builtins() -> None:
-    """Import the modules whose decorators fill the registries."""
-    from . import builtins  # noqa: F401
+def import_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Import installed entry-point plugins, then the modules named in the config.
 
-
-def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
-    """Import installed entry-point plugins, then the modules named in the config."""
-    load_builtins()
+    Built-in components are not imported here (the core imports nothing above it): whoever starts a
+    run calls `evo_pai.runs.components.load_components`, which imports them and then calls this.
+    """
     for ep in entry_points(group=PLUGIN_GROUP):
         try:
             ep.load()

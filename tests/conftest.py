@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from evo_pai.config import build_config
-from evo_pai.registry import load_plugins
+from evo_pai.runs.components import load_components
 
 ROOT = Path(__file__).resolve().parents[1]
 
-load_plugins()
+load_components()
 
 
 def tiny_raw(method: str = "combined", **search) -> dict:

@@ -15,17 +15,17 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_validates(path):
     from evo_pai.cli import _check_names
-    from evo_pai.registry import load_plugins
+    from evo_pai.runs.components import load_components
 
     if "sparsities" in yaml.safe_load(path.read_text()):  # a study: every cell must be a valid run
-        from evo_pai.study import grid, load_study
+        from evo_pai.study.grid import grid, load_study
 
         cfgs = [cell.cfg for cell in grid(load_study(path))]
     else:
         cfgs = [load_config(path)]
     assert cfgs
     for cfg in cfgs:
-        load_plugins(cfg.plugins)
+        load_components(cfg.plugins)
         _check_names(cfg)
 
 

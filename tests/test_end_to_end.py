@@ -10,7 +10,7 @@ import evo_pai
 from evo_pai.config import build_config
 from evo_pai.data import load_data
 from evo_pai.evaluation import make_evaluator
-from evo_pai.experiment import Experiment
+from evo_pai.search.experiment import Experiment
 from evo_pai.individual import Individual
 from evo_pai.masks import MaskSet
 from evo_pai.registry import METHOD

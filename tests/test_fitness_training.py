@@ -5,10 +5,11 @@ import torch
 
 from evo_pai.config import TrainConfig, build_config
 from evo_pai.data import load_data
-from evo_pai.evaluation.base import WorkerContext, BurstTask
+from evo_pai.evaluation.base import WorkerContext
+from evo_pai.training.tasks import BurstTask
 from evo_pai.fitness import WORST, score
 from evo_pai.masks import MaskSet
-from evo_pai.training import BurstResult
+from evo_pai.training.burst import BurstResult
 
 from conftest import tiny_raw
 

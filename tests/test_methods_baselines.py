@@ -7,7 +7,7 @@ from evo_pai.budgets import cubic_schedule
 from evo_pai.config import build_config
 from evo_pai.errors import EvoPaiError
 from evo_pai.masks import MaskSet
-from evo_pai.runner import run_experiment
+from evo_pai.runs.runner import run_experiment
 from evo_pai.search.imp import imp_schedule
 from evo_pai.search.kstarts_sh import rung_budgets
 
@@ -50,7 +50,7 @@ def test_gmp_follows_dgs_schedule_exactly_with_magnitude(tmp_path):
     records = []
     from evo_pai.data import load_data
     from evo_pai.evaluation import make_evaluator
-    from evo_pai.experiment import Experiment
+    from evo_pai.search.experiment import Experiment
     from evo_pai.registry import METHOD
 
     cfg = build_config(raw)

@@ -28,10 +28,10 @@ from conftest import ROOT, tiny_raw
 from evo_pai.config import build_config
 from evo_pai.data import load_data
 from evo_pai.evaluation.base import make_evaluator
-from evo_pai.experiment import Experiment
+from evo_pai.search.experiment import Experiment
 from evo_pai.masks import MaskSet
 from evo_pai.registry import METHOD
-from evo_pai.runner import run_experiment, seed_everything
+from evo_pai.runs.runner import run_experiment, seed_everything
 
 ray = pytest.importorskip("ray")
 

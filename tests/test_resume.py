@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-import evo_pai.runner as runner
+import evo_pai.runs.runner as runner
 from conftest import ROOT, tiny_raw
-from evo_pai.checkpoint import FILENAME, load_checkpoint
+from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
 from evo_pai.config import build_config
 from evo_pai.errors import EvoPaiError
 from evo_pai.masks import MaskSet
-from evo_pai.runner import run_experiment
+from evo_pai.runs.runner import run_experiment
 
 TIMING = {"search_seconds", "final_seconds", "wall_seconds"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process: identical floats

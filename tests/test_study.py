@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from evo_pai.errors import EvoPaiError
-from evo_pai.predictiveness import spearman_table
-from evo_pai.study import grid, load_study
+from evo_pai.study.predictiveness import spearman_table
+from evo_pai.study.grid import grid, load_study
 
 from conftest import ROOT, run_cli
 

@@ -10,12 +10,13 @@ from torch import nn
 from evo_pai.config import build_config
 from evo_pai.data import load_data
 from evo_pai.errors import EvoPaiError
-from evo_pai.evaluation.base import BurstTask, WorkerContext, make_evaluator
+from evo_pai.training.tasks import BurstTask
+from evo_pai.evaluation.base import WorkerContext, make_evaluator
 from evo_pai.evaluation.vectorized import BatchedTrainer, plan_chunk
-from evo_pai.experiment import Experiment
+from evo_pai.search.experiment import Experiment
 from evo_pai.masks import MaskSet
-from evo_pai.runner import run_experiment
-from evo_pai.stacked import StackedForward
+from evo_pai.runs.runner import run_experiment
+from evo_pai.training.stacked import StackedForward
 
 from conftest import run_cli, tiny_raw
 
@@ -182,7 +183,7 @@ def test_memory_estimate_covers_stacked_state():
 
 def test_ray_actor_trainer_resolution():
     """auto: batched where the model allows it, else one by one; vectorized for resnet20: the refusal."""
-    from evo_pai.evaluation.base import initial_model
+    from evo_pai.training.tasks import initial_model
     from evo_pai.evaluation.ray import actor_trainer
 
     for model, choice, expected in [("mlp", "auto", "vectorized"), ("mlp", "sequential", "sequential"),

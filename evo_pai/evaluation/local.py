@@ -4,8 +4,9 @@ from __future__ import annotations
 from ..config import Config
 from ..data import DataSplits
 from ..registry import register_backend
-from ..training import BurstResult
-from .base import BurstTask, Evaluator, Progress, WorkerContext, resolve_device
+from ..training.burst import BurstResult
+from ..training.tasks import BurstTask, Evaluator, Progress
+from .base import WorkerContext, resolve_device
 
 
 @register_backend("local", "one process, one device, one individual after another")

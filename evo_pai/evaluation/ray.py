@@ -27,10 +27,11 @@ import torch
 from ..config import Config, build_config, to_dict
 from ..data import DataSplits, load_data
 from ..errors import EvoPaiError
-from ..registry import load_plugins, register_backend
-from ..stacked import StackedForward
-from ..training import BurstResult
-from .base import BurstTask, Evaluator, Progress, WorkerContext, dtype_of, initial_model
+from ..registry import import_plugins, register_backend
+from ..training.stacked import StackedForward
+from ..training.burst import BurstResult
+from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
+from .base import WorkerContext
 from .vectorized import BatchedTrainer
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class BurstWorker:
         self.device, self.trainer, self.error, self.context = device, trainer, None, None
         try:
             self.cfg = build_config(cfg_raw)
-            load_plugins(self.cfg.plugins)
+            import_plugins(self.cfg.plugins)
             self.data = load_data(self.cfg.data)  # from this node's files, never shipped per task
         except Exception as exc:  # reported by ready(): one line on the driver, not a dead actor
             self.error = str(exc) if isinstance(exc, EvoPaiError) else f"{type(exc).__name__}: {exc}"

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import torch
 
-from ..batched import bytes_per_model, train_batched
+from ..training.batched import bytes_per_model, train_batched
 from ..config import Config
 from ..data import DataSplits
 from ..errors import EvoPaiError
 from ..models import prunable_names
 from ..registry import register_backend
-from ..stacked import StackedForward
-from ..training import BurstResult, steps_for
-from .base import BurstTask, Progress, WorkerContext
+from ..training.stacked import StackedForward
+from ..training.burst import BurstResult, steps_for
+from ..training.tasks import BurstTask, Progress
+from .base import WorkerContext
 from .local import LocalEvaluator
 
 _GB = 2**30

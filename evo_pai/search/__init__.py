@@ -1,3 +1,5 @@
-"""Search methods, each registered by name: fn(exp: Experiment) -> SearchOutcome."""
-from . import baselines, combined, dissipating, kstarts  # noqa: F401
-from . import gmp, imp, kstarts_sh, oneshot  # noqa: F401
+"""Search methods: one module per method, each a DEAP-style loop over `Individual`s.
+
+`search.methods` imports (and so registers) every built-in method; `search.experiment` is what a
+method receives. Nothing here imports `ray` or `torch.cuda`.
+"""

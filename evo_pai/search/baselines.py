@@ -1,7 +1,7 @@
 """The trivial references: the dense network and a random mask at the target sparsity."""
 from __future__ import annotations
 
-from ..experiment import Experiment, SearchOutcome
+from .experiment import Experiment, SearchOutcome
 from ..individual import derive_seed
 from ..registry import register_method
 

@@ -10,7 +10,7 @@ import torch
 from deap import tools
 
 from ..budgets import cubic_schedule
-from ..experiment import Experiment, SearchOutcome
+from .experiment import Experiment, SearchOutcome
 from ..individual import Individual, derive_seed
 from ..registry import CROSSOVER, SELECTION, register_method
 from .kstarts import winner_outcome

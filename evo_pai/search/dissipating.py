@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ..budgets import cubic_schedule
-from ..evaluation.base import BurstTask
-from ..experiment import Experiment, SearchOutcome
+from ..training.tasks import BurstTask
+from .experiment import Experiment, SearchOutcome
 from ..individual import Individual, derive_seed
 from ..registry import register_method
 

@@ -7,7 +7,7 @@ A gain of DG over gmp is therefore the criterion's, not the schedule's.
 """
 from __future__ import annotations
 
-from ..experiment import Experiment, SearchOutcome
+from .experiment import Experiment, SearchOutcome
 from ..registry import register_method
 from .dissipating import dissipating
 

@@ -1,7 +1,7 @@
 """K-starts: k random p-sparse masks over one θ0, a short burst each, the fittest wins."""
 from __future__ import annotations
 
-from ..experiment import Experiment, SearchOutcome
+from .experiment import Experiment, SearchOutcome
 from ..individual import Individual, derive_seed
 from ..registry import register_method
 

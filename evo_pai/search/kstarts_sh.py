@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from ..evaluation.base import BurstTask
-from ..experiment import Experiment, SearchOutcome
+from ..training.tasks import BurstTask
+from .experiment import Experiment, SearchOutcome
 from ..individual import Individual, derive_seed
 from ..registry import register_method
 from .kstarts import candidate_table

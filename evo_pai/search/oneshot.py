@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import EvoPaiError
-from ..experiment import Experiment, SearchOutcome
+from .experiment import Experiment, SearchOutcome
 from ..individual import derive_seed
 from ..pruners import ScoreContext, prune
 from ..registry import register_method

@@ -9,19 +9,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import Config
-from .data import DataSplits, load_data
-from .errors import EvoPaiError
-from .evaluation.base import BurstTask, initial_model, make_evaluator
-from .experiment import Experiment, SearchOutcome
-from .individual import derive_seed
+from ..config import Config
+from ..data import DataSplits, load_data
+from ..errors import EvoPaiError
+from ..training.tasks import BurstTask, initial_model
+from ..evaluation.base import make_evaluator
+from ..search.experiment import Experiment, SearchOutcome
+from ..individual import derive_seed
 from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
-from .cost import search_flops
-from .masks import MaskSet
-from .models import count_flops
-from .registry import BACKEND, METHOD, load_plugins
+from ..training.cost import search_flops
+from ..masks import MaskSet
+from ..models import count_flops
+from ..registry import BACKEND, METHOD
+from .components import load_components
 from .report import plot_fitness
-from .runs import GenerationLog, write_config, write_json
+from .folder import GenerationLog, write_config, write_json
 
 ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance
 
@@ -57,7 +59,7 @@ def final_training(exp: Experiment, outcome: SearchOutcome):
 
 def preflight(cfg: Config) -> DataSplits:
     """Everything that can reject the input, done before a run folder exists: names, data, model."""
-    load_plugins(cfg.plugins)
+    load_components(cfg.plugins)
     METHOD.get(cfg.search.method)
     backend_check = getattr(BACKEND.get(cfg.evaluation.backend), "preflight", None)
     if backend_check:
@@ -74,7 +76,7 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
     With `resume` (a checkpoint read from `out`), the search continues where it was written.
     """
     t0 = time.perf_counter() - (float(resume.header["elapsed"]) if resume else 0.0)
-    load_plugins(cfg.plugins)
+    load_components(cfg.plugins)
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg.data)

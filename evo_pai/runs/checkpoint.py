@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config, to_dict
-from .errors import EvoPaiError
-from .individual import Individual
-from .masks import MaskSet
-from .runs import write_atomic
+from ..config import Config, to_dict
+from ..errors import EvoPaiError
+from ..individual import Individual
+from ..masks import MaskSet
+from .folder import write_atomic
 
 FORMAT = "evo_pai.checkpoint/1"
 FILENAME = "checkpoint.safetensors"

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
-from .data import DataSplits
-from .masks import MaskSet
+from ..config import TrainConfig
+from ..data import DataSplits
+from ..masks import MaskSet
 from .stacked import StackedForward
-from .training import _EPS, BurstResult, batch_order, steps_for
+from .burst import _EPS, BurstResult, batch_order, steps_for
 
 
 def eval_rows(hp: TrainConfig) -> int:

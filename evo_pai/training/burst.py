@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
-from .data import DataSplits
-from .masks import MaskSet
+from ..config import TrainConfig
+from ..data import DataSplits
+from ..masks import MaskSet
 
 EVAL_BATCH = 2048
 _EPS = 1e-12

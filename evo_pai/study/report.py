@@ -11,10 +11,10 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import EvoPaiError
+from ..errors import EvoPaiError
 from .predictiveness import read_csv, spearman_table
-from .runs import write_atomic
-from .study import EVO_METHODS
+from ..runs.folder import write_atomic
+from .grid import EVO_METHODS
 
 ONE_SHOT = ("random", "magnitude", "snip", "grasp", "synflow")
 CLAIMS = [  # (a, b, question): paired differences a − b over seeds

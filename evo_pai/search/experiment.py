@@ -13,17 +13,17 @@ from typing import Any, Callable
 
 import torch
 
-from .config import Config
-from .data import DataSplits
-from .errors import EvoPaiError
-from .evaluation.base import BurstTask, Evaluator, initial_model
-from .fitness import WORST, score
-from .individual import Individual, derive_seed
-from .masks import MaskSet
-from .models import output_layer_name, prunable_names
-from .operators import PruneStep
-from .registry import MUTATION
-from .training import BurstResult
+from ..config import Config
+from ..data import DataSplits
+from ..errors import EvoPaiError
+from ..training.tasks import BurstTask, Evaluator, initial_model
+from ..fitness import WORST, score
+from ..individual import Individual, derive_seed
+from ..masks import MaskSet
+from ..models import output_layer_name, prunable_names
+from ..operators import PruneStep
+from ..registry import MUTATION
+from ..training.burst import BurstResult
 
 Logger = Callable[[dict], None]
 

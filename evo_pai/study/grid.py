@@ -1,0 +1,149 @@
+"""`evo-pai study`: a grid of methods × sparsities × seeds with one shared recipe, resumable.
+
+Every cell is an ordinary run folder (cells/<label>-s<sparsity>-seed<seed>-<config hash>); a cell
+whose summary.json exists is never recomputed, so a killed study continues where it stopped,
+and a changed recipe gets new folders instead of silently reusing old numbers. `dense` does not
+depend on the sparsity: it runs once per seed. After every cell results.csv is rewritten from the
+finished cells; at the end the predictiveness cells run and the report is regenerated.
+
+This module is the study file (`StudySpec`) and its grid of cells; `study.runner` runs them.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import Config, build_config, read_yaml
+from ..errors import EvoPaiError
+from ..registry import METHOD
+from ..runs.components import load_components
+from ..runs.folder import config_hash, write_atomic
+
+CSV_FIELDS = [
+    "label", "method", "target_sparsity", "seed", "sparsity", "test_accuracy", "val_accuracy",
+    "search_model_epochs", "final_epochs", "extra_epochs", "train_model_epochs", "search_flops_dense",
+    "search_flops_sparse", "inference_flops_sparse", "inference_flops_dense", "compute_saved_ratio",
+    "search_seconds", "final_seconds", "wall_seconds", "cell",
+]
+EVO_METHODS = ("kstarts", "kstarts_sh", "dissipating", "combined")  # evo-pai's searches, for the targets
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodSpec(_Spec):
+    name: str  # the row label in tables
+    method: str | None = None  # registered method; default: the label
+    set: dict[str, Any] = {}  # dotted config keys for this row only, e.g. {search.params.extra_epochs: 9}
+    sparsities: list[float] | None = None  # default: the study's
+    seeds: list[int] | None = None
+
+
+class PredictivenessSpec(_Spec):
+    method: str = "kstarts"  # the label of the K-starts row whose recipe (population, burst) is used
+    sparsities: list[float] = []
+    seeds: list[int] = []
+    fitnesses: list[str] | None = None  # default: every registered fitness
+
+
+class StudySpec(_Spec):
+    name: str = "study"
+    base: dict[str, Any] = {}  # an evo-pai config: the recipe every cell shares
+    sparsities: list[float] = Field(..., min_length=1)
+    seeds: list[int] = Field(..., min_length=1)
+    methods: list[str | MethodSpec] = Field(..., min_length=1)
+    predictiveness: PredictivenessSpec | None = None
+    jobs: int = Field(1, ge=1)  # cells run in parallel (processes)
+    threads: int = Field(1, ge=1)  # torch threads per process
+
+
+@dataclass(frozen=True)
+class Cell:
+    label: str
+    sparsity: float
+    seed: int
+    cfg: Config
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.label}-s{self.sparsity:g}-seed{self.seed}-{config_hash(self.cfg)}"
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise EvoPaiError(f"study: set key '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_study(path: str | Path) -> StudySpec:
+    raw = read_yaml(path)
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "study"
+        msg = "unknown key; see 'Study files' in docs/results.md" if err["type"] == "extra_forbidden" else err["msg"]
+        raise EvoPaiError(f"study config error: {loc}: {msg}") from None
+
+
+def methods_of(spec: StudySpec) -> list[MethodSpec]:
+    out = [MethodSpec(name=m) if isinstance(m, str) else m for m in spec.methods]
+    labels = [m.name for m in out]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise EvoPaiError(f"study: methods: label '{dupes[0]}' appears twice; give each row its own name")
+    return out
+
+
+def cell_config(spec: StudySpec, m: MethodSpec, sparsity: float, seed: int) -> Config:
+    raw = copy.deepcopy(spec.base)
+    set_dotted(raw, "seed", seed)
+    set_dotted(raw, "search.method", m.method or m.name)
+    set_dotted(raw, "search.sparsity", sparsity)
+    for key, value in m.set.items():
+        set_dotted(raw, key, value)
+    try:
+        return build_config(raw)
+    except EvoPaiError as exc:
+        raise EvoPaiError(f"study row '{m.name}': {exc}") from None
+
+
+def grid(spec: StudySpec) -> list[Cell]:
+    """Seeds outermost: a study cut short still has every method at every sparsity for its first seeds."""
+    load_components(spec.base.get("plugins", []))
+    methods = methods_of(spec)
+    for m in methods:
+        if (m.method or m.name) not in METHOD:
+            raise EvoPaiError(f"study row '{m.name}': unknown method '{m.method or m.name}'; choose one of {', '.join(METHOD.names())}")
+    cells = []
+    for seed in spec.seeds:
+        for sparsity in spec.sparsities:
+            for m in methods:
+                if seed not in (m.seeds or spec.seeds) or sparsity not in (m.sparsities or spec.sparsities):
+                    continue
+                cfg = cell_config(spec, m, sparsity, seed)
+                if cfg.search.method == "dense":
+                    if sparsity != spec.sparsities[0] and not m.sparsities:
+                        continue  # dense ignores the sparsity: once per seed
+                    cfg = cell_config(spec, m, 0.0, seed)
+                cells.append(Cell(m.name, cfg.search.sparsity, seed, cfg))
+    return cells
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue().encode())
