@@ -49,12 +49,14 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<method>-<data>-...-<hash>)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="allow writing into a non-empty --out folder"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: auto, by the model's "
+                                          "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
     """Run a search and train its winner; writes a run folder."""
     from .runs.runner import preflight, run_experiment
     from .runs.folder import default_run_dir, prepare_run_dir
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, [*set_, *thread_override(threads)])
     load_components(cfg.plugins)  # unknown plugin modules fail before any folder is made
     _check_names(cfg)
     run_dir = out if out else default_run_dir(cfg)
@@ -73,6 +75,8 @@ def resume(
     set_: List[str] = typer.Option([], "--set", help="change where it runs: --set evaluation.address=HOST:PORT "
                                                      "(only evaluation.* keys; repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: auto, by the model's "
+                                          "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
     """Continue an interrupted run from its last checkpoint; ends as the uninterrupted run would."""
     from .runs.checkpoint import FILENAME, load_checkpoint
@@ -85,7 +89,7 @@ def resume(
     for text in set_:
         if not text.startswith("evaluation."):
             raise EvoPaiError(f"--set {text}: a resumed run keeps its config; only evaluation.* (where it runs) may change")
-    cfg = load_config(run_dir / "config.yaml", set_)
+    cfg = load_config(run_dir / "config.yaml", [*set_, *thread_override(threads)])
     load_components(cfg.plugins)
     _check_names(cfg)
     path = run_dir / FILENAME
@@ -98,6 +102,11 @@ def resume(
                   console=err_console, disable=quiet, transient=False) as progress:
         summary = run_experiment(cfg, run_dir, rich_progress(progress), data, resume=checkpoint)
     print_summary(summary, run_dir)
+
+
+def thread_override(threads: int | None) -> list[str]:
+    """--threads N is train.threads=N: how fast a run goes, so a resumed run may change it too."""
+    return [] if threads is None else [f"train.threads={threads}"]
 
 
 def _check_names(cfg) -> None:

@@ -47,6 +47,18 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
+    # torch intra-op threads; None/"auto": chosen per run from the model's work per step, the usable
+    # CPUs and their load (evo_pai/training/threads.py); an int fixes it (--threads N)
+    threads: int | None = None
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: object) -> int | None:
+        if v is None or v == "auto":
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"must be a positive whole number of threads, or auto (got {v!r})")
+        return v
 
 
 class DGConfig(_Section):

@@ -240,13 +240,44 @@ def _load_idx_dataset(name: str, cfg: DataConfig, directory: Path, fix: str) -> 
     return _assemble(name, cfg, images(arrays["train_x"]), train_y, images(arrays["test_x"]), test_y, num_classes)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Rebuilds only what a CIFAR-10 python batch holds: builtin containers, bytes/str, ints, numpy arrays.
+
+    `pickle.load` runs any callable a file names; here every global outside that set is refused
+    before it is called, so a crafted batch file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):  # bytes in a protocol-2 pickle written by Python 3
+            return _latin1_bytes
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
+
+class _Refused(Exception):
+    pass
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode(..., {encoding!r})")
+    return text.encode("latin-1")
+
+
 @functools.lru_cache(maxsize=4)
 def _read_cifar_cached(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
+            batch = _CifarUnpickler(fh, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except _Refused as exc:
+        raise EvoPaiError(f"data file '{path}' asks to run {exc}, which no CIFAR-10 batch needs; refused without "
+                          "running it: replace the file with the official one") from None
     except Exception as exc:  # any unpickling / key / shape problem means the file is not a CIFAR batch
         raise EvoPaiError(
             f"data file '{path}' is not a CIFAR-10 python batch ({type(exc).__name__}): replace the file"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -126,13 +127,26 @@ def test_missing_roots_raise_with_fix(tmp_path: Path):
         load_data(DataConfig(name="cifar10", root=str(tmp_path)))
 
 
-def write_cifar(directory: Path, n: int = 8) -> None:
+def write_cifar(directory: Path, n: int = 8, protocol: int = 2) -> None:
+    """Batches in the official format: a dict with bytes keys, a uint8 array, Python int labels."""
     directory.mkdir(parents=True)
     rng = np.random.default_rng(1)
     for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(np.arange(n) % 10)}
+        batch = {b"batch_label": f"{fname} of 6".encode(), b"labels": [int(i) % 10 for i in range(n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
         with open(directory / fname, "wb") as fh:
-            pickle.dump(batch, fh)
+            pickle.dump(batch, fh, protocol=protocol)
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a crafted batch file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_cifar10_loader_on_written_pickles(tmp_path: Path):
@@ -140,6 +154,27 @@ def test_cifar10_loader_on_written_pickles(tmp_path: Path):
     s = load_data(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.25))
     check_splits(s, (3, 32, 32), 10)
     assert (s.n_train, s.val_y.shape[0], s.test_y.shape[0]) == (30, 10, 8)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_real_format_loads_with_any_pickle_protocol(tmp_path: Path, protocol: int):
+    write_cifar(tmp_path / "cifar-10-batches-py", n=10, protocol=protocol)
+    s = load_data(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.2))
+    assert (s.n_train, s.test_y.shape[0]) == (40, 10) and sorted(s.test_y.tolist()) == list(range(10))
+
+
+def test_cifar10_pickle_that_runs_code_is_refused(tmp_path: Path):
+    """A data_batch that would call os.system is refused before anything runs, in one line."""
+    directory = tmp_path / "cifar-10-batches-py"
+    write_cifar(directory)
+    marker = tmp_path / "pwned"
+    with open(directory / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": RunsCode(marker), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(EvoPaiError) as err:
+        load_data(DataConfig(name="cifar10", root=str(tmp_path)))
+    msg = str(err.value)
+    assert "data_batch_2" in msg and "system" in msg and "refused" in msg and "\n" not in msg, msg
+    assert not marker.exists(), "the crafted pickle ran code"
 
 
 def test_cifar10_malformed_batch(tmp_path: Path):

@@ -17,7 +17,10 @@ RUNS_ROOT = Path("runs")
 
 
 def config_hash(cfg: Config) -> str:
-    return hashlib.sha1(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    """The experiment's identity; train.threads (how fast it runs, not what it runs) is left out."""
+    raw = to_dict(cfg)
+    raw["train"].pop("threads", None)
+    return hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_run_dir(cfg: Config, root: Path = RUNS_ROOT) -> Path:

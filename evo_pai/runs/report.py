@@ -54,5 +54,7 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("FLOPs / example (sparse / dense)", f"{summary['flops']['sparse']:,} / {summary['flops']['dense']:,}"),
         ("dead units", str(sum(summary["dead_units"].values()))),
         ("backend / device", f"{summary['backend']} / {summary['device']}"),
+        *([("torch threads", f"{summary['threads']['count']} ({summary['threads']['reason']})")]
+          if summary.get("threads") else []),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),
     ]

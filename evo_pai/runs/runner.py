@@ -18,6 +18,7 @@ from ..search.experiment import Experiment, SearchOutcome
 from ..individual import derive_seed
 from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from ..training.cost import search_flops
+from ..training.threads import ThreadChoice, choose_threads, torch_threads
 from ..masks import MaskSet
 from ..models import count_flops
 from ..registry import BACKEND, METHOD
@@ -69,17 +70,35 @@ def preflight(cfg: Config) -> DataSplits:
     return data
 
 
+def thread_choice(cfg: Config, data: DataSplits, default: int | None = None) -> ThreadChoice:
+    """train.threads, the caller's default, OMP_NUM_THREADS or auto (by the model's work per step)."""
+    with torch.random.fork_rng(devices=[]):  # building a probe model must not move any RNG
+        model = initial_model(cfg, data)
+    ev = cfg.evaluation
+    models = (ev.chunk_size or cfg.search.population) if ev.backend == "vectorized" else 1
+    return choose_threads(cfg.train.threads, model, data.input_shape, cfg.train.batch_size, models, default)
+
+
 def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None = None,
-                   data: DataSplits | None = None, resume: Checkpoint | None = None) -> dict:
+                   data: DataSplits | None = None, resume: Checkpoint | None = None,
+                   threads: int | None = None) -> dict:
     """Run the configured method and write the run folder; returns summary.json's content.
 
     With `resume` (a checkpoint read from `out`), the search continues where it was written.
+    `threads`: torch threads when train.threads is not set (a study's per-cell share); None: auto.
     """
-    t0 = time.perf_counter() - (float(resume.header["elapsed"]) if resume else 0.0)
     load_components(cfg.plugins)
+    data = data if data is not None else load_data(cfg.data)
+    choice = thread_choice(cfg, data, threads)
+    with torch_threads(choice.threads):
+        return _run(cfg, out, progress, data, resume, choice)
+
+
+def _run(cfg: Config, out: Path | None, progress: ProgressHook | None, data: DataSplits,
+         resume: Checkpoint | None, threads: ThreadChoice) -> dict:
+    t0 = time.perf_counter() - (float(resume.header["elapsed"]) if resume else 0.0)
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
-    data = data if data is not None else load_data(cfg.data)
     log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
     if out:
         write_config(out / "config.yaml", cfg)
@@ -127,6 +146,7 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         "seed": cfg.seed,
         "backend": backend,
         "device": device,
+        "threads": {"count": threads.threads, "reason": threads.reason},  # torch intra-op threads (training/threads.py)
         "flops": count_flops(exp.model, data.input_shape, dict(outcome.mask)),
         "dead_units": outcome.mask.dead_units(),
         "layer_sparsity": outcome.mask.layer_sparsity(),

@@ -49,7 +49,7 @@ def run_cell(cell: Cell, root: Path, threads: int) -> str | None:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_data(cell.cfg.data)
     try:
-        run_experiment(cell.cfg, out, None, _DATA_CACHE[key])
+        run_experiment(cell.cfg, out, None, _DATA_CACHE[key], threads=threads)
     except Exception as exc:  # one failing cell must not stop a long study; it is reported
         (out / "error.txt").write_text(traceback.format_exc())
         return f"{cell.dirname}: {type(exc).__name__}: {exc}"

@@ -1,0 +1,171 @@
+"""How many torch threads a run trains with: near the fastest choice whether the CPUs are idle or shared.
+
+Measured (benchmarks/threads.py, docs/performance.md): a small model's step is a string of tiny
+kernels, each ending in an OpenMP barrier. When another process holds a core, a barrier waits for a
+descheduled thread, and a step on two threads takes 3-30x longer than on one. Extra threads pay off
+only when a step has enough work *and* the CPUs are free. So the default (`train.threads: auto`) is
+
+    min(CPUs this process may use           (sched_getaffinity, cgroup cpu quota),
+        one thread per STEP_FLOPS_PER_THREAD of training work per step (small models: 1),
+        CPUs not busy with other processes   (measured for LOAD_SAMPLE_SECONDS at the start))
+
+and at least 1. `train.threads: N` or `--threads N` (or OMP_NUM_THREADS in the environment) decide
+instead. The count is chosen once per run (float results depend on it) and reported in summary.json.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+# One thread per 1e8 FLOPs of training work per step (forward + backward = 3x forward, x batch):
+# LeNet-300-100 on 28x28 inputs at batch 128 (~2e8) may use 2; the 8x8 digits quick start (~4e7) uses 1.
+STEP_FLOPS_PER_THREAD = 1e8
+LOAD_SAMPLE_SECONDS = 0.15
+BUSY_SLACK = 0.3  # a CPU counts as free when other processes use less than 70 % of it
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int
+    reason: str  # one short line for the summary: why this many
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity set, capped by a cgroup CPU quota (containers)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(n, math.ceil(quota)) if quota else n)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time the cgroup may use (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`); None: no limit."""
+    candidates: list[tuple[Path, Path | None]] = []
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            hier, _, path = line.split(":", 2)
+            if hier == "0":
+                candidates.append((root / path.lstrip("/") / "cpu.max", None))
+    except OSError:
+        pass
+    candidates += [(root / "cpu.max", None), (root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us")]
+    for quota_file, period_file in candidates:
+        try:
+            if period_file is None:
+                quota, period = quota_file.read_text().split()[:2]
+            else:
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota in ("max", "-1"):
+            return None
+        try:
+            return max(float(quota) / float(period), 0.01)
+        except (ValueError, ZeroDivisionError):
+            continue
+    return None
+
+
+def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of the given CPUs since boot, from /proc/stat (Linux)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        # user nice system idle iowait irq softirq steal [guest guest_nice: already inside user/nice]
+        t = [int(x) for x in fields[:8]]
+        total += sum(t)
+        busy += sum(t) - t[3] - t[4]  # steal counts as busy: a hypervisor is using that CPU
+    return (busy, total) if total else None
+
+
+def busy_cpus_elsewhere(seconds: float = LOAD_SAMPLE_SECONDS) -> float | None:
+    """CPUs of our affinity set kept busy by *other* processes, measured over `seconds`; None: unknown."""
+    try:
+        cpus = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    t0, own0, ticks0 = time.perf_counter(), _own_cpu_seconds(), _cpu_ticks(cpus)
+    if ticks0 is None:
+        return None
+    time.sleep(seconds)
+    t1, own1, ticks1 = time.perf_counter(), _own_cpu_seconds(), _cpu_ticks(cpus)
+    if ticks1 is None or ticks1[1] <= ticks0[1]:
+        return None
+    fraction = (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1])
+    own = (own1 - own0) / max(t1 - t0, 1e-9)
+    return max(0.0, fraction * len(cpus) - own)
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def step_flops(model: nn.Module, input_shape: Sequence[int], batch_size: int, models_per_step: int = 1) -> float:
+    """Training FLOPs of one optimizer step: forward + backward (~3x forward) over a batch, K models at once."""
+    from ..models import count_flops
+
+    return 3.0 * count_flops(model, input_shape)["dense"] * batch_size * max(1, models_per_step)
+
+
+def auto_threads(flops_per_step: float, cpus: int | None = None, busy: float | None = None,
+                 measure: bool = True) -> ThreadChoice:
+    """The default thread count for a step of `flops_per_step` on `cpus` CPUs (default: usable_cpus())."""
+    cpus = usable_cpus() if cpus is None else max(1, cpus)
+    by_work = max(1, int(flops_per_step // STEP_FLOPS_PER_THREAD))
+    limit = min(cpus, by_work)
+    if limit == 1:
+        why = "1 CPU available" if cpus == 1 else f"small model ({flops_per_step:.2g} FLOPs per step)"
+        return ThreadChoice(1, f"auto: {why}")
+    if busy is None and measure:
+        busy = busy_cpus_elsewhere()
+    free = cpus - (busy or 0.0)
+    n = max(1, min(limit, math.floor(free + BUSY_SLACK)))
+    load = f", {busy:.1f} of {cpus} CPUs busy elsewhere" if busy is not None else ""
+    return ThreadChoice(n, f"auto: {flops_per_step:.2g} FLOPs per step on {cpus} CPUs{load}")
+
+
+def env_threads() -> int | None:
+    """OMP_NUM_THREADS from the environment (torch reads it at start-up): the user's explicit choice."""
+    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
+def choose_threads(configured: int | str | None, model: nn.Module, input_shape: Sequence[int], batch_size: int,
+                   models_per_step: int = 1, default: int | None = None) -> ThreadChoice:
+    """train.threads if set; else the caller's default (e.g. a study's threads); else OMP_NUM_THREADS; else auto."""
+    if isinstance(configured, int):
+        return ThreadChoice(configured, "train.threads")
+    if default is not None:
+        return ThreadChoice(default, "set by the caller")
+    env = env_threads()
+    if env is not None:
+        return ThreadChoice(env, "OMP_NUM_THREADS")
+    return auto_threads(step_flops(model, input_shape, batch_size, models_per_step))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Train with n intra-op threads; the caller's setting comes back afterwards (API users keep theirs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
