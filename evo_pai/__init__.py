@@ -22,8 +22,17 @@ def run(*args, **kwargs):
     return _run(*args, **kwargs)
 
 
+def load_mask(run_dir):
+    """A run's winning mask (a MaskSet): `.apply_(model)`, `.to_torch_prune(model)`, `.to_npz(path)`;
+    see `evo_pai.runs.mask_file.load_mask`."""
+    from .runs.mask_file import load_mask as _load
+
+    return _load(run_dir)
+
+
 __all__ = [
     "EvoPaiError",
+    "load_mask",
     "run",
     "register_backend",
     "register_crossover",

@@ -172,26 +172,18 @@ class MaskSet(Mapping):
                 raise EvoPaiError(f"mask layer '{k}' prunes every weight: lower the sparsity or allow empty layers")
 
     # -- use with a model -----------------------------------------------------------
-    def apply_(self, model: nn.Module) -> nn.Module:
-        """Zero masked weights and keep them at zero: gradients are masked by hooks."""
-        params = dict(model.named_parameters())
-        for k, m in self._m.items():
-            p = params[k]
-            mask = m.to(p.device)
-            with torch.no_grad():
-                p.mul_(mask)
-            p.register_hook(lambda g, mask=mask: g * mask)
-        return model
+    def apply_(self, model: nn.Module, names: Mapping[str, str] | None = None) -> nn.Module:
+        """Zero masked weights and keep them at zero (gradient hooks); layers matched by parameter name,
+        dotted suffix or `names` (evo_pai/mask_export.py); a mismatch is one error line."""
+        from .mask_export import apply_mask
 
-    def to_torch_prune(self, model: nn.Module) -> nn.Module:
+        return apply_mask(self._m, model, names)
+
+    def to_torch_prune(self, model: nn.Module, names: Mapping[str, str] | None = None) -> nn.Module:
         """Attach as `torch.nn.utils.prune.custom_from_mask` (weight_orig + weight_mask buffers)."""
-        from torch.nn.utils import prune
+        from .mask_export import prune_with_torch
 
-        modules = dict(model.named_modules())
-        for k, m in self._m.items():
-            mod_name, _, pname = k.rpartition(".")
-            prune.custom_from_mask(modules[mod_name], pname, m.to(getattr(modules[mod_name], pname).device))
-        return model
+        return prune_with_torch(self._m, model, names)
 
     # -- files ----------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -206,6 +198,18 @@ class MaskSet(Mapping):
         tmp = path.with_suffix(path.suffix + ".tmp")
         save_file({k: v.to(torch.uint8) for k, v in self._m.items()}, str(tmp), metadata=meta)
         tmp.replace(path)
+
+    def to_npz(self, path: str | Path) -> Path:
+        """One boolean array per layer, keyed by parameter name (numpy only, no pickles)."""
+        from .mask_export import save_npz
+
+        return save_npz(self._m, path)
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> "MaskSet":
+        from .mask_export import load_npz
+
+        return cls(load_npz(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "MaskSet":

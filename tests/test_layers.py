@@ -18,7 +18,7 @@ MAX_LINES = 400
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = [
     ("core", ["evo_pai.errors", "evo_pai.config", "evo_pai.registry", "evo_pai.budgets", "evo_pai.masks",
-              "evo_pai.individual"]),
+              "evo_pai.individual", "evo_pai.mask_export"]),
     ("components", ["evo_pai.data", "evo_pai.models"]),
     ("training", ["evo_pai.training"]),
     ("operators", ["evo_pai.fitness", "evo_pai.operators", "evo_pai.pruners"]),
