@@ -107,6 +107,9 @@ class EvaluationConfig(_Section):
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float | None = Field(None, ge=0)
     max_retries: int = Field(3, ge=0)
+    # Ray: every actor must be ready (data loaded, model built) within this many seconds; one that is
+    # not (its node died, no free CPU for its restart) is dropped, and with none ready the run stops
+    actor_start_timeout_s: float = Field(180.0, gt=0)
     chunk_size: int | None = Field(None, ge=1)
     max_memory_gb: float | None = Field(None, gt=0)
     # inside each Ray actor: train its share of the population together (vectorized) or one by one

@@ -1,149 +1,41 @@
 """Population evaluation on Ray actors: a laptop (Ray started here) or an existing cluster.
 
-One cluster connection and one set of actors per search. Each actor builds data and model
-from the config once; θ0 goes through the object store once, so every node trains from the
-driver's exact tensors. Ray restarts dead actors and retries their tasks; when Ray gives up,
-the driver resubmits the task to a live actor; only then does the individual get the worst
-fitness, with the cause. Results come back in task order, and seeds come from the tasks
-(derived from each individual's identity), so Ray and the local backend agree.
+One cluster connection and one set of actors per search (ray_cluster.py: the connection, bound to
+127.0.0.1 when we start Ray; ray_actors.py: the actors and their start-up deadline). Each actor builds
+data and model from the config once; θ0 goes through the object store once, so every node trains
+from the driver's exact tensors. Ray restarts dead actors and retries their tasks; when Ray gives up,
+or the actor's node is marked dead, the driver resubmits the task to a live actor; only then does the
+individual get the worst fitness, with the cause. Results come back in task order, and seeds come
+from the tasks (derived from each individual's identity), so Ray and the local backend agree.
+Faults are reported once, in our words; Ray's own `(raylet)` console lines are kept out of the run.
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
-import os
-import random
-import socket
 import statistics
 import time
 from collections import deque
-from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-import torch
-
-from ..config import Config, build_config, to_dict
+from ..config import Config, to_dict
 from ..data import DataSplits, load_data
 from ..errors import EvoPaiError
-from ..registry import import_plugins, register_backend
-from ..training.stacked import StackedForward
+from ..registry import register_backend
 from ..training.burst import BurstResult
 from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
-from .base import WorkerContext
-from .vectorized import BatchedTrainer
+from .ray_actors import (BurstWorker, actor_trainer, dead_nodes, failed_result, log, on_cpu, start_actors,
+                         stop_actor)
+from .ray_cluster import RaylineFilter, connect, one_line, preserved_rng, reachable
 
-log = logging.getLogger(__name__)
+__all__ = ["BurstWorker", "RayEvaluator", "actor_trainer", "failed_result", "on_cpu", "one_line", "reachable"]
 
-# An idle actor re-runs a task in flight for longer than both of these (a dead node's actor may wait
-# for resources forever; Ray itself never gives up on it).
-STRAGGLER_FACTOR = 3.0  # x the median task time
-STRAGGLER_SECONDS = 5.0
+# An idle actor re-runs a unit of work in flight for longer than both of these (a hung actor, or one
+# whose node is gone before Ray notices). Time is per epoch of work, so a 30-epoch final training is
+# not "late" next to 1-epoch bursts. Silent: a healthy run that happens to be slow shows nothing.
+STRAGGLER_FACTOR = 4.0  # x the median seconds per epoch of work, times this unit's epochs
+STRAGGLER_SECONDS = 10.0
 POLL_SECONDS = 0.5  # how often the dispatcher looks for stragglers while it waits
-
-
-class BurstWorker:
-    """The body of one Ray actor. Plain class: wrapped with `ray.remote` at run time."""
-
-    def __init__(self, cfg_raw: dict, threads: int, device: str, trainer: str = "sequential"):
-        torch.set_num_threads(threads)  # Ray sets OMP threads to 1 in workers; use the CPUs we reserved
-        self.device, self.trainer, self.error, self.context = device, trainer, None, None
-        try:
-            self.cfg = build_config(cfg_raw)
-            import_plugins(self.cfg.plugins)
-            self.data = load_data(self.cfg.data)  # from this node's files, never shipped per task
-        except Exception as exc:  # reported by ready(): one line on the driver, not a dead actor
-            self.error = str(exc) if isinstance(exc, EvoPaiError) else f"{type(exc).__name__}: {exc}"
-
-    def ready(self, theta0_ref: list) -> tuple[int, str | None]:
-        """Build model and θ0 now, so start-up cost is not counted as the first task's time."""
-        if self.error is None:
-            try:
-                self._build(theta0_ref)
-            except Exception as exc:
-                self.error = str(exc) if isinstance(exc, EvoPaiError) else f"{type(exc).__name__}: {exc}"
-        return os.getpid(), self.error
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def _build(self, theta0_ref: list) -> None:
-        if self.context is None:  # θ0 from the object store (wrapped in a list: Ray passes the reference)
-            import ray
-
-            self.context = WorkerContext(self.cfg, self.device, self.data, theta0=ray.get(theta0_ref[0]))
-            self.data = None  # the context holds its own copy on the device
-            # planned here, so a share too large for this node's memory is refused by ready()
-            self.batched = BatchedTrainer(self.context) if self.trainer == "vectorized" else None
-
-    def run(self, tasks: list[BurstTask], theta0_ref: list) -> list[BurstResult]:
-        """One unit of work: this actor's share of a population, trained together or one by one."""
-        if self.error:  # a restarted actor whose set-up failed on this node
-            raise EvoPaiError(f"a Ray actor could not build the data and model: {self.error}")
-        self._build(theta0_ref)  # after a restart Ray re-runs __init__ only
-        if self.batched is not None:
-            return self.batched.run(tasks)
-        return [self.context.run(t) for t in tasks]
-
-
-@contextmanager
-def preserved_rng():
-    """ray.init draws from Python's `random`; DEAP's selection must not notice Ray was started."""
-    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(th)
-
-
-def failed_result(task: BurstTask, cause: str) -> BurstResult:
-    """Worst fitness (finite=0) with the cause; zero traits so variation operators still work."""
-    zeros = {k: torch.zeros(m.shape) for k, m in task.mask.items()}
-    return BurstResult(
-        metrics={"finite": 0.0, "error": cause},
-        traits={"weight": zeros, "rel_change": dict(zeros), "grad_accum": dict(zeros)},
-    )
-
-
-def on_cpu(task: BurstTask) -> BurstTask:
-    """CUDA tensors never cross to an actor: a start state from a GPU driver is moved first."""
-    if task.start is None or all(v.device.type == "cpu" for v in task.start.values()):
-        return task
-    return dataclasses.replace(task, start={k: v.to("cpu") for k, v in task.start.items()})
-
-
-def actor_trainer(cfg: Config, model: torch.nn.Module, data: DataSplits) -> str:
-    """evaluation.actor_trainer resolved: 'auto' is vectorized when the model can be batched."""
-    choice = cfg.evaluation.actor_trainer
-    if choice == "sequential":
-        return choice
-    try:
-        StackedForward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
-    except EvoPaiError:
-        if choice == "vectorized":
-            raise
-        return "sequential"  # e.g. BatchNorm models: trained one by one, as the local backend does
-    return "vectorized"
-
-
-def reachable(address: str, timeout: float = 5.0) -> bool:
-    """Ray retries an unreachable GCS for minutes; a TCP connect answers in seconds."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise EvoPaiError(f"evaluation.address: '{address}' is not HOST:PORT (or 'auto', or empty to start Ray here)")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def one_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return " | ".join(lines[:3]) if lines else "unknown error"
+NODE_CHECK_SECONDS = 2.0  # how often it asks the cluster which nodes are dead
 
 
 @register_backend("ray", "Ray actors on this machine or an existing cluster (evaluation.address)")
@@ -157,8 +49,11 @@ class RayEvaluator(Evaluator):
         self._ray = ray
         self._owns_ray = False
         self.actors: list[Any] = []  # None marks an actor Ray gave up on
-        self._inflight: dict[Any, tuple[int, int | None, float]] = {}  # ref -> (actor, task index, start)
-        self._durations: list[float] = []
+        self.nodes: list[tuple[str, str] | None] = []  # (node id, IP) of each actor
+        self._inflight: dict[Any, tuple[int, int | None, float]] = {}  # ref -> (actor, unit index, start)
+        self._unit_epochs: dict[int, float] = {}  # unit index -> epochs of work in it (this call)
+        self._per_epoch: list[float] = []  # seconds per epoch of work of finished units
+        self._rayline = RaylineFilter(ray)  # before ray.init: its error listener starts there
         self.failures: list[dict] = []  # actor deaths seen by the driver, with causes
         self.trainer = "sequential"  # set with the actors: how each trains its share
         self.timings: dict[str, float] = {}  # seconds: ray_init, actors, shutdown (benchmarks read them)
@@ -183,21 +78,9 @@ class RayEvaluator(Evaluator):
                               "`ray start --head --port=PORT` or use address 'auto' on a cluster node")
 
     def _connect(self) -> None:
-        ray, address = self._ray, self.cfg.evaluation.address
-        if ray.is_initialized():
-            return  # the caller owns the connection (e.g. a notebook or `ray job submit`)
-        self.preflight(self.cfg)
-        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            kwargs["include_dashboard"] = False  # a private local cluster: no HTTP port opened
-        try:
-            ray.init(address=address, **kwargs)
-        except Exception as exc:
-            where = f"at {address}" if address else "locally"
-            hint = ("is the cluster up (`ray status`)? With token authentication, set RAY_AUTH_MODE=token "
-                    "and make the cluster's token available (~/.ray/auth_token)") if address else "see `ray start --help`"
-            raise EvoPaiError(f"evaluation.address: cannot start or reach Ray {where} ({one_line(exc)}); {hint}") from None
-        self._owns_ray = True
+        if not self._ray.is_initialized():
+            self.preflight(self.cfg)
+        self._owns_ray = connect(self._ray, self.cfg)
 
     def _plan(self) -> tuple[int, float, float, str]:
         """(number of actors, CPUs and GPUs per actor, device inside an actor)."""
@@ -245,11 +128,10 @@ class RayEvaluator(Evaluator):
             num_cpus=cpus, num_gpus=gpus, max_restarts=ev.max_retries, max_task_retries=ev.max_retries,
         )
         threads = max(1, int(cpus))
-        self.actors = [remote.remote(to_dict(self.cfg), threads, device, self.trainer) for _ in range(n)]
-        for pid, error in ray.get([a.ready.remote(self._theta0) for a in self.actors]):
-            if error:
-                raise EvoPaiError(f"a Ray actor could not build the data and model: {error} "
-                                  "(every node needs evo-pai, its plugins and the dataset files)")
+        self.actors, self.nodes = start_actors(
+            ray, lambda: remote.remote(to_dict(self.cfg), threads, device, self.trainer), n, self._theta0,
+            ev.actor_start_timeout_s, self._rayline.last)
+        n = self.live_actors
         self.device_name = (f"ray: {n} actor{'s' if n > 1 else ''} x {device} ({cpus:g} CPU, {gpus:g} GPU each, "
                             f"{self.trainer} trainer)")
 
@@ -257,7 +139,7 @@ class RayEvaluator(Evaluator):
     def actor_pids(self) -> list[int | None]:
         """Process id of each actor (None for one Ray gave up on); tests use it to kill one."""
         refs = [a.pid.remote() if a is not None else None for a in self.actors]
-        return [self._ray.get(r) if r is not None else None for r in refs]
+        return [self._ray.get(r, timeout=60) if r is not None else None for r in refs]
 
     @property
     def live_actors(self) -> int:
@@ -276,12 +158,14 @@ class RayEvaluator(Evaluator):
 
         ray, limit = self._ray, self.cfg.evaluation.max_retries
         units = self._units(len(tasks))
+        self._unit_epochs = {u: sum(float(tasks[i].epochs) for i in members) for u, members in enumerate(units)}
         done_units: list[list[BurstResult] | None] = [None] * len(units)
         resubmits = [0] * len(units)
         queue = deque(range(len(units)))
         busy = {a for a, _, _ in self._inflight.values()}  # copies left over from an earlier call
         idle = deque(i for i, a in enumerate(self.actors) if a is not None and i not in busy)
         remaining, finished, reported = len(units), 0, 0
+        next_node_check = time.monotonic() + NODE_CHECK_SECONDS
 
         def submit(actor: int, u: int) -> None:
             ref = self.actors[actor].run.remote([on_cpu(tasks[i]) for i in units[u]], self._theta0)
@@ -293,6 +177,20 @@ class RayEvaluator(Evaluator):
             remaining -= 1
             finished += len(units[u])
 
+        def lost(actor: int, u: int | None, cause: str) -> None:
+            """The actor is gone (Ray gave up on it, or its node died): its unit goes to a live actor."""
+            self._retire(actor, cause)
+            if u is None or done_units[u] is not None or any(j == u for _, j, _ in self._inflight.values()):
+                return  # another copy of this share is still running or already finished
+            resubmits[u] += 1
+            if resubmits[u] > limit:
+                why = (f"gave up after {resubmits[u]} Ray actor failure(s) on this share "
+                       f"(evaluation.max_retries={limit}): {cause}")
+                log.warning("Ray: individual(s) %s get the worst fitness: %s", units[u], why)
+                finish(u, [failed_result(tasks[i], why) for i in units[u]])
+            else:
+                queue.appendleft(u)  # resubmit to the next live actor
+
         while remaining:
             while idle and queue:
                 u = queue.popleft()
@@ -300,9 +198,8 @@ class RayEvaluator(Evaluator):
                     submit(idle.popleft(), u)
             if idle and not queue:
                 straggler = self._straggler(done_units)
-                if straggler is not None:
-                    log.warning("a share of %d task(s) is running far longer than usual (dead node or restarting "
-                                "actor?); running it again on actor %d, first result wins", len(units[straggler]), idle[0])
+                if straggler is not None:  # first result wins; said only if it turns out to matter
+                    log.debug("re-running share %d on actor %d", straggler, idle[0])
                     submit(idle.popleft(), straggler)
             if progress and reported < finished:  # after refilling: no actor waits on the bar
                 progress(finished - reported)
@@ -311,22 +208,17 @@ class RayEvaluator(Evaluator):
                 raise EvoPaiError(f"all Ray actors are gone ({self.failures[-1]['cause'] if self.failures else 'unknown cause'}); "
                                   "the last checkpoint is kept: `evo-pai resume RUN_DIR` after fixing the cluster")
             done, _ = ray.wait(list(self._inflight), num_returns=1, timeout=POLL_SECONDS)
+            if time.monotonic() >= next_node_check:
+                next_node_check = time.monotonic() + NODE_CHECK_SECONDS
+                self._drop_dead_nodes(lost)
             for ref in done:
+                if ref not in self._inflight:
+                    continue  # dropped with its node in this round
                 actor, u, started = self._inflight.pop(ref)
                 try:
-                    res = ray.get(ref)
+                    res = ray.get(ref, timeout=60)  # ready: returns at once
                 except RayActorError as exc:
-                    self._retire(actor, exc)
-                    if u is None or done_units[u] is not None or any(j == u for _, j, _ in self._inflight.values()):
-                        continue  # another copy of this share is still running or already finished
-                    resubmits[u] += 1
-                    if resubmits[u] > limit:
-                        cause = (f"gave up after {resubmits[u]} Ray actor failure(s) on this share "
-                                 f"(evaluation.max_retries={limit}): {one_line(exc)}")
-                        log.warning("individual(s) %s get the worst fitness: %s", units[u], cause)
-                        finish(u, [failed_result(tasks[i], cause) for i in units[u]])
-                    else:
-                        queue.appendleft(u)  # resubmit to the next live actor
+                    lost(actor, u, f"Ray gave up on its restarts or task retries: {one_line(exc)[:200]}")
                     continue
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
@@ -335,7 +227,7 @@ class RayEvaluator(Evaluator):
                     raise
                 idle.append(actor)
                 if u is not None and done_units[u] is None:
-                    self._durations.append(time.perf_counter() - started)
+                    self._per_epoch.append((time.perf_counter() - started) / max(self._unit_epochs[u], 1e-9))
                     finish(u, res)
         if progress and reported < finished:
             progress(finished - reported)
@@ -347,35 +239,46 @@ class RayEvaluator(Evaluator):
                 results[i] = r
         return results  # type: ignore[return-value]
 
+    def _drop_dead_nodes(self, lost) -> None:
+        """Actors on a node the cluster marked dead are lost now, not after Ray's restart waits for a CPU."""
+        dead = dead_nodes(self._ray)
+        for i, where in enumerate(self.nodes):
+            if self.actors[i] is not None and where is not None and where[0] in dead:
+                refs = [r for r, (a, _, _) in self._inflight.items() if a == i]
+                units = [self._inflight.pop(r)[1] for r in refs]
+                stop_actor(self._ray, self.actors[i], refs)
+                for u in units or [None]:
+                    lost(i, u, f"its node {where[1]} ({where[0][:8]}) died")
+
     def _straggler(self, done_units: list) -> int | None:
-        """A unit of work running far longer than usual (its actor may wait for a dead node): run it again."""
-        if not self._durations:
+        """A unit of work running far longer than its epochs should take (a hung actor): run it again."""
+        if not self._per_epoch:
             return None
-        limit = max(STRAGGLER_FACTOR * statistics.median(self._durations[-64:]), STRAGGLER_SECONDS)
+        per_epoch = statistics.median(self._per_epoch[-64:])
         now, copies = time.perf_counter(), {}
         for _, u, started in self._inflight.values():
             if u is not None and done_units[u] is None:
                 copies.setdefault(u, []).append(now - started)
-        late = [(min(ages), u) for u, ages in copies.items() if len(ages) == 1 and min(ages) > limit]
+        late = [(min(ages), u) for u, ages in copies.items() if len(ages) == 1 and
+                min(ages) > max(STRAGGLER_FACTOR * per_epoch * self._unit_epochs[u], STRAGGLER_SECONDS)]
         return max(late)[1] if late else None
 
-    def _retire(self, actor: int, exc: Exception) -> None:
+    def _retire(self, actor: int, cause: str) -> None:
         if self.actors[actor] is not None:
-            cause = one_line(exc)
-            log.warning("Ray actor %d dropped (Ray gave up on its restarts or task retries): %s", actor, cause)
+            where = self.nodes[actor][1] if actor < len(self.nodes) and self.nodes[actor] else "?"
+            log.warning("Ray: actor %d on %s lost (%s); its work moves to the other actors", actor, where, cause)
             self.failures.append({"actor": actor, "cause": cause})
+            stop_actor(self._ray, self.actors[actor])
             self.actors[actor] = None
 
     def close(self) -> None:
         ray, t0 = self._ray, time.perf_counter()
-        for a in self.actors:
+        for i, a in enumerate(self.actors):
             if a is not None:
-                try:
-                    ray.kill(a)
-                except Exception:  # already dead
-                    pass
+                stop_actor(ray, a, [r for r, (j, _, _) in self._inflight.items() if j == i])
         self.actors, self._inflight = [], {}
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()  # stops a Ray we started; only disconnects from an existing cluster
         self._owns_ray = False
+        self._rayline.remove()
         self.timings.setdefault("shutdown", time.perf_counter() - t0)

@@ -1,0 +1,53 @@
+"""Run by tests/test_ray_quiet.py in a fresh interpreter: start a Ray evaluator the way `evo-pai run`
+does (Ray started here), list every listening socket of this process and the processes it started,
+and try each port (and Ray's fixed metrics ports) for a Prometheus answer. Prints one JSON object."""
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+
+from evo_pai.config import build_config
+from evo_pai.evaluation.base import make_evaluator
+from evo_pai.runs.components import load_components
+
+METRICS_PORTS = [44217, 44227, 8080, 8265]  # Ray's autoscaler/dashboard metrics, Prometheus default, dashboard
+
+
+def prometheus_answers(port: int) -> bool:
+    for path in ("/metrics", "/"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+                body = r.read(4096).decode("utf-8", "replace")
+        except Exception:  # refused, reset, HTTP error, gRPC talking HTTP/2: no metrics here
+            continue
+        if "# HELP" in body or "# TYPE" in body:
+            return True
+    return False
+
+
+def main() -> None:
+    load_components()
+    import ray  # noqa: F401  (Ray ships psutil in ray/thirdparty_files and puts it on sys.path)
+    import psutil
+
+    cfg = build_config(json.loads(sys.argv[1]))
+    with make_evaluator(cfg) as ev:
+        me = psutil.Process()
+        listening = []
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections("inet")
+                cmd = proc.cmdline()
+                name = " ".join([cmd[0].rsplit("/", 1)[-1], *(a.rsplit("/", 1)[-1] for a in cmd[1:2])])
+            except psutil.Error:
+                continue
+            listening += [{"pid": proc.pid, "process": name, "ip": c.laddr.ip, "port": c.laddr.port}
+                          for c in conns if c.status == psutil.CONN_LISTEN]
+        ports = sorted({s["port"] for s in listening} | set(METRICS_PORTS))
+        print(json.dumps({"device": ev.device_name, "listening": listening,
+                          "metrics": [p for p in ports if prometheus_answers(p)]}))
+
+
+if __name__ == "__main__":
+    main()
