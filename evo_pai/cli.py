@@ -3,30 +3,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .config import load_config
 from .errors import EvoPaiError
 from .registry import ALL
 from .runs.components import load_components
+from .runs.progress import make_progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolutionary pruning at initialization: K-starts, dissipating gradients, their combination.")
 out_console = Console()
 err_console = Console(stderr=True)
-
-
-def rich_progress(progress: Progress) -> Callable[[str, int | None], Callable[[int], None]]:
-    def hook(label: str, total: int | None) -> Callable[[int], None]:
-        task = progress.add_task(label, total=total or None)
-        return lambda n: progress.advance(task, n)
-
-    return hook
 
 
 def print_summary(summary: dict, out: Path | None) -> None:
@@ -48,7 +40,8 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="override a key: --set search.sparsity=0.95 (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<method>-<data>-...-<hash>)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="allow writing into a non-empty --out folder"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress (default: bars on a terminal, else a line per "
+                                                      "generation and final epoch)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: auto, by the model's "
                                           "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
@@ -63,9 +56,8 @@ def run(
     prepare_run_dir(run_dir, overwrite, create=False)  # refuse a taken folder before loading data
     data = preflight(cfg)
     prepare_run_dir(run_dir, overwrite)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet, transient=False) as progress:
-        summary = run_experiment(cfg, run_dir, rich_progress(progress), data)
+    with make_progress(err_console, quiet) as progress:
+        summary = run_experiment(cfg, run_dir, progress, data)
     print_summary(summary, run_dir)
 
 
@@ -74,7 +66,8 @@ def resume(
     run_dir: Path = typer.Argument(..., help="a run folder written by `evo-pai run` (holds config.yaml)"),
     set_: List[str] = typer.Option([], "--set", help="change where it runs: --set evaluation.address=HOST:PORT "
                                                      "(only evaluation.* keys; repeatable)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress (default: bars on a terminal, else a line per "
+                                                      "generation and final epoch)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: auto, by the model's "
                                           "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
@@ -98,9 +91,8 @@ def resume(
     gen = checkpoint.generation if checkpoint else None
     where = f"after generation {gen}" if gen is not None else "the start (no checkpoint was written yet)"
     err_console.print(f"resuming {run_dir} from {where}", markup=False, highlight=False)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet, transient=False) as progress:
-        summary = run_experiment(cfg, run_dir, rich_progress(progress), data, resume=checkpoint)
+    with make_progress(err_console, quiet) as progress:
+        summary = run_experiment(cfg, run_dir, progress, data, resume=checkpoint)
     print_summary(summary, run_dir)
 
 

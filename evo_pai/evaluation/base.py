@@ -40,11 +40,11 @@ class WorkerContext:
             self.model.load_state_dict(theta0)
         self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def run(self, task: BurstTask) -> BurstResult:
+    def run(self, task: BurstTask, on_epoch=None) -> BurstResult:
         start = self.theta0 if task.start is None else {k: v.to(self.device) for k, v in task.start.items()}
         return train_masked(
             self.model, start, self.theta0, task.mask, self.data, self.cfg.train,
-            task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
+            task.epochs, task.seed, keep_state=task.keep_state, test=task.test, on_epoch=on_epoch,
         )
 
 

@@ -19,7 +19,7 @@ class LocalEvaluator(Evaluator):
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
         out = []
         for t in tasks:
-            out.append(self.context.run(t))
+            out.append(self.context.run(t, self.epoch_callback))
             if progress:
                 progress(1)
         return out

@@ -74,7 +74,7 @@ class BatchedTrainer:
         budget, source = memory_budget(cfg, context.device)
         self.chunk = plan_chunk(self.bytes_per_model, budget, source, cfg.evaluation.chunk_size, cfg.model.name)
 
-    def run(self, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
+    def run(self, tasks: list[BurstTask], progress: Progress | None = None, on_epoch=None) -> list[BurstResult]:
         ctx, hp = self.context, self.context.cfg.train
         # Models trained together must take the same number of steps (one optimizer step count).
         groups: dict[tuple, list[int]] = {}
@@ -88,6 +88,7 @@ class BatchedTrainer:
                 out = train_batched(
                     ctx.model, self.forward, starts, ctx.theta0, [t.mask for t in chunk], ctx.data, hp,
                     chunk[0].epochs, [t.seed for t in chunk], [t.keep_state for t in chunk], [t.test for t in chunk],
+                    on_epoch=on_epoch,
                 )
                 for i, res in zip(members[lo : lo + self.chunk], out):
                     results[i] = res
@@ -105,4 +106,4 @@ class VectorizedEvaluator(LocalEvaluator):
         self.trainer = BatchedTrainer(self.context)  # refuses unsupported models and oversized chunks now
 
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
-        return self.trainer.run(tasks, progress)
+        return self.trainer.run(tasks, progress, self.epoch_callback)

@@ -1,6 +1,7 @@
 """One run end to end: config -> search -> final training -> run folder."""
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -25,8 +26,9 @@ from ..registry import BACKEND, METHOD
 from .components import load_components
 from .report import plot_fitness
 from .folder import GenerationLog, write_config, write_json
+from .progress import RunProgress
 
-ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance
+ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # the older (label, total) -> advance
 
 
 def seed_everything(seed: int) -> None:
@@ -37,9 +39,21 @@ def seed_everything(seed: int) -> None:
 
 
 def expected_search_tasks(cfg: Config) -> int | None:
+    return search_plan(cfg)[0]
+
+
+def search_plan(cfg: Config) -> tuple[int | None, int | None]:
+    """(training tasks, generations) a method's search will log, for the progress display; None: unknown."""
     s = cfg.search
-    return {"kstarts": s.population, "combined": s.population * s.generations, "dissipating": s.dg.epochs,
-            "dense": 0, "random": 0}.get(s.method)
+    if s.method in ("imp",):
+        from ..search.imp import imp_schedule
+
+        rounds = len(imp_schedule(s.sparsity, float(s.params.get("prune_fraction", 0.2))))
+        return rounds + (1 if float(s.params.get("rewind_epochs", 0)) > 0 else 0), rounds
+    plans = {"kstarts": (s.population, 1), "combined": (s.population * s.generations, s.generations),
+             "dissipating": (s.dg.epochs, s.dg.epochs), "gmp": (s.dg.epochs, s.dg.epochs), "dense": (0, None),
+             "random": (0, None)}
+    return plans.get(s.method, (None, None))
 
 
 def extra_epochs(cfg: Config) -> float:
@@ -50,12 +64,12 @@ def extra_epochs(cfg: Config) -> float:
     return float(value)
 
 
-def final_training(exp: Experiment, outcome: SearchOutcome):
+def final_training(exp: Experiment, outcome: SearchOutcome, on_epoch=None):
     cfg = exp.cfg
     seed = outcome.final_seed if outcome.final_seed is not None else derive_seed(cfg.seed, "final")
     task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg), seed,
                      start=outcome.final_start, keep_state=True, test=True)
-    return exp.run_task(task)
+    return exp.run_task(task, on_epoch)
 
 
 def preflight(cfg: Config) -> DataSplits:
@@ -79,7 +93,7 @@ def thread_choice(cfg: Config, data: DataSplits, default: int | None = None) -> 
     return choose_threads(cfg.train.threads, model, data.input_shape, cfg.train.batch_size, models, default)
 
 
-def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None = None,
+def run_experiment(cfg: Config, out: Path | None, progress: RunProgress | None = None,
                    data: DataSplits | None = None, resume: Checkpoint | None = None,
                    threads: int | None = None) -> dict:
     """Run the configured method and write the run folder; returns summary.json's content.
@@ -94,36 +108,48 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         return _run(cfg, out, progress, data, resume, choice)
 
 
-def _run(cfg: Config, out: Path | None, progress: ProgressHook | None, data: DataSplits,
+def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: DataSplits,
          resume: Checkpoint | None, threads: ThreadChoice) -> dict:
     t0 = time.perf_counter() - (float(resume.header["elapsed"]) if resume else 0.0)
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
+    progress = progress if progress is not None else RunProgress()
     log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
+
+    def logged(record: dict) -> None:  # every method logs each generation: the display follows the log
+        log(record)
+        progress.generation(record)
+
     if out:
         write_config(out / "config.yaml", cfg)
         if resume is None:  # a checkpoint left by an earlier run in an overwritten folder is not ours
             (out / CHECKPOINT).unlink(missing_ok=True)
     with make_evaluator(cfg, data) as evaluator:
-        exp = Experiment(cfg, evaluator, data, log)
-        exp.progress = progress("search", expected_search_tasks(cfg)) if progress else None
+        exp = Experiment(cfg, evaluator, data, logged)
+        tasks, generations = search_plan(cfg)
+        progress.phase("search", tasks, generations)
+        exp.progress = progress.advance
         if out:  # the search calls this after each completed generation
             exp.checkpoint = lambda state: save_checkpoint(out / CHECKPOINT, cfg, state, exp, log.records,
                                                            time.perf_counter() - t0)
         if resume:
             resume.restore(exp)  # RNG states, evaluator counters, exp.resume_state
-            if exp.progress:
-                exp.progress(resume.tasks_done)
+            progress.advance(resume.tasks_done)
+            if log.records:
+                progress.generation(log.records[-1])
         outcome = method(exp)
         if not isinstance(outcome, SearchOutcome):
             raise EvoPaiError(f"search.method '{cfg.search.method}' returned {type(outcome).__name__}, not a SearchOutcome")
         search_epochs, search_seconds = evaluator.epochs_spent, time.perf_counter() - t0
         flops = search_flops(exp.model, data.input_shape, data.n_train, search_epochs, dict(getattr(evaluator, "kept_epochs", {})))
         t1 = time.perf_counter()
-        advance = progress("final training", 1) if progress else None
-        final = final_training(exp, outcome)
-        if advance:
-            advance(1)
+        exp.progress = None  # the final training is not search work
+        epochs = math.ceil(outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg))
+        progress.phase("final training", epochs)
+        heard: list[int] = []
+        final = final_training(exp, outcome, lambda done, total: (heard.append(done), progress.epoch(done, total)))
+        if not heard:  # a backend that cannot report epochs (Ray actors): done at once
+            progress.epoch(epochs, epochs)
         final_seconds = time.perf_counter() - t1
         backend, device = cfg.evaluation.backend, str(getattr(evaluator, "device_name", cfg.evaluation.device))
     summary = {

@@ -57,6 +57,7 @@ class Experiment:
         self.fitness_failures: list[dict] = []
         self.resume_state: dict | None = None  # set by the runner when resuming
         self.checkpoint: Callable[[dict], None] = lambda state: None
+        self.progress: Callable[[int], None] | None = None  # tasks finished (the runner's search bar)
 
     # -- masks ------------------------------------------------------------------------
     def random_mask(self, sparsity: float, seed: int) -> MaskSet:
@@ -98,7 +99,7 @@ class Experiment:
         """Burst-train every individual from θ0 and set its fitness, traits and metrics."""
         epochs = self.cfg.search.burst_epochs if epochs is None else epochs
         tasks = [BurstTask(ind.mask, epochs, self.task_seed(ind)) for ind in population]
-        results = self.evaluator.evaluate(tasks, progress)
+        results = self.evaluator.evaluate(tasks, progress if progress is not None else self.progress)
         for ind, res in zip(population, results):
             self.assign(ind, res)
         return results
@@ -112,8 +113,14 @@ class Experiment:
         ind.traits = res.traits
         ind.metrics = dict(res.metrics)
 
-    def run_task(self, task: BurstTask) -> BurstResult:
-        return self.evaluator.evaluate([task])[0]
+    def run_task(self, task: BurstTask, on_epoch: Callable[[int, int], None] | None = None) -> BurstResult:
+        """One training run (a DG epoch, an IMP round, the final training), counted on the search's
+        progress; `on_epoch(done, total)` hears each epoch's end where the backend can tell."""
+        self.evaluator.epoch_callback = on_epoch
+        try:
+            return self.evaluator.evaluate([task], self.progress)[0]
+        finally:
+            self.evaluator.epoch_callback = None
 
     # -- logging ----------------------------------------------------------------------
     def log_generation(self, generation: int, population: list[Individual], **extra: Any) -> dict:

@@ -20,7 +20,7 @@ from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import MaskSet
 from .stacked import StackedForward
-from .burst import _EPS, BurstResult, batch_order, steps_for
+from .burst import _EPS, BurstResult, EpochCallback, batch_order, epoch_done, steps_for
 
 
 def eval_rows(hp: TrainConfig) -> int:
@@ -65,6 +65,7 @@ def train_batched(
     seeds: Sequence[int],
     keep_state: Sequence[bool],
     test: Sequence[bool],
+    on_epoch: EpochCallback | None = None,
 ) -> list[BurstResult]:
     """`train_masked` for every (start, mask, seed); `model` only supplies names, dtype and device."""
     k = len(masks)
@@ -105,6 +106,7 @@ def train_batched(
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0, as train_masked does.
         loss_sum += losses.detach()
+        epoch_done(step, steps, math.ceil(data.n_train / hp.batch_size), on_epoch)
     return _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,14 @@ from ..masks import MaskSet
 
 EVAL_BATCH = 2048
 _EPS = 1e-12
+
+EpochCallback = Callable[[int, int], None]  # (epochs done, epochs in all): progress only, never numbers
+
+
+def epoch_done(step: int, steps: int, per_epoch: int, on_epoch: EpochCallback | None) -> None:
+    """After step `step` (0-based) of `steps`: tell `on_epoch` when an epoch (or the last part of one) ends."""
+    if on_epoch is not None and ((step + 1) % per_epoch == 0 or step + 1 == steps):
+        on_epoch(math.ceil((step + 1) / per_epoch), math.ceil(steps / per_epoch))
 
 
 @dataclass
@@ -80,6 +88,7 @@ def train_masked(
     seed: int,
     keep_state: bool = False,
     test: bool = False,
+    on_epoch: EpochCallback | None = None,
 ) -> BurstResult:
     """Train `model` from `start` with `mask` held fixed; traits are measured against `reference` (θ0).
 
@@ -101,7 +110,8 @@ def train_masked(
     steps = steps_for(epochs, data.n_train, hp.batch_size)
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
     loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
-    for idx in batch_order(data.n_train, steps, hp.batch_size, gen):
+    per_epoch = math.ceil(data.n_train / hp.batch_size)
+    for step, idx in enumerate(batch_order(data.n_train, steps, hp.batch_size, gen)):
         idx = idx.to(device)
         out = model(data.train_x[idx])
         loss = F.cross_entropy(out, data.train_y[idx])
@@ -116,6 +126,7 @@ def train_masked(
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0. Re-masking every
         # step changed no bit and cost 5-7 % of a LeNet burst (measured).
         loss_sum += loss.detach()
+        epoch_done(step, steps, per_epoch, on_epoch)
     train_loss = float(loss_sum) / steps
     finite = math.isfinite(train_loss) and all(bool(torch.isfinite(p).all()) for p in params.values())
     val = evaluate(model, data.val_x, data.val_y)

@@ -60,6 +60,9 @@ class Evaluator(ABC):
         self.cache_hits = 0
         self._cache: OrderedDict[tuple, BurstResult] = OrderedDict()
         self._cache_size = cache_size
+        # (epochs done, epochs in all) during Experiment.run_task(..., on_epoch=): in-process backends
+        # call it at epoch ends (the final training's progress); Ray actors cannot, and do not
+        self.epoch_callback: Callable[[int, int], None] | None = None
 
     def evaluate(self, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
         results: list[BurstResult | None] = [None] * len(tasks)
