@@ -29,9 +29,9 @@ def print_summary(summary: dict, out: Path | None) -> None:
     table.add_column()
     for name, value in summary_rows(summary):
         table.add_row(name, value)
-    if out:
-        table.add_row("run folder", str(out))
     out_console.print(table)
+    if out:  # outside the table, never wrapped or cut: the whole path can be copied
+        out_console.print(f"run folder: {out.resolve()}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -24,7 +24,7 @@ from ..masks import MaskSet
 from ..models import count_flops
 from ..registry import BACKEND, METHOD
 from .components import load_components
-from .report import plot_fitness
+from .report import plot_fitness, plot_layers
 from .folder import GenerationLog, write_config, write_json
 from .progress import RunProgress
 
@@ -193,6 +193,9 @@ def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[d
     summary["sparsity"] = MaskSet.load(out / "mask.safetensors").sparsity()  # measured from the file
     if state is not None:
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    title = f"{summary['method']} on {summary['dataset']} ({summary['model']})"
     if records:
-        plot_fitness(records, out / "fitness.png", f"{summary['method']} on {summary['dataset']} ({summary['model']})")
+        target = summary["target_sparsity"] if summary["method"] != "dense" else None
+        plot_fitness(records, out / "fitness.png", title, target, summary.get("candidates"), summary.get("winner_index"))
+    plot_layers(mask.counts(), mask.sizes(), out / "layers.png", f"final mask per layer: {title}")
     write_json(out / "summary.json", summary)
