@@ -98,13 +98,18 @@ def main() -> None:
     conditions = ["idle", "loaded"]
     times = {(w, c, v): [] for w in workloads for c in conditions for v in ways}
     chosen = {(w, c): [] for w in workloads for c in conditions}
+    choice_seconds: list[float] = []
+    busy = {c: [] for c in conditions}  # CPUs the default saw busy elsewhere, per condition
 
     def run_way(name: str, condition: str, way: str) -> float:
         cfg, data, _ = workloads[name]
         t0 = time.perf_counter()
         if way == "default":  # the choice (and its load measurement) is part of what a run pays
             choice = thread_choice(cfg, data)
+            choice_seconds.append(time.perf_counter() - t0)
             chosen[(name, condition)].append(choice.threads)
+            if "busy elsewhere" in choice.reason:
+                busy[condition].append(float(choice.reason.split(", ")[-1].split()[0]))
             run_experiment(cfg, None, data=data, threads=choice.threads)
         else:
             run_experiment(cfg, None, data=data, threads=int(way))
@@ -128,6 +133,12 @@ def main() -> None:
     finally:
         burners.stop()
     print(f"load average after: {loadavg()}")
+    print(f"the default's choice took {statistics.median(choice_seconds):.3f} s (median; builds a probe model, "
+          f"samples the load for the models that could use more than one thread)")
+    for condition in conditions:
+        if busy[condition]:
+            print(f"CPUs busy elsewhere as the default saw them, {condition}: "
+                  f"{', '.join(f'{b:.1f}' for b in busy[condition])}")
     rows, ratios = [], []
     for name, (_, _, flops) in workloads.items():
         for condition in conditions:

@@ -42,7 +42,7 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="allow writing into a non-empty --out folder"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress (default: bars on a terminal, else a line per "
                                                       "generation and final epoch)"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: auto, by the model's "
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: auto, by the model's "
                                           "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
     """Run a search and train its winner; writes a run folder."""
@@ -68,7 +68,7 @@ def resume(
                                                      "(only evaluation.* keys; repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress (default: bars on a terminal, else a line per "
                                                       "generation and final epoch)"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: auto, by the model's "
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: auto, by the model's "
                                           "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
     """Continue an interrupted run from its last checkpoint; ends as the uninterrupted run would."""

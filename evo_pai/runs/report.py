@@ -135,6 +135,13 @@ def plot_layers(counts: Mapping[str, int], sizes: Mapping[str, int], path: Path,
     plt.close(fig)
 
 
+def threads_text(t: dict) -> str:
+    text = f"{t['count']} ({t['reason']})"
+    for seconds, n in t.get("adjusted") or []:
+        text += f"; {n} from {seconds:g} s (other processes' load)"
+    return text
+
+
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.2f} %"
@@ -150,7 +157,6 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("FLOPs / example (sparse / dense)", f"{summary['flops']['sparse']:,} / {summary['flops']['dense']:,}"),
         ("dead units", f"{dead}: {DEAD_UNITS}"),
         ("backend / device", f"{summary['backend']} / {summary['device']}"),
-        *([("torch threads", f"{summary['threads']['count']} ({summary['threads']['reason']})")]
-          if summary.get("threads") else []),
+        *([("torch threads", threads_text(summary["threads"]))] if summary.get("threads") else []),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),
     ]

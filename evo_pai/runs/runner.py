@@ -19,7 +19,7 @@ from ..search.experiment import Experiment, SearchOutcome
 from ..individual import derive_seed
 from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from ..training.cost import search_flops
-from ..training.threads import ThreadChoice, choose_threads, torch_threads
+from ..training.threads import ThreadChoice, ThreadGovernor, choose_threads, torch_threads
 from ..masks import MaskSet
 from ..models import count_flops
 from ..registry import BACKEND, METHOD
@@ -114,6 +114,15 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
     progress = progress if progress is not None else RunProgress()
+    governor = ThreadGovernor(threads)  # auto: fewer threads while other processes take the CPUs
+
+    def advance(n: int) -> None:
+        progress.advance(n)
+        governor.check()
+
+    def on_epoch(done: int, total: int) -> None:
+        progress.epoch(done, total)
+        governor.check()
     log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
 
     def logged(record: dict) -> None:  # every method logs each generation: the display follows the log
@@ -128,7 +137,7 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         exp = Experiment(cfg, evaluator, data, logged)
         tasks, generations = search_plan(cfg)
         progress.phase("search", tasks, generations)
-        exp.progress = progress.advance
+        exp.progress = advance
         if out:  # the search calls this after each completed generation
             exp.checkpoint = lambda state: save_checkpoint(out / CHECKPOINT, cfg, state, exp, log.records,
                                                            time.perf_counter() - t0)
@@ -147,7 +156,7 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         epochs = math.ceil(outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg))
         progress.phase("final training", epochs)
         heard: list[int] = []
-        final = final_training(exp, outcome, lambda done, total: (heard.append(done), progress.epoch(done, total)))
+        final = final_training(exp, outcome, lambda done, total: (heard.append(done), on_epoch(done, total)))
         if not heard:  # a backend that cannot report epochs (Ray actors): done at once
             progress.epoch(epochs, epochs)
         final_seconds = time.perf_counter() - t1
@@ -172,7 +181,8 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         "seed": cfg.seed,
         "backend": backend,
         "device": device,
-        "threads": {"count": threads.threads, "reason": threads.reason},  # torch intra-op threads (training/threads.py)
+        # torch intra-op threads (training/threads.py); auto may lower them while other processes load the CPUs
+        "threads": {"count": threads.threads, "reason": threads.reason, "adjusted": governor.changes},
         "flops": count_flops(exp.model, data.input_shape, dict(outcome.mask)),
         "dead_units": outcome.mask.dead_units(),
         "layer_sparsity": outcome.mask.layer_sparsity(),

@@ -36,6 +36,7 @@ BUSY_SLACK = 0.3  # a CPU counts as free when other processes use less than 70 %
 class ThreadChoice:
     threads: int
     reason: str  # one short line for the summary: why this many
+    limit: int = 0  # auto only: the most threads the CPUs and the work allow (0: fixed, never adjusted)
 
 
 def usable_cpus() -> int:
@@ -135,10 +136,59 @@ def auto_threads(flops_per_step: float, cpus: int | None = None, busy: float | N
         return ThreadChoice(1, f"auto: {why}")
     if busy is None and measure:
         busy = busy_cpus_elsewhere()
-    free = cpus - (busy or 0.0)
-    n = max(1, min(limit, math.floor(free + BUSY_SLACK)))
+    n = fit_threads(limit, cpus, busy or 0.0)
     load = f", {busy:.1f} of {cpus} CPUs busy elsewhere" if busy is not None else ""
-    return ThreadChoice(n, f"auto: {flops_per_step:.2g} FLOPs per step on {cpus} CPUs{load}")
+    return ThreadChoice(n, f"auto: {flops_per_step:.2g} FLOPs per step on {cpus} CPUs{load}", limit)
+
+
+def fit_threads(limit: int, cpus: int, busy: float) -> int:
+    """As many threads as the CPUs that other processes leave free, within [1, limit]."""
+    return max(1, min(limit, math.floor(cpus - busy + BUSY_SLACK)))
+
+
+class ThreadGovernor:
+    """auto with more than one thread possible: follows the load while the run trains.
+
+    Called at every finished task and final-training epoch (at most every CHECK_SECONDS it measures);
+    other processes' CPU use over the last window is the CPUs' busy time minus this process's own.
+    When they take CPUs the run counted on, it drops to fewer threads at once (a step waiting on a
+    descheduled thread is what makes shared cores 3-30x slower); it goes back up only after two windows
+    in a row with the CPUs free again. Floats depend on the thread count, so an adjusted run is not
+    bit-reproducible: `--threads N` fixes the count."""
+
+    CHECK_SECONDS = 2.0
+
+    def __init__(self, choice: ThreadChoice):
+        self.limit, self.threads = choice.limit, choice.threads
+        self.changes: list[tuple[float, int]] = []  # (seconds since the start, threads from then on)
+        self._cpus = usable_cpus()
+        self._t0 = time.perf_counter()
+        self._mark = self._sample()
+        self._free_windows = 0
+
+    @staticmethod
+    def _sample():
+        try:
+            cpus = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            return None
+        return time.perf_counter(), _own_cpu_seconds(), _cpu_ticks(cpus), len(cpus)
+
+    def check(self) -> None:
+        if self.limit <= 1 or self._mark is None or time.perf_counter() - self._mark[0] < self.CHECK_SECONDS:
+            return
+        now = self._sample()
+        (t0, own0, ticks0, n), (t1, own1, ticks1, _) = self._mark, now
+        self._mark = now
+        if ticks0 is None or ticks1 is None or ticks1[1] <= ticks0[1]:
+            return
+        busy = max(0.0, (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1]) * n - (own1 - own0) / max(t1 - t0, 1e-9))
+        want = fit_threads(self.limit, self._cpus, busy)
+        self._free_windows = self._free_windows + 1 if want > self.threads else 0
+        if want < self.threads or self._free_windows >= 2:
+            self.threads, self._free_windows = want, 0
+            torch.set_num_threads(want)
+            self.changes.append((round(time.perf_counter() - self._t0, 1), want))
 
 
 def env_threads() -> int | None:
