@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ RUNS_ROOT = Path("runs")
 
 
 def config_hash(cfg: Config) -> str:
-    return hashlib.sha1(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    """Of everything but `logging` (where the log also goes changes no result, nor a folder's name)."""
+    raw = {k: v for k, v in to_dict(cfg).items() if k != "logging"}
+    return hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_run_dir(cfg: Config, root: Path = RUNS_ROOT) -> Path:
@@ -34,7 +37,7 @@ def default_run_dir(cfg: Config, root: Path = RUNS_ROOT) -> Path:
 def prepare_run_dir(path: Path, overwrite: bool = False, create: bool = True) -> Path:
     if path.exists() and not path.is_dir():
         raise EvoPaiError(f"--out {path}: exists and is not a folder; choose another path")
-    if path.exists() and any(path.iterdir()) and not overwrite:
+    if path.exists() and _holds_files(path) and not overwrite:
         raise EvoPaiError(f"--out {path}: folder exists and is not empty; choose a new folder or pass --overwrite")
     if not create:
         return path
@@ -43,6 +46,20 @@ def prepare_run_dir(path: Path, overwrite: bool = False, create: bool = True) ->
     except OSError as exc:
         raise EvoPaiError(f"--out {path}: cannot create the run folder ({exc.strerror})") from exc
     return path
+
+
+def _holds_files(path: Path) -> bool:
+    """Anything but the lock file (runs/lock.py) that a refused or failed run may have left."""
+    return any(p.name != ".lock" for p in path.iterdir())
+
+
+def remove_if_unused(path: Path) -> None:
+    """Remove a run folder that holds nothing but its lock file: a run that never got to write."""
+    try:
+        if path.is_dir() and not _holds_files(path):
+            shutil.rmtree(path)
+    except OSError:
+        pass  # best effort: the error that brought us here is the one to report
 
 
 def clean(value: Any) -> Any:
@@ -57,13 +74,36 @@ def clean(value: Any) -> Any:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename: a crash leaves either the old file or the new one."""
+    """Temp file + fsync + rename: a crash, a full disk or a read-only folder leaves the old file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)  # give back the space a full disk needs
+        except OSError:
+            pass
+        raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line whole or not at all: a write that fails half-way (ENOSPC) is cut back off."""
+    data = line.encode()
+    with open(path, "ab") as f:
+        size = f.tell()
+        try:
+            f.write(data)
+            f.flush()
+        except BaseException:
+            try:
+                f.truncate(size)
+            except OSError:
+                pass
+            raise
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -81,14 +121,16 @@ class GenerationLog:
         """A new log (the file is started afresh), or a resumed one holding `records`."""
         self.path = path
         self.records: list[dict] = list(records or [])
+        self.sinks: list = []
         if path is not None:
-            path.write_text("".join(json.dumps(clean(r), allow_nan=False) + "\n" for r in self.records))
+            write_atomic(path, "".join(json.dumps(clean(r), allow_nan=False) + "\n" for r in self.records).encode())
 
     def __call__(self, record: dict) -> None:
-        self.records.append(record)
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(clean(record), allow_nan=False) + "\n")
+            append_line(self.path, json.dumps(clean(record), allow_nan=False) + "\n")
+        self.records.append(record)
+        for sink in self.sinks:  # extra loggers (runs/loggers.py): TensorBoard, ...
+            sink(record)
 
     @staticmethod
     def read(path: Path) -> list[dict]:
