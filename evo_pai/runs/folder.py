@@ -5,7 +5,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ def default_run_dir(cfg: Config, root: Path = RUNS_ROOT) -> Path:
 def prepare_run_dir(path: Path, overwrite: bool = False, create: bool = True) -> Path:
     if path.exists() and not path.is_dir():
         raise EvoPaiError(f"--out {path}: exists and is not a folder; choose another path")
-    if path.exists() and _holds_files(path) and not overwrite:
+    if path.exists() and any(path.iterdir()) and not overwrite:
         raise EvoPaiError(f"--out {path}: folder exists and is not empty; choose a new folder or pass --overwrite")
     if not create:
         return path
@@ -48,18 +47,12 @@ def prepare_run_dir(path: Path, overwrite: bool = False, create: bool = True) ->
     return path
 
 
-def _holds_files(path: Path) -> bool:
-    """Anything but the lock file (runs/lock.py) that a refused or failed run may have left."""
-    return any(p.name != ".lock" for p in path.iterdir())
-
-
 def remove_if_unused(path: Path) -> None:
-    """Remove a run folder that holds nothing but its lock file: a run that never got to write."""
+    """Remove a run folder this run created and never wrote to (it failed or was stopped first)."""
     try:
-        if path.is_dir() and not _holds_files(path):
-            shutil.rmtree(path)
+        path.rmdir()  # only an empty folder goes
     except OSError:
-        pass  # best effort: the error that brought us here is the one to report
+        pass  # not empty, or already gone: the error that brought us here is the one to report
 
 
 def clean(value: Any) -> Any:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import torch
-
 from ..budgets import layer_counts, total_keep
 from ..errors import EvoPaiError
 from ..masks import MaskSet
@@ -45,10 +43,9 @@ def check_mutation(name: str, parent: MaskSet, child: object, step: PruneStep) -
         missing, extra = sorted(set(shapes) - set(child)), sorted(set(child) - set(shapes))
         raise EvoPaiError(f"{where} returned a mask over other layers (missing {missing or 'none'}, unknown "
                           f"{extra or 'none'}); keep exactly the parent's layers")
-    for k, m in child.items():
-        if tuple(m.shape) != tuple(shapes[k]) or m.dtype != torch.bool:
-            raise EvoPaiError(f"{where} returned layer '{k}' as {m.dtype} {tuple(m.shape)}; the parent's is "
-                              f"torch.bool {tuple(shapes[k])}")
+    for k, m in child.items():  # (MaskSet holds bool tensors whatever it was given)
+        if tuple(m.shape) != tuple(shapes[k]):
+            raise EvoPaiError(f"{where} returned layer '{k}' with shape {tuple(m.shape)}; the parent's is {tuple(shapes[k])}")
     kept, had = sum(child.counts().values()), sum(parent.counts().values())
     size = sum(child.sizes().values())
     extra = slack(shapes, parent.output_layer, step)
