@@ -167,7 +167,8 @@ def study(
     spec = load_study(config)
     root = out if out else Path("studies") / spec.name
     with resumable(lambda: f"evo-pai study {config} --out {root}" if root.exists() else None):
-        counts = run_study(spec, root, jobs, say=lambda line: err_console.print(line, markup=False, highlight=False))
+        counts = run_study(spec, root, jobs, say=lambda line: err_console.print(line, markup=False, highlight=False,
+                                                                        soft_wrap=True))
     out_console.print(f"{counts['cells']} cells ({counts['ran']} run now, {counts['errors']} failed); "
                       f"report: {root / 'report.md'}")
 

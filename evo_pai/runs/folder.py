@@ -75,11 +75,13 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink(missing_ok=True)  # give back the space a full disk needs
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # say which file could not be written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
@@ -91,11 +93,13 @@ def append_line(path: Path, line: str) -> None:
         try:
             f.write(data)
             f.flush()
-        except BaseException:
+        except BaseException as exc:
             try:
                 f.truncate(size)
             except OSError:
                 pass
+            if isinstance(exc, OSError) and exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
             raise
 
 

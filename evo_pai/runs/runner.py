@@ -25,7 +25,7 @@ from .components import load_components
 from .loggers import open_loggers
 from .preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
 from .report import plot_fitness
-from .folder import GenerationLog, write_config, write_json
+from .folder import GenerationLog, write_atomic, write_config, write_json
 
 ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance
 
@@ -126,12 +126,12 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
 
 
 def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[dict], summary: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     mask.save(out / "mask.safetensors")
     summary["sparsity"] = MaskSet.load(out / "mask.safetensors").sparsity()  # measured from the file
-    if state is not None:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    if state is not None:  # bytes, then an atomic write: a full disk is an OSError naming the file
+        write_atomic(out / "model.safetensors", save({k: v.contiguous() for k, v in state.items()}))
     if records:
         plot_fitness(records, out / "fitness.png", f"{summary['method']} on {summary['dataset']} ({summary['model']})")
     write_json(out / "summary.json", summary)
