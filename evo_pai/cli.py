@@ -91,15 +91,16 @@ def run(
     data = preflight(cfg)  # everything else that can refuse the run; nothing exists yet
     created = not run_dir.exists()
     prepare_run_dir(run_dir, overwrite)
-    try:
-        with FolderLock(run_dir), resumable(lambda: resume_hint(run_dir)):
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=err_console, disable=quiet, transient=False) as progress:
+    with FolderLock(run_dir):  # a second run on this folder is refused from here on
+        try:
+            with resumable(lambda: resume_hint(run_dir)), \
+                    Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             console=err_console, disable=quiet, transient=False) as progress:
                 summary = run_experiment(cfg, run_dir, rich_progress(progress), data)
-    except BaseException:
-        if created:
-            remove_if_unused(run_dir)  # a run that failed before writing anything leaves no folder
-        raise
+        except BaseException:
+            if created:
+                remove_if_unused(run_dir)  # a run that failed before writing anything leaves no folder
+            raise
     print_summary(summary, run_dir)
 
 

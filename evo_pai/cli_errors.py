@@ -134,8 +134,20 @@ def _interrupt(hint: str | None, exc: BaseException) -> NoReturn:
 
 def run_app(app) -> NoReturn:
     """Run a typer app; every way out is an exit code and at most one line on stderr."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_first_sigint)
+    ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    try:
+        if ours:
+            signal.signal(signal.SIGINT, _on_first_sigint)
+    except ValueError:  # not the main thread: Python's own Ctrl-C handling stays
+        ours = False
+    try:
+        return _run(app)
+    finally:  # called in-process (tests, notebooks): give the caller its Ctrl-C back if none came
+        if ours and signal.getsignal(signal.SIGINT) is _on_first_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(app) -> NoReturn:
     try:
         rv = app(standalone_mode=False)
     except EvoPaiError as exc:

@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import ROOT, cli_inproc, tiny_raw
 from evo_pai.config import load_config, resolve_config, shipped_configs

@@ -32,10 +32,10 @@ def run(config: str | Path | Mapping | Config, out: str | Path | None = None, ov
     created = run_dir is not None and not run_dir.exists()
     if run_dir is not None:
         prepare_run_dir(run_dir, overwrite)
-    try:
-        with FolderLock(run_dir) if run_dir is not None else nullcontext():
+    with FolderLock(run_dir) if run_dir is not None else nullcontext():
+        try:
             return run_experiment(cfg, run_dir, data=data)
-    except BaseException:
-        if created:
-            remove_if_unused(run_dir)
-        raise
+        except BaseException:
+            if created:
+                remove_if_unused(run_dir)  # only while we hold it: never another run's new folder
+            raise

@@ -12,7 +12,7 @@ import torch
 from ..config import Config
 from ..data import DataSplits, load_data
 from ..errors import EvoPaiError
-from ..training.tasks import BurstTask, initial_model
+from ..training.tasks import BurstTask
 from ..evaluation.base import make_evaluator
 from ..search.experiment import Experiment, SearchOutcome
 from ..individual import derive_seed
