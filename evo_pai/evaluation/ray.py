@@ -12,10 +12,13 @@ Faults are reported once, in our words; Ray's own `(raylet)` console lines are k
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections import deque
 from typing import Any
+
+import torch
 
 from ..config import Config, to_dict
 from ..data import DataSplits, load_data
@@ -25,6 +28,7 @@ from ..training.burst import BurstResult
 from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
 from .ray_actors import (BurstWorker, actor_trainer, dead_nodes, failed_result, log, on_cpu, start_actors,
                          stop_actor)
+from .ray_checks import local_plan_check
 from .ray_cluster import RaylineFilter, connect, one_line, preserved_rng, reachable
 
 __all__ = ["BurstWorker", "RayEvaluator", "actor_trainer", "failed_result", "on_cpu", "one_line", "reachable"]
@@ -70,12 +74,17 @@ class RayEvaluator(Evaluator):
 
     # -- set-up -----------------------------------------------------------------------
     @staticmethod
-    def preflight(cfg: Config) -> None:
-        """Checked before the run folder is made: a wrong address fails in seconds, not minutes."""
-        address = cfg.evaluation.address
-        if address not in (None, "auto") and not reachable(address):
-            raise EvoPaiError(f"evaluation.address: nothing answers at {address}; start the head with "
+    def preflight(cfg: Config, data: DataSplits | None = None, model: torch.nn.Module | None = None) -> None:
+        """Checked before the run folder is made: a wrong address fails in seconds, not minutes; a Ray
+        that evo-pai starts here must fit this machine; the actors' trainer must suit the model."""
+        ev = cfg.evaluation
+        if ev.address not in (None, "auto") and not reachable(ev.address):
+            raise EvoPaiError(f"evaluation.address: nothing answers at {ev.address}; start the head with "
                               "`ray start --head --port=PORT` or use address 'auto' on a cluster node")
+        if ev.address is None and not os.environ.get("RAY_ADDRESS"):
+            local_plan_check(cfg)
+        if model is not None and data is not None:
+            actor_trainer(cfg, model, data)  # e.g. actor_trainer=vectorized with a BatchNorm model
 
     def _connect(self) -> None:
         if not self._ray.is_initialized():

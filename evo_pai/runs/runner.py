@@ -22,10 +22,12 @@ from ..training.cost import search_flops
 from ..training.threads import ThreadChoice, ThreadGovernor, choose_threads, torch_threads
 from ..masks import MaskSet
 from ..models import count_flops
-from ..registry import BACKEND, METHOD
+from ..registry import METHOD
 from .components import load_components
+from .loggers import open_loggers
+from .preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
 from .report import plot_fitness, plot_layers
-from .folder import GenerationLog, write_config, write_json
+from .folder import GenerationLog, write_atomic, write_config, write_json
 from .progress import RunProgress
 
 ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # the older (label, total) -> advance
@@ -56,32 +58,12 @@ def search_plan(cfg: Config) -> tuple[int | None, int | None]:
     return plans.get(s.method, (None, None))
 
 
-def extra_epochs(cfg: Config) -> float:
-    """search.params.extra_epochs: equal-epoch controls train the final mask this much longer."""
-    value = cfg.search.params.get("extra_epochs", 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise EvoPaiError(f"search.params.extra_epochs: must be a number >= 0, got {value!r}")
-    return float(value)
-
-
 def final_training(exp: Experiment, outcome: SearchOutcome, on_epoch=None):
     cfg = exp.cfg
     seed = outcome.final_seed if outcome.final_seed is not None else derive_seed(cfg.seed, "final")
     task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg), seed,
                      start=outcome.final_start, keep_state=True, test=True)
     return exp.run_task(task, on_epoch)
-
-
-def preflight(cfg: Config) -> DataSplits:
-    """Everything that can reject the input, done before a run folder exists: names, data, model."""
-    load_components(cfg.plugins)
-    METHOD.get(cfg.search.method)
-    backend_check = getattr(BACKEND.get(cfg.evaluation.backend), "preflight", None)
-    if backend_check:
-        backend_check(cfg)  # e.g. ray: is evaluation.address well formed and answering?
-    data = load_data(cfg.data)
-    initial_model(cfg, data)
-    return data
 
 
 def thread_choice(cfg: Config, data: DataSplits, default: int | None = None) -> ThreadChoice:
@@ -123,17 +105,21 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
     def on_epoch(done: int, total: int) -> None:
         progress.epoch(done, total)
         governor.check()
-    log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
 
-    def logged(record: dict) -> None:  # every method logs each generation: the display follows the log
-        log(record)
-        progress.generation(record)
+    with make_evaluator(cfg, data) as evaluator, open_loggers(cfg, out) as sinks:
+        # Written only once the evaluator stands (a Ray that cannot start changes nothing in `out`).
+        log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
+        log.sinks = sinks
+        if out:
+            write_config(out / "config.yaml", cfg)
+            if resume is None:  # a checkpoint or summary left by an earlier run in an overwritten folder is not ours
+                (out / CHECKPOINT).unlink(missing_ok=True)
+                (out / "summary.json").unlink(missing_ok=True)
 
-    if out:
-        write_config(out / "config.yaml", cfg)
-        if resume is None:  # a checkpoint left by an earlier run in an overwritten folder is not ours
-            (out / CHECKPOINT).unlink(missing_ok=True)
-    with make_evaluator(cfg, data) as evaluator:
+        def logged(record: dict) -> None:  # every method logs each generation: the display follows the log
+            log(record)
+            progress.generation(record)
+
         exp = Experiment(cfg, evaluator, data, logged)
         tasks, generations = search_plan(cfg)
         progress.phase("search", tasks, generations)
@@ -197,12 +183,12 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
 
 
 def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[dict], summary: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     mask.save(out / "mask.safetensors")
     summary["sparsity"] = MaskSet.load(out / "mask.safetensors").sparsity()  # measured from the file
-    if state is not None:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    if state is not None:  # bytes, then an atomic write: a full disk is an OSError naming the file
+        write_atomic(out / "model.safetensors", save({k: v.contiguous() for k, v in state.items()}))
     title = f"{summary['method']} on {summary['dataset']} ({summary['model']})"
     if records:
         target = summary["target_sparsity"] if summary["method"] != "dense" else None
