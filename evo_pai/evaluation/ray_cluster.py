@@ -26,7 +26,7 @@ import os
 import random
 import socket
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import numpy as np
@@ -116,7 +116,7 @@ def connect(ray, cfg: Config) -> bool:
     # with a WARNING on every run; we keep it on, document it (docs/distributed.md) and skip the notice
     auth_log.setLevel(logging.ERROR)
     try:
-        with _environment(LOCAL_ENV if local else {}), (_single_machine(ray) if local else _nothing()):
+        with _environment(LOCAL_ENV if local else {}), (_single_machine(ray) if local else nullcontext()):
             ray.init(address=address, **kwargs)
     except Exception as exc:
         where = f"at {address}" if address else "locally"
@@ -126,11 +126,6 @@ def connect(ray, cfg: Config) -> bool:
     finally:
         auth_log.setLevel(level)
     return True
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 class RaylineFilter:
