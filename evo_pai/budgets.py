@@ -64,3 +64,25 @@ def cubic_schedule(start: float, end: float, steps: int) -> list[float]:
     if steps <= 0:
         return []
     return [end + (start - end) * (1.0 - (i + 1) / steps) ** 3 for i in range(steps)]
+
+
+def exponential_schedule(start: float, end: float, steps: int) -> list[float]:
+    """Density falls by the same factor every step: d_i = d_0 (d_n / d_0)^(i/n) (from 0: (1-s)^(i/n))."""
+    if steps <= 0:
+        return []
+    d0, d1 = 1.0 - start, 1.0 - end
+    return [1.0 - d0 * (d1 / d0) ** ((i + 1) / steps) for i in range(steps - 1)] + [end]
+
+
+def linear_schedule(start: float, end: float, steps: int) -> list[float]:
+    if steps <= 0:
+        return []
+    return [start + (end - start) * (i + 1) / steps for i in range(steps - 1)] + [end]
+
+
+SCHEDULES = {"cubic": cubic_schedule, "exponential": exponential_schedule, "linear": linear_schedule}
+
+
+def sparsity_schedule(shape: str, start: float, end: float, steps: int) -> list[float]:
+    """Sparsity after each of `steps` pruning steps from `start` to `end`, by `search.schedule`'s shape."""
+    return SCHEDULES[shape](start, end, steps)

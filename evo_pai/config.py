@@ -5,7 +5,7 @@ Every value the paper leaves open is a field here with a documented default; see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -47,6 +47,19 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
+    # Learning-rate schedule over one training run, or over a lineage of runs that carry their
+    # state (inheritance, gradual loops): see docs/config.md.
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up at the start of a schedule
+    lr_milestones: list[float] = [0.5, 0.75]  # step: fractions of the schedule where lr *= lr_gamma
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _milestones(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("must be increasing fractions of the schedule in (0, 1), e.g. [0.5, 0.75]")
+        return v
 
 
 class DGConfig(_Section):
@@ -57,11 +70,17 @@ class DGConfig(_Section):
     epochs: int = Field(4, ge=1)  # dissipating method: pruning epochs to reach the target
 
 
+class InitialSparsityRule(_Section):
+    fraction: float = Field(gt=0, le=1)  # p = fraction * target
+
+
 class SearchConfig(_Section):
     method: str = "combined"
     sparsity: float = Field(0.9, ge=0, lt=1)
     population: int = Field(8, ge=1)
-    initial_sparsity: float | None = Field(None, ge=0, lt=1)  # p; None = 0.5 * target (combined)
+    # p, combined's first sparsity: a number, `sqrt` (1 - sqrt(1 - target)), {fraction: f} (f * target),
+    # or None (0.5 * target). The rules let one study row serve every target.
+    initial_sparsity: Annotated[float, Field(ge=0, lt=1)] | Literal["sqrt"] | InitialSparsityRule | None = None
     burst_epochs: float = Field(1.0, gt=0)
     generations: int = Field(4, ge=1)
     fitness: str = "mixed"
@@ -80,6 +99,15 @@ class SearchConfig(_Section):
     explore_params: dict[str, Any] = {}
     dg: DGConfig = DGConfig()
     params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
+    # combined: a child trains from its parent's trained weights and optimizer state (parent) or
+    # from θ0 (rewind, the paper's loop).
+    inherit: Literal["rewind", "parent"] = "rewind"
+    # How sparsity rises in combined / dissipating / gmp: cubic (Zhu & Gupta), exponential
+    # (density (1-s)^(t/n): the same fraction of the rest each step, like IMP) or linear.
+    schedule: Literal["cubic", "exponential", "linear"] = "cubic"
+    # Loops that keep training one network (dissipating, gmp, kstarts_sh, inherit: parent) carry the
+    # optimizer state and the batch stream across steps (keep) or restart both each step (reset: v1).
+    optimizer_state: Literal["keep", "reset"] = "keep"
 
 
 class FinalConfig(_Section):

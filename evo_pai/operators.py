@@ -19,6 +19,7 @@ from .budgets import layer_counts, total_keep
 from .individual import Individual
 from .masks import MaskSet, _ensure_fan_in, _global_counts
 from .registry import register_crossover, register_mutation, register_selection
+from .training.carry import compose
 
 INF = float("inf")
 
@@ -127,6 +128,8 @@ def _child(parts: dict[str, tuple[Individual, str]], output_layer: str | None) -
     traits = {t: {k: p.traits[t][k] for k, (p, _) in parts.items()} for t in names}
     child = Individual(mask, traits or None)
     child.origin = "crossover"
+    if all(p.carry is not None for p, _ in parts.values()):  # inheritance: each layer's weights from its parent
+        child.carry = compose({k: p.carry for k, (p, _) in parts.items()})
     return child
 
 
@@ -156,7 +159,7 @@ def _match_total(ind: Individual, total: int) -> Individual:
         scores = {k: g[k].to(torch.float64).masked_fill(mask[k], INF) for k in mask}
         mask = MaskSet.from_scores(scores, 0.0, counts=_global_counts(scores, total, 1), output_layer=mask.output_layer, min_output_fan_in=0)
     fixed = Individual(mask, ind.traits)
-    fixed.origin = ind.origin
+    fixed.origin, fixed.carry = ind.origin, ind.carry
     return fixed
 
 

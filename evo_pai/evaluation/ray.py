@@ -32,6 +32,7 @@ from ..training.stacked import StackedForward
 from ..training.burst import BurstResult
 from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
 from .base import WorkerContext
+from .payload import split_payload
 from .vectorized import BatchedTrainer
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,19 @@ class BurstWorker:
             # planned here, so a share too large for this node's memory is refused by ready()
             self.batched = BatchedTrainer(self.context) if self.trainer == "vectorized" else None
 
-    def run(self, tasks: list[BurstTask], theta0_ref: list) -> list[BurstResult]:
-        """One unit of work: this actor's share of a population, trained together or one by one."""
+    def run(self, tasks: list[BurstTask], theta0_ref: list, payload_refs: list | None = None) -> list[BurstResult]:
+        """One unit of work: this actor's share of a population, trained together or one by one.
+
+        `payload_refs[i]` (object-store references, or None) holds task i's start weights and
+        optimizer state, which the driver put once rather than pickling them into every call."""
         if self.error:  # a restarted actor whose set-up failed on this node
             raise EvoPaiError(f"a Ray actor could not build the data and model: {self.error}")
         self._build(theta0_ref)  # after a restart Ray re-runs __init__ only
+        if payload_refs and any(r is not None for r in payload_refs):
+            import ray
+
+            tasks = [t if r is None else dataclasses.replace(t, **dict(zip(("start", "opt_state"), ray.get(r))))
+                     for t, r in zip(tasks, payload_refs)]
         if self.batched is not None:
             return self.batched.run(tasks)
         return [self.context.run(t) for t in tasks]
@@ -106,13 +115,6 @@ def failed_result(task: BurstTask, cause: str) -> BurstResult:
         metrics={"finite": 0.0, "error": cause},
         traits={"weight": zeros, "rel_change": dict(zeros), "grad_accum": dict(zeros)},
     )
-
-
-def on_cpu(task: BurstTask) -> BurstTask:
-    """CUDA tensors never cross to an actor: a start state from a GPU driver is moved first."""
-    if task.start is None or all(v.device.type == "cpu" for v in task.start.values()):
-        return task
-    return dataclasses.replace(task, start={k: v.to("cpu") for k, v in task.start.items()})
 
 
 def actor_trainer(cfg: Config, model: torch.nn.Module, data: DataSplits) -> str:
@@ -283,8 +285,19 @@ class RayEvaluator(Evaluator):
         idle = deque(i for i, a in enumerate(self.actors) if a is not None and i not in busy)
         remaining, finished, reported = len(units), 0, 0
 
+        # Start weights / optimizer states go to the object store once per payload (children of one
+        # parent share theirs); a resubmitted or duplicated share reuses the references.
+        light, refs, put = [], [], {}
+        for t in tasks:
+            bare, payload = split_payload(t)
+            light.append(bare)
+            key = (id(t.start), id(t.opt_state))
+            if payload is not None and key not in put:
+                put[key] = ray.put(payload)
+            refs.append(put[key] if payload is not None else None)
+
         def submit(actor: int, u: int) -> None:
-            ref = self.actors[actor].run.remote([on_cpu(tasks[i]) for i in units[u]], self._theta0)
+            ref = self.actors[actor].run.remote([light[i] for i in units[u]], self._theta0, [refs[i] for i in units[u]])
             self._inflight[ref] = (actor, u, time.perf_counter())
 
         def finish(u: int, res: list[BurstResult]) -> None:

@@ -18,6 +18,7 @@ from ..models import prunable_names
 from ..registry import register_backend
 from ..training.stacked import StackedForward
 from ..training.burst import BurstResult, steps_for
+from ..training.optim import adam_step
 from ..training.tasks import BurstTask, Progress
 from .base import WorkerContext
 from .local import LocalEvaluator
@@ -76,10 +77,13 @@ class BatchedTrainer:
 
     def run(self, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
         ctx, hp = self.context, self.context.cfg.train
-        # Models trained together must take the same number of steps (one optimizer step count).
+        # Models trained together take the same number of steps from the same optimizer step count
+        # (Adam's bias correction) and the same schedule position (one learning rate per step).
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(tasks):
-            groups.setdefault((steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask)), []).append(i)
+            key = (steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask), t.offset, t.horizon,
+                   t.opt_state is not None, adam_step(t.opt_state))
+            groups.setdefault(key, []).append(i)
         results: list[BurstResult | None] = [None] * len(tasks)
         for members in groups.values():
             for lo in range(0, len(members), self.chunk):
@@ -88,6 +92,7 @@ class BatchedTrainer:
                 out = train_batched(
                     ctx.model, self.forward, starts, ctx.theta0, [t.mask for t in chunk], ctx.data, hp,
                     chunk[0].epochs, [t.seed for t in chunk], [t.keep_state for t in chunk], [t.test for t in chunk],
+                    opt_states=[t.opt_state for t in chunk], offset=chunk[0].offset, horizon=chunk[0].horizon,
                 )
                 for i, res in zip(members[lo : lo + self.chunk], out):
                     results[i] = res

@@ -50,11 +50,17 @@ def extra_epochs(cfg: Config) -> float:
 
 
 def final_training(exp: Experiment, outcome: SearchOutcome):
+    """(final result, epochs spent re-running the winner's burst for final.init: continue)."""
     cfg = exp.cfg
     seed = outcome.final_seed if outcome.final_seed is not None else derive_seed(cfg.seed, "final")
-    task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg), seed,
-                     start=outcome.final_start, keep_state=True, test=True)
-    return exp.run_task(task)
+    start, opt, replayed = outcome.final_start, outcome.final_opt_state, 0.0
+    if outcome.replay is not None:  # the winner's trained state was not kept: train its burst again
+        res = exp.run_task(outcome.replay)
+        start, opt, replayed = res.state, res.opt_state, res.epochs
+    # Its own run: the learning-rate schedule spans the final epochs, whatever the search's was.
+    task = BurstTask(outcome.mask, cfg.final.epochs + extra_epochs(cfg), seed, start=start, keep_state=True, test=True,
+                     opt_state=opt if cfg.search.optimizer_state == "keep" else None)
+    return exp.run_task(task), replayed
 
 
 def preflight(cfg: Config) -> DataSplits:
@@ -102,7 +108,7 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         flops = search_flops(exp.model, data.input_shape, data.n_train, search_epochs, dict(getattr(evaluator, "kept_epochs", {})))
         t1 = time.perf_counter()
         advance = progress("final training", 1) if progress else None
-        final = final_training(exp, outcome)
+        final, replayed = final_training(exp, outcome)
         if advance:
             advance(1)
         final_seconds = time.perf_counter() - t1
@@ -120,6 +126,7 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         "search_flops": flops,  # training FLOPs the search spent (see evo_pai/cost.py)
         "final_epochs": cfg.final.epochs,
         "extra_epochs": extra_epochs(cfg),
+        "final_replay_epochs": replayed,  # final.init: continue re-ran the winner's burst: training too
         "final_init": cfg.final.init,
         "search_seconds": search_seconds,
         "final_seconds": final_seconds,

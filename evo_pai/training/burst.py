@@ -16,6 +16,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import MaskSet
+from .optim import OptState, constant_lr, load_state, lr_factor, make_optimizer, masked_state, set_lr, export_state
 
 EVAL_BATCH = 2048
 _EPS = 1e-12
@@ -31,29 +32,27 @@ class BurstResult:
     init_scale: dict[str, float] = field(default_factory=dict)  # mean |w0| per layer
     state: dict[str, torch.Tensor] | None = None  # full state_dict, when asked for
     epochs: float = 0.0  # model-epochs of training this run cost
+    opt_state: OptState | None = None  # the optimizer's final state (by parameter name), with `state`
+    steps: int = 0  # optimizer steps this run took
 
     @property
     def finite(self) -> bool:
         return bool(self.metrics.get("finite", 1.0))
 
 
-def make_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
-    if hp.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-
-
 def steps_for(epochs: float, n_train: int, batch_size: int) -> int:
     return max(1, int(round(epochs * math.ceil(n_train / batch_size))))
 
 
-def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Index batches for `steps` steps: a fresh permutation per epoch, last partial batch kept."""
+def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator, skip: int = 0) -> list[torch.Tensor]:
+    """Index batches for `steps` steps after the first `skip` of the stream: a fresh permutation per
+    epoch, last partial batch kept. Skipping lets a continued run take the batches its lineage
+    would have taken next (a 2-epoch run = 1 epoch + 1 more with skip = one epoch's steps)."""
     batches: list[torch.Tensor] = []
-    while len(batches) < steps:
+    while len(batches) < skip + steps:
         perm = torch.randperm(n, generator=generator)
         batches.extend(perm.split(batch_size))
-    return batches[:steps]
+    return batches[skip : skip + steps]
 
 
 @torch.no_grad()
@@ -80,12 +79,18 @@ def train_masked(
     seed: int,
     keep_state: bool = False,
     test: bool = False,
+    opt_state: OptState | None = None,
+    offset: int = 0,
+    horizon: int | None = None,
 ) -> BurstResult:
-    """Train `model` from `start` with `mask` held fixed; traits are measured against `reference` (θ0).
+    """Train `model` from `start` (and `opt_state`) with `mask` held fixed; traits are measured
+    against `reference` (θ0).
 
-    `data` must already be on the model's device. Masked weights and their gradients are exactly
-    zero throughout; gradient accumulation records the *unmasked* gradient so pruned weights
-    also get a score (useful for regrowth).
+    `data` must already be on the model's device. Masked weights, their gradients and their
+    optimizer state are exactly zero throughout; gradient accumulation records the *unmasked*
+    gradient so pruned weights also get a score (useful for regrowth). `offset` is the number of
+    steps the lineage has already taken (the batch stream and the learning-rate schedule continue
+    from there); `horizon` the length of the lineage's schedule (None: this run's end).
     """
     device = next(model.parameters()).device
     model.load_state_dict(start)
@@ -96,12 +101,17 @@ def train_masked(
         for k, m in masks.items():
             params[k].mul_(m)
     opt = make_optimizer(model.parameters(), hp)
+    load_state(opt, params, masked_state(opt_state, masks) if opt_state else None)
     grad_accum = {k: torch.zeros_like(params[k]) for k in masks}
     gen = torch.Generator().manual_seed(seed)
     steps = steps_for(epochs, data.n_train, hp.batch_size)
+    per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
+    horizon = offset + steps if horizon is None else horizon
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
     loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
-    for idx in batch_order(data.n_train, steps, hp.batch_size, gen):
+    for i, idx in enumerate(batch_order(data.n_train, steps, hp.batch_size, gen, skip=offset)):
+        if scheduled:
+            set_lr(opt, hp.lr * lr_factor(hp, offset + i, horizon, per_epoch))
         idx = idx.to(device)
         out = model(data.train_x[idx])
         loss = F.cross_entropy(out, data.train_y[idx])
@@ -139,5 +149,7 @@ def train_masked(
         },
         init_scale=scale,
         state={k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()} if keep_state else None,
-        epochs=steps / math.ceil(data.n_train / hp.batch_size),
+        epochs=steps / per_epoch,
+        opt_state=export_state(opt, params) if keep_state else None,
+        steps=steps,
     )
