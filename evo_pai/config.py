@@ -30,6 +30,10 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "mlp"
     params: dict[str, Any] = {}  # model-specific keyword arguments, e.g. {hidden: [300, 100]}
+    # Weight init of every Linear/Conv2d (drawn from torch's seeded RNG after the model is built):
+    # PyTorch's default (kaiming_uniform with a=sqrt(5)), or He / Glorot; biases zero or default.
+    init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal"] = "default"
+    bias_init: Literal["default", "zero"] = "default"
 
 
 class MaskConfig(_Section):
