@@ -59,6 +59,38 @@ def layer_counts(shapes: Shapes, sparsity: float, budget: str, min_keep: int = 1
     raise ValueError(f"unknown layer budget '{budget}'")
 
 
+def fit_counts(density: Mapping[str, float], sizes: Mapping[str, int], total: int,
+               low: Mapping[str, int], high: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Integer kept counts proportional to `density` x size, each in [low, high] (high: the size),
+    summing to `total` exactly: water-filling (clamped layers leave the ranking, the scale is
+    re-solved), then largest-remainder rounding. Needs sum(low) <= total <= sum(high)."""
+    high = dict(sizes) if high is None else dict(high)
+    if not sum(low.values()) <= total <= sum(high.values()):
+        raise ValueError(f"cannot keep {total} weights within per-layer bounds {dict(low)}..{high}")
+    want = {k: max(float(density[k]), 1e-12) * sizes[k] for k in sizes}
+    fixed: dict[str, int] = {}
+    while True:
+        free = [k for k in sizes if k not in fixed]
+        scale = (total - sum(fixed.values())) / sum(want[k] for k in free) if free else 0.0
+        clamp = {k: low[k] if scale * want[k] < low[k] else high[k] for k in free
+                 if not low[k] <= scale * want[k] <= high[k]}
+        if not clamp:
+            break
+        fixed.update(clamp)
+    raw = {k: scale * want[k] for k in free}
+    counts = {**fixed, **{k: int(math.floor(v)) for k, v in raw.items()}}
+    # Largest remainders first (ties: layer order) take the missing units; never past `high`.
+    for k in sorted(free, key=lambda k: -(raw[k] - math.floor(raw[k]))):
+        if sum(counts.values()) >= total:
+            break
+        if counts[k] < high[k]:
+            counts[k] += 1
+    for k in free:  # rounding could still leave a unit (every remainder went to a full layer)
+        while sum(counts.values()) < total and counts[k] < high[k]:
+            counts[k] += 1
+    return counts
+
+
 def cubic_schedule(start: float, end: float, steps: int) -> list[float]:
     """Sparsity after each of `steps` pruning steps (Zhu & Gupta 2017): fast early, gentle late."""
     if steps <= 0:

@@ -16,6 +16,7 @@ import torch
 from deap import tools
 
 from .budgets import layer_counts, total_keep
+from .errors import EvoPaiError
 from .individual import Individual
 from .masks import MaskSet, _ensure_fan_in, _global_counts
 from .registry import register_crossover, register_mutation, register_selection
@@ -118,6 +119,39 @@ def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fr
     if o and step.min_output_fan_in > 0:
         fixed = dict(mask)
         fixed[o] = _ensure_fan_in(mask[o], torch.rand(mask[o].shape, generator=generator), step.min_output_fan_in)
+        mask = MaskSet(fixed, o)
+    return mask
+
+
+@register_mutation("regrow", "RigL-style swap: prune the n kept weights of smallest |w|, regrow the n pruned "
+                             "weights of largest accumulated |g| (n = fraction x kept per layer; density kept)")
+def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.1, **_: object) -> MaskSet:
+    """Density-keeping per layer, so usable as `search.explore_mutation` (or after any pruning step).
+
+    Growth candidates are the weights pruned in `ind.mask`; a regrown weight starts at 0 under
+    inheritance (it was pruned, hence 0, in the parent) and at θ0 under rewind."""
+    if not 0.0 <= fraction <= 1.0:
+        raise EvoPaiError(f"search.mutation_params.fraction: must be in [0, 1], got {fraction}")
+    w, g = ind.traits["weight"], ind.traits["grad_accum"]
+    out = {}
+    for k, m in ind.mask.items():
+        flat = m.reshape(-1)
+        kept, free = int(flat.sum()), int((~flat).sum())
+        n = min(int(round(fraction * kept)), free, kept - step.min_keep)
+        if n <= 0:
+            out[k] = m
+            continue
+        drop = w[k].reshape(-1).abs().to(torch.float64).masked_fill(~flat, INF)
+        grow = g[k].reshape(-1).to(torch.float64).masked_fill(flat, -INF)
+        new = flat.clone()
+        new[torch.sort(drop, stable=True).indices[:n]] = False
+        new[torch.sort(grow, descending=True, stable=True).indices[:n]] = True
+        out[k] = new.reshape(m.shape)
+    mask = MaskSet(out, ind.mask.output_layer)
+    o = mask.output_layer
+    if o and step.min_output_fan_in > 0:
+        fixed = dict(mask)
+        fixed[o] = _ensure_fan_in(mask[o], g[o] + w[o].abs(), step.min_output_fan_in)
         mask = MaskSet(fixed, o)
     return mask
 

@@ -27,7 +27,7 @@ def test_kaiming_normal_has_he_std_and_zero_bias():
     w = m.layers[0].weight.detach()
     assert float(w.std()) == pytest.approx(math.sqrt(2 / 784), rel=0.02)
     assert float(w.mean()) == pytest.approx(0.0, abs=1e-3)
-    assert all(float(l.bias.abs().max()) == 0.0 for l in m.layers if isinstance(l, torch.nn.Linear))
+    assert all(float(l.bias.detach().abs().max()) == 0.0 for l in m.layers if isinstance(l, torch.nn.Linear))
 
 
 def test_init_options_differ_and_default_is_pytorchs():
