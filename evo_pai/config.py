@@ -85,6 +85,18 @@ class SearchConfig(_Section):
     # p, combined's first sparsity: a number, `sqrt` (1 - sqrt(1 - target)), {fraction: f} (f * target),
     # or None (0.5 * target). The rules let one study row serve every target.
     initial_sparsity: Annotated[float, Field(ge=0, lt=1)] | Literal["sqrt"] | InitialSparsityRule | None = None
+
+    @field_validator("initial_sparsity", mode="before")
+    @classmethod
+    def _initial_rule(cls, v: Any) -> Any:
+        # One clear line instead of pydantic's error per member of the union.
+        ok = (v is None or v == "sqrt" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)
+              or (isinstance(v, dict) and set(v) == {"fraction"} and isinstance(v["fraction"], (int, float))
+                  and 0 < v["fraction"] <= 1))
+        if not ok:
+            raise ValueError(f"got {v!r}; use a number in [0, 1), 'sqrt' or {{fraction: f}} with 0 < f <= 1 "
+                             "(with --set, quote it and keep the space: \"search.initial_sparsity={fraction: 0.5}\")")
+        return v
     burst_epochs: float = Field(1.0, gt=0)
     generations: int = Field(4, ge=1)
     fitness: str = "mixed"

@@ -95,7 +95,7 @@ def realise(ind: Individual, counts: Mapping[str, int], score: str, step: PruneS
 @register_mutation("layer_budget", "evolve per-layer densities: log-normal tilt of the budget, total exact; "
                                    "mask by score inside each layer (params: sigma, score)")
 def layer_budget(ind: Individual, step: PruneStep, generator: torch.Generator, sigma: float = 0.2,
-                 score: str = "magnitude", **_: object) -> MaskSet:
+                 score: str = "magnitude") -> MaskSet:
     if sigma < 0:
         raise EvoPaiError(f"search.mutation_params.sigma: must be >= 0, got {sigma}")
     sparsity = step.target if step.final else max(step.sparsity, ind.mask.sparsity())

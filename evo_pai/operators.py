@@ -125,7 +125,7 @@ def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fr
 
 @register_mutation("regrow", "RigL-style swap: prune the n kept weights of smallest |w|, regrow the n pruned "
                              "weights of largest accumulated |g| (n = fraction x kept per layer; density kept)")
-def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.1, **_: object) -> MaskSet:
+def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.1) -> MaskSet:
     """Density-keeping per layer, so usable as `search.explore_mutation` (or after any pruning step).
 
     Growth candidates are the weights pruned in `ind.mask`; a regrown weight starts at 0 under

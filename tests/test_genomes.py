@@ -114,3 +114,11 @@ def test_budget_genome_and_regrow_from_yaml():
                    explore_mutation="regrow", explore_params={"fraction": 0.1}, inherit="parent")
     s = run_experiment(build_config(raw), None)
     assert s["sparsity"] == pytest.approx(0.8, abs=2e-3)
+
+
+def test_unknown_mutation_params_are_refused():
+    from evo_pai.errors import EvoPaiError
+
+    raw = tiny_raw("combined", explore_mutation="regrow", explore_params={"fraction:0.1": None}, explore_prob=1.0)
+    with pytest.raises(EvoPaiError, match="regrow"):
+        run_experiment(build_config(raw), None)
