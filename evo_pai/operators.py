@@ -97,7 +97,7 @@ def dissipating_gradients(
 
 
 @register_mutation("magnitude", "gradual magnitude pruning control: prune the smallest |w_t| on the DG schedule")
-def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer", **_: object) -> MaskSet:
+def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer") -> MaskSet:
     scores = {k: w.abs() for k, w in ind.traits["weight"].items()}
     sparsity = step.target if step.final else step.sparsity
     return prune_to(ind.mask, scores, keep_counts(ind.mask, sparsity, step, scope), step)

@@ -23,7 +23,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise EvoPaiError(f"evaluation.device: '{name}' asked for but CUDA is not available; use cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise EvoPaiError(f"evaluation.device: '{name}' asked for but this machine has {torch.cuda.device_count()} "
+                          f"GPU(s) (cuda:0..cuda:{torch.cuda.device_count() - 1}); use one of them or auto")
+    return device
 
 
 class WorkerContext:

@@ -33,6 +33,7 @@ from ..training.burst import BurstResult
 from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
 from .base import WorkerContext
 from .payload import split_payload
+from .ray_checks import local_plan_check
 from .vectorized import BatchedTrainer
 
 log = logging.getLogger(__name__)
@@ -177,12 +178,17 @@ class RayEvaluator(Evaluator):
 
     # -- set-up -----------------------------------------------------------------------
     @staticmethod
-    def preflight(cfg: Config) -> None:
-        """Checked before the run folder is made: a wrong address fails in seconds, not minutes."""
-        address = cfg.evaluation.address
-        if address not in (None, "auto") and not reachable(address):
-            raise EvoPaiError(f"evaluation.address: nothing answers at {address}; start the head with "
+    def preflight(cfg: Config, data: DataSplits | None = None, model: torch.nn.Module | None = None) -> None:
+        """Checked before the run folder is made: a wrong address fails in seconds, not minutes; a Ray
+        that evo-pai starts here must fit this machine; the actors' trainer must suit the model."""
+        ev = cfg.evaluation
+        if ev.address not in (None, "auto") and not reachable(ev.address):
+            raise EvoPaiError(f"evaluation.address: nothing answers at {ev.address}; start the head with "
                               "`ray start --head --port=PORT` or use address 'auto' on a cluster node")
+        if ev.address is None and not os.environ.get("RAY_ADDRESS"):
+            local_plan_check(cfg)
+        if model is not None and data is not None:
+            actor_trainer(cfg, model, data)  # e.g. actor_trainer=vectorized with a BatchNorm model
 
     def _connect(self) -> None:
         ray, address = self._ray, self.cfg.evaluation.address
