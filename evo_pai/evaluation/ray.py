@@ -73,6 +73,12 @@ def one_line(text: str) -> str:
     return " | ".join(lines[:3]) if lines else "unknown error"
 
 
+def _ray_connected() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
 @register_backend("ray", "Ray actors on this machine or an existing cluster (evaluation.address)")
 class RayEvaluator(Evaluator):
     def __init__(self, cfg: Config, data: DataSplits | None = None):
@@ -104,8 +110,14 @@ class RayEvaluator(Evaluator):
     @staticmethod
     def preflight(cfg: Config) -> None:
         """Checked before the run folder is made: a wrong address fails in seconds, not minutes."""
-        check_device(cfg.evaluation)  # cuda:N, or GPUs with device cpu: refused before anything starts
-        address = cfg.evaluation.address
+        ev = check_device(cfg.evaluation) or cfg.evaluation  # cuda:N, or GPUs with device cpu: refused now
+        address = ev.address
+        if (ev.device == "cuda" or ev.gpus_per_actor) and address is None and not os.environ.get("RAY_ADDRESS") \
+                and not torch.cuda.is_available() and not _ray_connected():
+            asked = f"{ev.gpus_per_actor:g} GPU per actor" if ev.gpus_per_actor else "evaluation.device=cuda"
+            raise EvoPaiError(f"evaluation.gpus_per_actor: {asked} asked for, but Ray would start on this machine, "
+                              "where torch sees no CUDA GPU; use evaluation.device=cpu (or auto without "
+                              "gpus_per_actor) or join a GPU cluster with evaluation.address")
         if address not in (None, "auto") and not reachable(address):
             raise EvoPaiError(f"evaluation.address: nothing answers at {address}; start the head with "
                               "`ray start --head --port=PORT` or use address 'auto' on a cluster node")
