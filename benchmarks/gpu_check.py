@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -30,8 +31,11 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evo_pai from this checkout, installed or not
+sys.path.insert(0, str(ROOT))  # evo_pai from this checkout, installed or not (the device machine: not)
+# Ray's worker processes import evo_pai too; they inherit the environment, not sys.path
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH")] if p)
 
 import torch  # noqa: E402
 
