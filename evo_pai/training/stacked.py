@@ -231,11 +231,17 @@ class _StackedLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
+        if ctx.autocast:
+            with torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype):
+                return _StackedLinear._grads(ctx, dy)
+        return _StackedLinear._grads(ctx, dy)
+
+    @staticmethod
+    def _grads(ctx, dy: torch.Tensor):
         x, w = ctx.saved_tensors
-        with torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype, enabled=ctx.autocast):
-            dx = torch.bmm(dy, w) if ctx.needs_input_grad[0] else None
-            dw = torch.bmm(dy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-            db = dy.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        dx = torch.bmm(dy, w) if ctx.needs_input_grad[0] else None
+        dw = torch.bmm(dy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        db = dy.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 
