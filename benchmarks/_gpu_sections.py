@@ -44,7 +44,12 @@ class Check:
     smoke: bool
     device: str  # "cuda" for the real check; "cpu" in --smoke without a GPU
     deadline: float  # time.perf_counter() value after which sections are skipped
+    fmnist: Path | None = None  # Fashion-MNIST IDX folder; None: not available (digits instead)
     results: dict = field(default_factory=dict)
+
+    def fmnist_set(self) -> list[str]:
+        """--set overrides pointing the Fashion-MNIST configs at this check's copy of the data."""
+        return [f"data.root={self.fmnist}"] if self.fmnist else []
 
     @property
     def cuda(self) -> bool:
@@ -94,9 +99,9 @@ def environment(c: Check) -> dict:
 # -- CPU vs CUDA, float64, one burst ----------------------------------------------------------------
 def _data_raw(c: Check, train: int, small_eval: bool = False) -> dict:
     """Fashion-MNIST subsets (digits in --smoke); small_eval: 1,200 validation / 500 test examples."""
-    if c.smoke or not FMNIST_DIR.is_dir():
+    if c.smoke or c.fmnist is None:
         return {"name": "digits", "train_subset": min(train, 512)}
-    return {"name": "fashion_mnist", "train_subset": train, "test_subset": 500 if small_eval else 2000,
+    return {"name": "fashion_mnist", "root": str(c.fmnist), "train_subset": train, "test_subset": 500 if small_eval else 2000,
             "val_fraction": 0.02 if small_eval else 0.1}
 
 
@@ -239,10 +244,10 @@ def _summary(s: dict) -> dict:
 def runs(c: Check) -> dict:
     dev = [f"evaluation.device={c.device}"]
     out = {"quickstart": _summary(run(ROOT / "configs" / "quickstart.yaml", None, dev + (SMOKE_RUN if c.smoke else [])))}
-    if not FMNIST_DIR.is_dir():
-        out["combined_fmnist"] = "skipped: Fashion-MNIST not installed (Debian package dataset-fashion-mnist)"
+    if c.fmnist is None:
+        out["combined_fmnist"] = "skipped: no Fashion-MNIST (Debian package dataset-fashion-mnist, or --fmnist-root)"
         return out
-    extra = SMOKE_FMNIST if c.smoke else []
+    extra = (SMOKE_FMNIST if c.smoke else []) + c.fmnist_set()
     for backend in ("local", "vectorized"):
         s = run(ROOT / "configs" / "combined_fmnist.yaml", None, dev + extra + [f"evaluation.backend={backend}"])
         out[f"combined_fmnist_{backend}"] = _summary(s)
@@ -253,8 +258,8 @@ def runs(c: Check) -> dict:
 
 def precision(c: Check) -> dict:
     """One search per train.precision: the combined_fmnist config (digits in --smoke) on the vectorized backend."""
-    config = ROOT / "configs" / ("combined_fmnist.yaml" if FMNIST_DIR.is_dir() else "quickstart.yaml")
-    extra = (SMOKE_FMNIST if config.name.startswith("combined") else SMOKE_RUN) if c.smoke else []
+    config = ROOT / "configs" / ("combined_fmnist.yaml" if c.fmnist else "quickstart.yaml")
+    extra = ((SMOKE_FMNIST if c.fmnist else SMOKE_RUN) if c.smoke else []) + c.fmnist_set()
     out = {"config": config.name}
     for p in ("fp32", "tf32", "bf16"):
         s = run(config, None, extra + [f"evaluation.device={c.device}", "evaluation.backend=vectorized",
@@ -270,8 +275,8 @@ def ray_vs_vectorized(c: Check) -> dict:
     except ImportError:
         return {"status": "skipped: ray is not installed here (docs/gpu.md: carry it as a wheel)"}
     k = 4 if c.smoke else 16
-    config = ROOT / "configs" / ("combined_fmnist.yaml" if FMNIST_DIR.is_dir() else "quickstart.yaml")
-    base = [f"search.population={k}", "search.generations=1"] + (SMOKE_FMNIST[:3] if c.smoke else [])
+    config = ROOT / "configs" / ("combined_fmnist.yaml" if c.fmnist else "quickstart.yaml")
+    base = [f"search.population={k}", "search.generations=1"] + (SMOKE_FMNIST[:3] if c.smoke else []) + c.fmnist_set()
     ray_set = (["evaluation.num_actors=4", "evaluation.gpus_per_actor=0.25"] if c.cuda else
                ["evaluation.num_actors=2", "evaluation.device=cpu"])  # no GPU: CPU actors, the code path only
     cfgs = {"local vectorized": load_config(config, base + [f"evaluation.device={c.device}", "evaluation.backend=vectorized"]),

@@ -39,7 +39,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), os.environ.get
 
 import torch  # noqa: E402
 
-from _gpu_sections import SECTIONS, Check  # noqa: E402
+from _gpu_sections import FMNIST_DIR, SECTIONS, Check  # noqa: E402
 from evo_pai.runs.components import load_components  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def write(out: Path, meta: dict, sections: dict) -> None:
     (out / "gpu_report.json").write_text(json.dumps({"meta": meta, "sections": sections}, indent=2, default=str))
     lines = [f"# evo-pai GPU check{' (--smoke: tiny sizes, not a GPU measurement)' if meta['smoke'] else ''}", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
-             f"- device: {meta['device']}", f"- budget: {meta['budget_s']:g} s, used {meta.get('elapsed_s', 0):.0f} s", ""]
+             f"- device: {meta['device']}", f"- Fashion-MNIST: {meta['fashion_mnist']}", f"- budget: {meta['budget_s']:g} s, used {meta.get('elapsed_s', 0):.0f} s", ""]
     for name, sec in sections.items():
         lines += [f"## {name} — {sec['status']} ({sec.get('seconds', 0):.1f} s)", ""]
         if sec["status"] == "ok":
@@ -91,6 +91,14 @@ def write(out: Path, meta: dict, sections: dict) -> None:
     (out / "gpu_report.md").write_text("\n".join(lines))
 
 
+def _describe_fmnist(root: Path | None) -> str:
+    """Which Fashion-MNIST the numbers are on: a carried subset reads fewer images than the full set."""
+    if root is None:
+        return "not available: digits (8x8) instead, combined_fmnist skipped"
+    note = root / "SUBSET.txt"
+    return f"{root}" + (f" ({note.read_text().strip()})" if note.is_file() else " (full)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="folder for gpu_report.md and gpu_report.json")
@@ -98,6 +106,8 @@ def main() -> int:
     p.add_argument("--budget-s", type=float, default=None, help="time budget in seconds (default 450; smoke 600)")
     p.add_argument("--sections", default=None, help=f"comma-separated subset of {', '.join(n for n, _, _ in SECTIONS)}")
     p.add_argument("--device", default=None, help="default: cuda, or cpu with --smoke when there is no GPU")
+    p.add_argument("--fmnist-root", type=Path, default=None,
+                   help=f"Fashion-MNIST IDX files (default {FMNIST_DIR} if present, else digits is used)")
     args = p.parse_args()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,10 +123,15 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     load_components()
     t0 = time.perf_counter()
-    check = Check(smoke=args.smoke, device=args.device, deadline=t0 + budget)
+    fmnist = args.fmnist_root or (FMNIST_DIR if FMNIST_DIR.is_dir() else None)
+    if fmnist is not None and not fmnist.is_dir():
+        p.error(f"--fmnist-root: {fmnist} is not a folder (scripts/gpu_carry.sh writes .gpu_data/fashion-mnist)")
+    check = Check(smoke=args.smoke, device=args.device, deadline=t0 + budget,
+                  fmnist=fmnist.resolve() if fmnist else None)
     meta = {"command": " ".join(["python"] + sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
-            "device": torch.cuda.get_device_name() if check.cuda else "cpu", "smoke": args.smoke, "budget_s": budget}
+            "device": torch.cuda.get_device_name() if check.cuda else "cpu", "smoke": args.smoke, "budget_s": budget,
+            "fashion_mnist": _describe_fmnist(check.fmnist)}
     failed = False
     for name, fn, needs in SECTIONS:
         if name not in wanted:
