@@ -14,7 +14,8 @@ midway still leaves what it measured). Sections, in order:
   runs         configs/quickstart.yaml and configs/combined_fmnist.yaml (local and vectorized) on cuda
   precision    one search per train.precision (fp32, tf32, bf16): time and test accuracy
   ray          one generation: Ray with 4 actors x 0.25 GPU against local vectorized
-Sections run while the time budget lasts (default 450 s: the whole check stays under 8 minutes);
+Sections run while the time budget lasts (default 450 s, sized for the whole check to stay under
+8 minutes; a section that starts runs to its end);
 a skipped or failed section says so in the report, and the exit code is 1 if any failed.
 `--smoke` runs every section at tiny sizes on CPU in seconds (what the test suite runs): it keeps
 the script working and proves nothing about GPUs.
