@@ -14,7 +14,8 @@ from .errors import EvoPaiError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `train.lr: .inf` or a NaN anywhere is refused here, not by a diverged run.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -120,6 +121,11 @@ class EvaluationConfig(_Section):
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
 
+class LoggingConfig(_Section):
+    # Extra sinks for the generation log (log.jsonl is always written); see evo_pai/runs/loggers.py.
+    tensorboard: bool = False  # events under <run>/tensorboard; needs `pip install evo-pai[tensorboard]`
+
+
 class Config(_Section):
     seed: int = 0
     plugins: list[str] = []
@@ -130,6 +136,7 @@ class Config(_Section):
     search: SearchConfig = SearchConfig()
     final: FinalConfig = FinalConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 def _format_error(exc: ValidationError) -> str:
@@ -166,14 +173,38 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def read_yaml(path: str | Path) -> dict:
+def shipped_configs() -> Path:
+    """The example configs: evo_pai/configs in an installed wheel, the repository's configs/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A path as given, or a bare name (`quickstart`, `study_smoke.yaml`) of a shipped config."""
     p = Path(path)
+    if p.exists() or len(p.parts) != 1:
+        return p
+    for name in (p.name, f"{p.name}.yaml"):
+        if (shipped_configs() / name).is_file():
+            return shipped_configs() / name
+    return p
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = resolve_config(path)
     if not p.is_file():
-        raise EvoPaiError(f"config file '{p}' not found: pass the path of a YAML file, e.g. configs/quickstart.yaml")
+        names = sorted(q.stem for q in shipped_configs().glob("*.yaml"))
+        shipped = f", or a shipped config by name: {', '.join(names)}" if names else ""
+        raise EvoPaiError(f"config file '{p}' not found: pass the path of a YAML file, e.g. configs/quickstart.yaml"
+                          f"{shipped}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise EvoPaiError(f"config file '{p}' cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise EvoPaiError(f"config file '{p}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

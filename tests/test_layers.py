@@ -26,7 +26,7 @@ LAYERS = [
     ("evaluation", ["evo_pai.evaluation"]),
     ("runs", ["evo_pai.runs"]),
     ("study", ["evo_pai.study"]),
-    ("cli", ["evo_pai.cli", "evo_pai"]),
+    ("cli", ["evo_pai.cli", "evo_pai.cli_errors", "evo_pai"]),
 ]
 
 

@@ -26,8 +26,8 @@ def resolve_device(name: str) -> torch.device:
         raise EvoPaiError(f"evaluation.device: '{name}' asked for but CUDA is not available; use cpu or auto")
     device = torch.device(name)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise EvoPaiError(f"evaluation.device: '{name}' but this machine has {torch.cuda.device_count()} GPU(s) "
-                          f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of them, cuda or auto")
+        raise EvoPaiError(f"evaluation.device: '{name}' asked for but this machine has {torch.cuda.device_count()} "
+                          f"GPU(s) (cuda:0..cuda:{torch.cuda.device_count() - 1}); use one of them or auto")
     return device
 
 

@@ -29,6 +29,7 @@ from ..errors import EvoPaiError
 from ..registry import register_backend
 from ..training.burst import BurstResult
 from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
+from .ray_checks import local_plan_check
 from .ray_plan import check_device, plan_actors
 from .ray_worker import BurstWorker, actor_trainer, failed_result, on_cpu
 
@@ -73,12 +74,6 @@ def one_line(text: str) -> str:
     return " | ".join(lines[:3]) if lines else "unknown error"
 
 
-def _ray_connected() -> bool:
-    import ray
-
-    return ray.is_initialized()
-
-
 @register_backend("ray", "Ray actors on this machine or an existing cluster (evaluation.address)")
 class RayEvaluator(Evaluator):
     def __init__(self, cfg: Config, data: DataSplits | None = None):
@@ -108,19 +103,18 @@ class RayEvaluator(Evaluator):
 
     # -- set-up -----------------------------------------------------------------------
     @staticmethod
-    def preflight(cfg: Config) -> None:
-        """Checked before the run folder is made: a wrong address fails in seconds, not minutes."""
-        ev = check_device(cfg.evaluation) or cfg.evaluation  # cuda:N, or GPUs with device cpu: refused now
-        address = ev.address
-        if (ev.device == "cuda" or ev.gpus_per_actor) and address is None and not os.environ.get("RAY_ADDRESS") \
-                and not torch.cuda.is_available() and not _ray_connected():
-            asked = f"{ev.gpus_per_actor:g} GPU per actor" if ev.gpus_per_actor else "evaluation.device=cuda"
-            raise EvoPaiError(f"evaluation.gpus_per_actor: {asked} asked for, but Ray would start on this machine, "
-                              "where torch sees no CUDA GPU; use evaluation.device=cpu (or auto without "
-                              "gpus_per_actor) or join a GPU cluster with evaluation.address")
-        if address not in (None, "auto") and not reachable(address):
-            raise EvoPaiError(f"evaluation.address: nothing answers at {address}; start the head with "
+    def preflight(cfg: Config, data: DataSplits | None = None, model: torch.nn.Module | None = None) -> None:
+        """Checked before the run folder is made: a wrong address fails in seconds, not minutes; a Ray
+        that evo-pai starts here must fit this machine; the actors' trainer must suit the model."""
+        ev = cfg.evaluation
+        check_device(ev)  # cuda:N, GPUs with device cpu, 0 GPUs with device cuda
+        if ev.address not in (None, "auto") and not reachable(ev.address):
+            raise EvoPaiError(f"evaluation.address: nothing answers at {ev.address}; start the head with "
                               "`ray start --head --port=PORT` or use address 'auto' on a cluster node")
+        if ev.address is None and not os.environ.get("RAY_ADDRESS"):
+            local_plan_check(cfg)
+        if model is not None and data is not None:
+            actor_trainer(cfg, model, data)  # e.g. actor_trainer=vectorized with a BatchNorm model
 
     def _connect(self) -> None:
         ray, address = self._ray, self.cfg.evaluation.address

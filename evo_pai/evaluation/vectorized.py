@@ -21,7 +21,7 @@ from ..training.precision import numerics
 from ..training.stacked import StackedForward
 from ..training.burst import BurstResult, steps_for
 from ..training.tasks import BurstTask, Progress
-from .base import WorkerContext
+from .base import WorkerContext, resolve_device
 from .local import LocalEvaluator
 
 _GB = 2**30
@@ -117,6 +117,17 @@ class VectorizedEvaluator(LocalEvaluator):
     def __init__(self, cfg: Config, data: DataSplits | None = None):
         super().__init__(cfg, data)
         self.trainer = BatchedTrainer(self.context)  # refuses unsupported models and oversized chunks now
+
+    @staticmethod
+    def preflight(cfg: Config, data: DataSplits | None = None, model: torch.nn.Module | None = None) -> None:
+        """Before the run folder exists: the device, a model the stacked trainer can batch, a chunk that fits."""
+        device = resolve_device(cfg.evaluation.device)
+        if data is None or model is None:
+            return
+        StackedForward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
+        per_model = bytes_per_model(model, data.input_shape, cfg.train, prunable_names(model, include_bias=cfg.masks.include_bias))
+        budget, source = memory_budget(cfg, device)
+        plan_chunk(per_model, budget, source, cfg.evaluation.chunk_size, cfg.model.name)
 
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
         return self.trainer.run(tasks, progress)

@@ -12,7 +12,7 @@ import torch
 from ..config import Config
 from ..data import DataSplits, load_data
 from ..errors import EvoPaiError
-from ..training.tasks import BurstTask, initial_model
+from ..training.tasks import BurstTask
 from ..evaluation.base import make_evaluator
 from ..search.experiment import Experiment, SearchOutcome
 from ..individual import derive_seed
@@ -20,10 +20,12 @@ from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from ..training.cost import search_flops
 from ..masks import MaskSet
 from ..models import count_flops
-from ..registry import BACKEND, METHOD
+from ..registry import METHOD
 from .components import load_components
+from .loggers import open_loggers
+from .preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
 from .report import plot_fitness
-from .folder import GenerationLog, write_config, write_json
+from .folder import GenerationLog, write_atomic, write_config, write_json
 
 ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance
 
@@ -41,32 +43,12 @@ def expected_search_tasks(cfg: Config) -> int | None:
             "dense": 0, "random": 0}.get(s.method)
 
 
-def extra_epochs(cfg: Config) -> float:
-    """search.params.extra_epochs: equal-epoch controls train the final mask this much longer."""
-    value = cfg.search.params.get("extra_epochs", 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise EvoPaiError(f"search.params.extra_epochs: must be a number >= 0, got {value!r}")
-    return float(value)
-
-
 def final_training(exp: Experiment, outcome: SearchOutcome):
     cfg = exp.cfg
     seed = outcome.final_seed if outcome.final_seed is not None else derive_seed(cfg.seed, "final")
     task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg), seed,
                      start=outcome.final_start, keep_state=True, test=True)
     return exp.run_task(task)
-
-
-def preflight(cfg: Config) -> DataSplits:
-    """Everything that can reject the input, done before a run folder exists: names, data, model."""
-    load_components(cfg.plugins)
-    METHOD.get(cfg.search.method)
-    backend_check = getattr(BACKEND.get(cfg.evaluation.backend), "preflight", None)
-    if backend_check:
-        backend_check(cfg)  # e.g. ray: is evaluation.address well formed and answering?
-    data = load_data(cfg.data)
-    initial_model(cfg, data)
-    return data
 
 
 def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None = None,
@@ -80,12 +62,15 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg.data)
-    log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
-    if out:
-        write_config(out / "config.yaml", cfg)
-        if resume is None:  # a checkpoint left by an earlier run in an overwritten folder is not ours
-            (out / CHECKPOINT).unlink(missing_ok=True)
-    with make_evaluator(cfg, data) as evaluator:
+    with make_evaluator(cfg, data) as evaluator, open_loggers(cfg, out) as sinks:
+        # Written only once the evaluator stands (a Ray that cannot start changes nothing in `out`).
+        log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
+        log.sinks = sinks
+        if out:
+            write_config(out / "config.yaml", cfg)
+            if resume is None:  # a checkpoint or summary left by an earlier run in an overwritten folder is not ours
+                (out / CHECKPOINT).unlink(missing_ok=True)
+                (out / "summary.json").unlink(missing_ok=True)
         exp = Experiment(cfg, evaluator, data, log)
         exp.progress = progress("search", expected_search_tasks(cfg)) if progress else None
         if out:  # the search calls this after each completed generation
@@ -141,12 +126,12 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
 
 
 def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[dict], summary: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     mask.save(out / "mask.safetensors")
     summary["sparsity"] = MaskSet.load(out / "mask.safetensors").sparsity()  # measured from the file
-    if state is not None:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    if state is not None:  # bytes, then an atomic write: a full disk is an OSError naming the file
+        write_atomic(out / "model.safetensors", save({k: v.contiguous() for k, v in state.items()}))
     if records:
         plot_fitness(records, out / "fitness.png", f"{summary['method']} on {summary['dataset']} ({summary['model']})")
     write_json(out / "summary.json", summary)

@@ -5,6 +5,7 @@ processes or files directly.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import time
@@ -15,7 +16,7 @@ import torch
 
 from ..config import Config
 from ..data import DataSplits
-from ..errors import EvoPaiError
+from ..errors import EvoPaiError, brief
 from ..training.tasks import BurstTask, Evaluator, initial_model
 from ..fitness import WORST, score
 from ..individual import Individual, derive_seed
@@ -24,6 +25,7 @@ from ..models import output_layer_name, prunable_names
 from ..operators import PruneStep
 from ..registry import MUTATION
 from ..training.burst import BurstResult
+from .mutation_check import check_mutation
 
 Logger = Callable[[dict], None]
 
@@ -37,6 +39,30 @@ class SearchOutcome:
     final_seed: int | None = None  # None: derived from the search seed
     pre_epochs: float = 0.0  # epochs the final run repeats from the winner's burst ("continue")
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
+
+
+def mutation_params(cfg: Config, name: str) -> dict:
+    """The keyword arguments mutation `name` gets from the config (DG's section for the built-ins)."""
+    s = cfg.search
+    base: dict = {}
+    if name == "dissipating_gradients":
+        base = {"tau": s.dg.tau, "mode": s.dg.mode, "scope": s.dg.scope, "max_step_fraction": s.dg.max_step_fraction}
+    elif name == "magnitude":
+        base = {"scope": s.dg.scope}
+    return {**base, **s.mutation_params}
+
+
+def check_mutation_params(name: str, params: dict, field: str) -> None:
+    """Refuse parameters mutation `name` does not take, before it is called (also in preflight)."""
+    fn = MUTATION.get(name)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None, None, None, **params)
+    except TypeError as exc:
+        raise EvoPaiError(f"{field}: mutation '{name}' does not accept them: {exc}") from None
 
 
 class Experiment:
@@ -74,21 +100,22 @@ class Experiment:
         return PruneStep(sparsity, self.cfg.search.sparsity, final, m.budget, m.min_output_fan_in, m.allow_empty_layers)
 
     def mutate(self, ind: Individual, step: PruneStep, name: str | None = None, params: dict | None = None) -> MaskSet:
+        """The one place mutations are called: every result is checked against `step` (mutation_check.py)."""
         name = name or self.cfg.search.mutation
         kwargs = self.mutation_params(name) if params is None else params
+        field = ("search.mutation_params" if params is None else
+                 "search.explore_params" if params is self.cfg.search.explore_params else f"mutation '{name}' parameters")
+        check_mutation_params(name, kwargs, field)
         try:
-            return MUTATION.get(name)(ind, step, self.generator, **kwargs)
-        except TypeError as exc:
-            raise EvoPaiError(f"mutation '{name}' does not accept the configured parameters: {exc}") from exc
+            child = MUTATION.get(name)(ind, step, self.generator, **kwargs)
+        except EvoPaiError:
+            raise
+        except Exception as exc:  # a user's operator: name it, and where it failed
+            raise EvoPaiError(f"mutation '{name}' raised {brief(exc)}; fix the operator") from exc
+        return check_mutation(name, ind.mask, child, step)
 
     def mutation_params(self, name: str) -> dict:
-        s = self.cfg.search
-        base: dict = {}
-        if name == "dissipating_gradients":
-            base = {"tau": s.dg.tau, "mode": s.dg.mode, "scope": s.dg.scope, "max_step_fraction": s.dg.max_step_fraction}
-        elif name == "magnitude":
-            base = {"scope": s.dg.scope}
-        return {**base, **s.mutation_params}
+        return mutation_params(self.cfg, name)
 
     # -- evaluation -------------------------------------------------------------------
     def task_seed(self, ind: Individual) -> int:
