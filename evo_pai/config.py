@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import EvoPaiError
 
@@ -65,6 +65,16 @@ class TrainConfig(_Section):
         if any(not 0 < m < 1 for m in v) or v != sorted(v):
             raise ValueError("must be increasing fractions of the schedule in (0, 1), e.g. [0.5, 0.75]")
         return v
+    # fp32: IEEE float32 everywhere (backends agree); tf32: CUDA matmuls/convolutions in TF32;
+    # bf16: forward passes under bfloat16 autocast (training/precision.py)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _precision_needs_float32(self) -> "TrainConfig":
+        if self.precision != "fp32" and self.dtype != "float32":
+            raise ValueError(f"precision {self.precision} needs float32 weights, not {self.dtype}; set "
+                             "train.dtype float32 or train.precision fp32")
+        return self
 
 
 class DGConfig(_Section):
@@ -144,6 +154,8 @@ class EvaluationConfig(_Section):
     max_memory_gb: float | None = Field(None, gt=0)
     # inside each Ray actor: train its share of the population together (vectorized) or one by one
     actor_trainer: Literal["auto", "vectorized", "sequential"] = "auto"
+    # vectorized trainer: torch.compile the stacked forward and the masked-gradient update
+    compile: bool = False
 
     @field_validator("device")
     @classmethod
@@ -174,7 +186,7 @@ class Config(_Section):
 def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
     if err["type"] == "extra_forbidden":
         msg = "unknown key; check the spelling against docs/config.md"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

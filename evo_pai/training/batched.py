@@ -19,8 +19,10 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import MaskSet
+from .compiled import Update, update_eager
+from .precision import autocast_forward
 from .stacked import StackedForward
-from .burst import _EPS, BurstResult, batch_order, steps_for
+from .burst import _EPS, BurstResult, batch_order, batches_on, steps_for
 from .optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_stacked_optimizer, masked_state,
                     set_lr, stack_states, unstack_state)
 
@@ -58,12 +60,14 @@ def train_batched(
     seeds: Sequence[int],
     keep_state: Sequence[bool],
     test: Sequence[bool],
+    update: Update = update_eager,
     opt_states: Sequence[OptState | None] | None = None,
     offset: int = 0,
     horizon: int | None = None,
 ) -> list[BurstResult]:
     """`train_masked` for every (start, opt_state, mask, seed); `model` only supplies names, dtype and
-    device. The models share `offset` and `horizon` (one learning rate per step) and, for Adam, the
+    device. `update` does grad_accum += |g| and g *= keep (training/compiled.py: eager or compiled).
+    The models share `offset` and `horizon` (one learning rate per step) and, for Adam, the
     optimizer step count of their states (one bias correction): the caller groups them so."""
     k = len(masks)
     device = next(model.parameters()).device
@@ -71,6 +75,7 @@ def train_batched(
     masked = list(masks[0])
     params = {n: torch.stack([s[n].to(device) for s in starts]).requires_grad_() for n in names}
     dtype = params[names[0]].dtype
+    forward = autocast_forward(forward, hp.precision, device, dtype)  # train.precision bf16
     # 0/1 in the parameters' dtype: x * 1.0 == x * True exactly, and a same-dtype multiply is a
     # vectorized kernel (a bool operand measured ~5x slower).
     keep = {n: torch.stack([m[n] for m in masks]).to(device, dtype) for n in masked}
@@ -84,13 +89,16 @@ def train_batched(
     tmp = {n: torch.empty_like(params[n]) for n in masked}  # |g|, reused: no fresh pages every step
     steps = steps_for(epochs, data.n_train, hp.batch_size)
     orders = [batch_order(data.n_train, steps, hp.batch_size, torch.Generator().manual_seed(s), skip=offset) for s in seeds]
+    # step -> the K models' batches side by side (K batches of the same size B), one copy to the device
+    step_idx = batches_on([torch.cat([o[step] for o in orders]) for step in range(steps)], device)
+    del orders
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
     horizon = offset + steps if horizon is None else horizon
     loss_sum = torch.zeros(k, dtype=dtype, device=device)
     for step in range(steps):
         if scheduled:
             set_lr(opt, hp.lr * lr_factor(hp, offset + step, horizon, per_epoch))
-        idx = torch.cat([o[step] for o in orders]).to(device)  # K batches of the same size B
+        idx = step_idx[step]
         b = idx.shape[0] // k
         # index_select: the same rows as train_x[idx], gathered ~5x faster than advanced indexing
         x = torch.index_select(data.train_x, 0, idx).view(k, b, *data.train_x.shape[1:])
@@ -101,10 +109,8 @@ def train_batched(
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # d(sum)/d(loss_k) = 1: each model gets exactly its own gradient
         with torch.no_grad():
-            for n in masked:
-                g = params[n].grad
-                grad_accum[n].add_(torch.abs(g, out=tmp[n]))
-                g.mul_(keep[n])
+            update([params[n].grad for n in masked], [grad_accum[n] for n in masked], [keep[n] for n in masked],
+                   [tmp[n] for n in masked])
         opt.step()
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0, as train_masked does.

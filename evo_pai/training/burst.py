@@ -17,6 +17,7 @@ from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import MaskSet
 from .optim import OptState, constant_lr, load_state, lr_factor, make_optimizer, masked_state, set_lr, export_state
+from .precision import autocast_forward
 
 EVAL_BATCH = 2048
 _EPS = 1e-12
@@ -55,17 +56,28 @@ def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator,
     return batches[skip : skip + steps]
 
 
+def batches_on(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """A burst's index batches on `device` in one host-to-device copy: a copy per step would make
+    the host wait for the GPU at every step."""
+    if device.type == "cpu":
+        return batches
+    return list(torch.cat(batches).to(device).split([len(b) for b in batches]))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forward=None) -> dict[str, float]:
+    """Mean loss and accuracy; sums stay on the device (float64), read once at the end."""
+    forward = forward or model
     model.eval()
-    loss, correct = 0.0, 0
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
     for i in range(0, len(x), EVAL_BATCH):
-        out = model(x[i : i + EVAL_BATCH])
-        loss += float(F.cross_entropy(out, y[i : i + EVAL_BATCH], reduction="sum"))
-        correct += int((out.argmax(1) == y[i : i + EVAL_BATCH]).sum())
+        out = forward(x[i : i + EVAL_BATCH])
+        loss += F.cross_entropy(out, y[i : i + EVAL_BATCH], reduction="sum").double()
+        correct += (out.argmax(1) == y[i : i + EVAL_BATCH]).sum()
     model.train()
     n = max(1, len(x))
-    return {"loss": loss / n, "accuracy": correct / n}
+    return {"loss": float(loss) / n, "accuracy": int(correct) / n}
 
 
 def train_masked(
@@ -103,17 +115,17 @@ def train_masked(
     opt = make_optimizer(model.parameters(), hp)
     load_state(opt, params, masked_state(opt_state, masks) if opt_state else None)
     grad_accum = {k: torch.zeros_like(params[k]) for k in masks}
-    gen = torch.Generator().manual_seed(seed)
+    forward = autocast_forward(model, hp.precision, device, next(model.parameters()).dtype)
+    gen = torch.Generator().manual_seed(seed)  # on CPU: the same batch order on every device
     steps = steps_for(epochs, data.n_train, hp.batch_size)
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
     horizon = offset + steps if horizon is None else horizon
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
     loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
-    for i, idx in enumerate(batch_order(data.n_train, steps, hp.batch_size, gen, skip=offset)):
+    for i, idx in enumerate(batches_on(batch_order(data.n_train, steps, hp.batch_size, gen, skip=offset), device)):
         if scheduled:
             set_lr(opt, hp.lr * lr_factor(hp, offset + i, horizon, per_epoch))
-        idx = idx.to(device)
-        out = model(data.train_x[idx])
+        out = forward(data.train_x[idx])
         loss = F.cross_entropy(out, data.train_y[idx])
         opt.zero_grad(set_to_none=False)
         loss.backward()
@@ -128,10 +140,10 @@ def train_masked(
         loss_sum += loss.detach()
     train_loss = float(loss_sum) / steps
     finite = math.isfinite(train_loss) and all(bool(torch.isfinite(p).all()) for p in params.values())
-    val = evaluate(model, data.val_x, data.val_y)
+    val = evaluate(model, data.val_x, data.val_y, forward)
     metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"], "finite": float(finite)}
     if test:
-        t = evaluate(model, data.test_x, data.test_y)
+        t = evaluate(model, data.test_x, data.test_y, forward)
         metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
     weights, rel, scale = {}, {}, {}
     with torch.no_grad():
