@@ -5,10 +5,10 @@ Every value the paper leaves open is a field here with a documented default; see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import EvoPaiError
 
@@ -31,6 +31,10 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "mlp"
     params: dict[str, Any] = {}  # model-specific keyword arguments, e.g. {hidden: [300, 100]}
+    # Weight init of every Linear/Conv2d (drawn from torch's seeded RNG after the model is built):
+    # PyTorch's default (kaiming_uniform with a=sqrt(5)), or He / Glorot; biases zero or default.
+    init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal"] = "default"
+    bias_init: Literal["default", "zero"] = "default"
 
 
 class MaskConfig(_Section):
@@ -48,6 +52,30 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
+    # Learning-rate schedule over one training run, or over a lineage of runs that carry their
+    # state (inheritance, gradual loops): see docs/config.md.
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up at the start of a schedule
+    lr_milestones: list[float] = [0.5, 0.75]  # step: fractions of the schedule where lr *= lr_gamma
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _milestones(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("must be increasing fractions of the schedule in (0, 1), e.g. [0.5, 0.75]")
+        return v
+    # fp32: IEEE float32 everywhere (backends agree); tf32: CUDA matmuls/convolutions in TF32;
+    # bf16: forward passes under bfloat16 autocast (training/precision.py)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _precision_needs_float32(self) -> "TrainConfig":
+        if self.precision != "fp32" and self.dtype != "float32":
+            raise ValueError(f"precision {self.precision} needs float32 weights, not {self.dtype}; set "
+                             "train.dtype float32 or train.precision fp32")
+        return self
+
     # torch intra-op threads; None/"auto": chosen per run from the model's work per step, the usable
     # CPUs and their load (evo_pai/training/threads.py); an int fixes it (--threads N)
     threads: int | None = None
@@ -70,11 +98,29 @@ class DGConfig(_Section):
     epochs: int = Field(4, ge=1)  # dissipating method: pruning epochs to reach the target
 
 
+class InitialSparsityRule(_Section):
+    fraction: float = Field(gt=0, le=1)  # p = fraction * target
+
+
 class SearchConfig(_Section):
     method: str = "combined"
     sparsity: float = Field(0.9, ge=0, lt=1)
     population: int = Field(8, ge=1)
-    initial_sparsity: float | None = Field(None, ge=0, lt=1)  # p; None = 0.5 * target (combined)
+    # p, combined's first sparsity: a number, `sqrt` (1 - sqrt(1 - target)), {fraction: f} (f * target),
+    # or None (0.5 * target). The rules let one study row serve every target.
+    initial_sparsity: Annotated[float, Field(ge=0, lt=1)] | Literal["sqrt"] | InitialSparsityRule | None = None
+
+    @field_validator("initial_sparsity", mode="before")
+    @classmethod
+    def _initial_rule(cls, v: Any) -> Any:
+        # One clear line instead of pydantic's error per member of the union.
+        ok = (v is None or v == "sqrt" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)
+              or (isinstance(v, dict) and set(v) == {"fraction"} and isinstance(v["fraction"], (int, float))
+                  and 0 < v["fraction"] <= 1))
+        if not ok:
+            raise ValueError(f"got {v!r}; use a number in [0, 1), 'sqrt' or {{fraction: f}} with 0 < f <= 1 "
+                             "(with --set, quote it and keep the space: \"search.initial_sparsity={fraction: 0.5}\")")
+        return v
     burst_epochs: float = Field(1.0, gt=0)
     generations: int = Field(4, ge=1)
     fitness: str = "mixed"
@@ -93,6 +139,15 @@ class SearchConfig(_Section):
     explore_params: dict[str, Any] = {}
     dg: DGConfig = DGConfig()
     params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
+    # combined: a child trains from its parent's trained weights and optimizer state (parent) or
+    # from θ0 (rewind, the paper's loop).
+    inherit: Literal["rewind", "parent"] = "rewind"
+    # How sparsity rises in combined / dissipating / gmp: cubic (Zhu & Gupta), exponential
+    # (density (1-s)^(t/n): the same fraction of the rest each step, like IMP) or linear.
+    schedule: Literal["cubic", "exponential", "linear"] = "cubic"
+    # Loops that keep training one network (dissipating, gmp, kstarts_sh, inherit: parent) carry the
+    # optimizer state and the batch stream across steps (keep) or restart both each step (reset: v1).
+    optimizer_state: Literal["keep", "reset"] = "keep"
 
 
 class FinalConfig(_Section):
@@ -115,6 +170,8 @@ class EvaluationConfig(_Section):
     max_memory_gb: float | None = Field(None, gt=0)
     # inside each Ray actor: train its share of the population together (vectorized) or one by one
     actor_trainer: Literal["auto", "vectorized", "sequential"] = "auto"
+    # vectorized trainer: torch.compile the stacked forward and the masked-gradient update
+    compile: bool = False
 
     @field_validator("device")
     @classmethod
@@ -145,7 +202,7 @@ class Config(_Section):
 def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
     if err["type"] == "extra_forbidden":
         msg = "unknown key; check the spelling against docs/config.md"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

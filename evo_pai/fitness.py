@@ -5,6 +5,7 @@ and makes the numbers comparable across models.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import math
@@ -57,6 +58,14 @@ def val_accuracy(result: BurstResult, mask: MaskSet) -> float:
 @register_fitness("val_loss", "negative validation loss after the burst")
 def val_loss(result: BurstResult, mask: MaskSet) -> float:
     return -float(result.metrics["val_loss"])
+
+
+@register_fitness("random", "control: a uniform draw fixed by the mask (and param seed): selection by chance")
+def random_pick(result: BurstResult, mask: MaskSet, seed: int = 0) -> float:
+    # The same search with this fitness spends the same compute with selection replaced by a random
+    # pick (tournaments, elites and the winner alike): what selection adds is the difference.
+    digest = hashlib.sha256(f"{seed}:{mask.hash()}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
 
 
 def check_params(name: str, params: dict | None) -> None:

@@ -16,9 +16,11 @@ import torch
 from deap import tools
 
 from .budgets import layer_counts, total_keep
+from .errors import EvoPaiError
 from .individual import Individual
 from .masks import MaskSet, _ensure_fan_in, _global_counts
 from .registry import register_crossover, register_mutation, register_selection
+from .training.carry import compose
 
 INF = float("inf")
 
@@ -95,7 +97,7 @@ def dissipating_gradients(
 
 
 @register_mutation("magnitude", "gradual magnitude pruning control: prune the smallest |w_t| on the DG schedule")
-def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer", **_: object) -> MaskSet:
+def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer") -> MaskSet:
     scores = {k: w.abs() for k, w in ind.traits["weight"].items()}
     sparsity = step.target if step.final else step.sparsity
     return prune_to(ind.mask, scores, keep_counts(ind.mask, sparsity, step, scope), step)
@@ -121,12 +123,47 @@ def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fr
     return mask
 
 
+@register_mutation("regrow", "RigL-style swap: prune the n kept weights of smallest |w|, regrow the n pruned "
+                             "weights of largest accumulated |g| (n = fraction x kept per layer; density kept)")
+def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.1) -> MaskSet:
+    """Density-keeping per layer, so usable as `search.explore_mutation` (or after any pruning step).
+
+    Growth candidates are the weights pruned in `ind.mask`; a regrown weight starts at 0 under
+    inheritance (it was pruned, hence 0, in the parent) and at θ0 under rewind."""
+    if not 0.0 <= fraction <= 1.0:
+        raise EvoPaiError(f"search.mutation_params.fraction: must be in [0, 1], got {fraction}")
+    w, g = ind.traits["weight"], ind.traits["grad_accum"]
+    out = {}
+    for k, m in ind.mask.items():
+        flat = m.reshape(-1)
+        kept, free = int(flat.sum()), int((~flat).sum())
+        n = min(int(round(fraction * kept)), free, kept - step.min_keep)
+        if n <= 0:
+            out[k] = m
+            continue
+        drop = w[k].reshape(-1).abs().to(torch.float64).masked_fill(~flat, INF)
+        grow = g[k].reshape(-1).to(torch.float64).masked_fill(flat, -INF)
+        new = flat.clone()
+        new[torch.sort(drop, stable=True).indices[:n]] = False
+        new[torch.sort(grow, descending=True, stable=True).indices[:n]] = True
+        out[k] = new.reshape(m.shape)
+    mask = MaskSet(out, ind.mask.output_layer)
+    o = mask.output_layer
+    if o and step.min_output_fan_in > 0:
+        fixed = dict(mask)
+        fixed[o] = _ensure_fan_in(mask[o], g[o] + w[o].abs(), step.min_output_fan_in)
+        mask = MaskSet(fixed, o)
+    return mask
+
+
 def _child(parts: dict[str, tuple[Individual, str]], output_layer: str | None) -> Individual:
     mask = MaskSet({k: p.mask[k] for k, (p, _) in parts.items()}, output_layer)
     names = next(iter(parts.values()))[0].traits or {}
     traits = {t: {k: p.traits[t][k] for k, (p, _) in parts.items()} for t in names}
     child = Individual(mask, traits or None)
     child.origin = "crossover"
+    if all(p.carry is not None for p, _ in parts.values()):  # inheritance: each layer's weights from its parent
+        child.carry = compose({k: p.carry for k, (p, _) in parts.items()})
     return child
 
 
@@ -156,7 +193,7 @@ def _match_total(ind: Individual, total: int) -> Individual:
         scores = {k: g[k].to(torch.float64).masked_fill(mask[k], INF) for k in mask}
         mask = MaskSet.from_scores(scores, 0.0, counts=_global_counts(scores, total, 1), output_layer=mask.output_layer, min_output_fan_in=0)
     fixed = Individual(mask, ind.traits)
-    fixed.origin = ind.origin
+    fixed.origin, fixed.carry = ind.origin, ind.carry
     return fixed
 
 

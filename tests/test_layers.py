@@ -21,7 +21,7 @@ LAYERS = [
               "evo_pai.individual", "evo_pai.mask_export"]),
     ("components", ["evo_pai.data", "evo_pai.models"]),
     ("training", ["evo_pai.training"]),
-    ("operators", ["evo_pai.fitness", "evo_pai.operators", "evo_pai.pruners"]),
+    ("operators", ["evo_pai.fitness", "evo_pai.operators", "evo_pai.pruners", "evo_pai.genomes"]),
     ("search", ["evo_pai.search"]),
     ("evaluation", ["evo_pai.evaluation"]),
     ("runs", ["evo_pai.runs"]),

@@ -26,12 +26,15 @@ from ..errors import EvoPaiError
 from ..registry import register_backend
 from ..training.burst import BurstResult
 from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
-from .ray_actors import (BurstWorker, actor_trainer, dead_nodes, failed_result, log, on_cpu, start_actors,
-                         stop_actor)
+from .payload import split_payload
+from .ray_actors import dead_nodes, log, start_actors, stop_actor
 from .ray_checks import local_plan_check
 from .ray_cluster import RaylineFilter, connect, one_line, preserved_rng, reachable
+from .ray_plan import check_device, plan_actors
+from .ray_worker import BurstWorker, actor_trainer, failed_result, on_cpu
 
-__all__ = ["BurstWorker", "RayEvaluator", "actor_trainer", "failed_result", "on_cpu", "one_line", "reachable"]
+__all__ = ["BurstWorker", "RayEvaluator", "actor_trainer", "failed_result", "on_cpu", "one_line", "plan_actors",
+           "reachable"]
 
 # An idle actor re-runs a unit of work in flight for longer than both of these (a hung actor, or one
 # whose node is gone before Ray notices). Time is per epoch of work, so a 30-epoch final training is
@@ -78,6 +81,7 @@ class RayEvaluator(Evaluator):
         """Checked before the run folder is made: a wrong address fails in seconds, not minutes; a Ray
         that evo-pai starts here must fit this machine; the actors' trainer must suit the model."""
         ev = cfg.evaluation
+        check_device(ev)  # cuda:N, GPUs with device cpu, 0 GPUs with device cuda
         if ev.address not in (None, "auto") and not reachable(ev.address):
             raise EvoPaiError(f"evaluation.address: nothing answers at {ev.address}; start the head with "
                               "`ray start --head --port=PORT` or use address 'auto' on a cluster node")
@@ -91,43 +95,10 @@ class RayEvaluator(Evaluator):
             self.preflight(self.cfg)
         self._owns_ray = connect(self._ray, self.cfg)
 
-    def _plan(self) -> tuple[int, float, float, str]:
-        """(number of actors, CPUs and GPUs per actor, device inside an actor)."""
-        ev = self.cfg.evaluation
-        total = self._ray.cluster_resources()
-        free = self._ray.available_resources()
-        cluster_gpus = float(total.get("GPU", 0.0))
-        if ev.device == "cpu":
-            if ev.gpus_per_actor:
-                raise EvoPaiError("evaluation.gpus_per_actor: GPUs were asked for with evaluation.device=cpu; set device to auto or cuda")
-            gpus = 0.0
-        elif ev.device == "auto":
-            gpus = ev.gpus_per_actor if ev.gpus_per_actor is not None else (1.0 if cluster_gpus >= 1 else 0.0)
-        else:  # cuda or cuda:N: Ray assigns the GPU through CUDA_VISIBLE_DEVICES
-            gpus = ev.gpus_per_actor or 1.0
-        if gpus > cluster_gpus:
-            raise EvoPaiError(f"evaluation.gpus_per_actor: {gpus:g} GPU per actor asked for but the Ray cluster has "
-                              f"{cluster_gpus:g}; use evaluation.device=cpu or a cluster with GPUs")
-        cpus = ev.cpus_per_actor
-        if cpus > float(total.get("CPU", 0.0)):
-            raise EvoPaiError(f"evaluation.cpus_per_actor: {cpus:g} CPUs per actor but the Ray cluster has "
-                              f"{total.get('CPU', 0):g}; lower it")
-        if ev.num_actors == "auto":
-            n = math.floor(free.get("GPU", 0.0) / gpus) if gpus > 0 else math.floor(free.get("CPU", 0.0) / cpus)
-            n = max(1, min(n, self.cfg.search.population))  # more actors than individuals would idle
-        else:
-            n = ev.num_actors
-            if n < 1:
-                raise EvoPaiError(f"evaluation.num_actors: {n} actors cannot train anything; use 1 or more, or auto")
-            need_cpu, need_gpu = n * cpus, n * gpus
-            if need_cpu > float(total.get("CPU", 0.0)) + 1e-9 or need_gpu > cluster_gpus + 1e-9:
-                raise EvoPaiError(f"evaluation.num_actors: {n} actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs; "
-                                  f"the cluster has {total.get('CPU', 0):g} and {cluster_gpus:g}; use fewer actors or auto")
-        return n, cpus, gpus, "cuda" if gpus > 0 else "cpu"
-
     def _start_actors(self, data: DataSplits | None) -> None:
         ray, ev = self._ray, self.cfg.evaluation
-        n, cpus, gpus, device = self._plan()
+        plan = plan_actors(ev, self.cfg.search.population, ray.cluster_resources(), ray.available_resources())
+        n, cpus, gpus, device = plan.actors, plan.cpus, plan.gpus, plan.device
         data = data if data is not None else load_data(self.cfg.data)
         model = initial_model(self.cfg, data)  # θ0 built here once; actors receive these exact tensors
         theta0 = ray.put({k: v.detach().to("cpu", dtype_of(self.cfg)).clone() for k, v in model.state_dict().items()})
@@ -137,12 +108,14 @@ class RayEvaluator(Evaluator):
             num_cpus=cpus, num_gpus=gpus, max_restarts=ev.max_retries, max_task_retries=ev.max_retries,
         )
         threads = max(1, int(cpus))
-        self.actors, self.nodes = start_actors(
-            ray, lambda: remote.remote(to_dict(self.cfg), threads, device, self.trainer), n, self._theta0,
+        self.actors, self.nodes, gpu_ids = start_actors(
+            ray, lambda: remote.remote(to_dict(self.cfg), threads, device, self.trainer, gpus), n, self._theta0,
             ev.actor_start_timeout_s, self._rayline.last)
+        self.gpu_ids = [ids for a, ids in zip(self.actors, gpu_ids) if a is not None]  # as Ray assigned them
         n = self.live_actors
-        self.device_name = (f"ray: {n} actor{'s' if n > 1 else ''} x {device} ({cpus:g} CPU, {gpus:g} GPU each, "
-                            f"{self.trainer} trainer)")
+        where = f", GPU ids {self.gpu_ids}" if gpus > 0 else ""
+        self.device_name = (f"ray: {n} actor{'s' if n > 1 else ''} x {device} ({cpus:g} CPU, {gpus:g} GPU each"
+                            f"{where}, {self.trainer} trainer)")
 
     # -- running ----------------------------------------------------------------------
     def actor_pids(self) -> list[int | None]:
@@ -176,8 +149,19 @@ class RayEvaluator(Evaluator):
         remaining, finished, reported = len(units), 0, 0
         next_node_check = time.monotonic() + NODE_CHECK_SECONDS
 
+        # Start weights / optimizer states go to the object store once per payload (children of one
+        # parent share theirs); a resubmitted or duplicated share reuses the references.
+        light, refs, put = [], [], {}
+        for t in tasks:
+            bare, payload = split_payload(t)
+            light.append(bare)
+            key = (id(t.start), id(t.opt_state))
+            if payload is not None and key not in put:
+                put[key] = ray.put(payload)
+            refs.append(put[key] if payload is not None else None)
+
         def submit(actor: int, u: int) -> None:
-            ref = self.actors[actor].run.remote([on_cpu(tasks[i]) for i in units[u]], self._theta0)
+            ref = self.actors[actor].run.remote([light[i] for i in units[u]], self._theta0, [refs[i] for i in units[u]])
             self._inflight[ref] = (actor, u, time.perf_counter())
 
         def finish(u: int, res: list[BurstResult]) -> None:

@@ -32,6 +32,10 @@ def local_plan_check(cfg: Config) -> None:
         return  # the caller started Ray with its own resources; `_plan` checks against those
     if ev.device.startswith("cuda") and not torch.cuda.is_available():
         raise EvoPaiError(f"evaluation.device: '{ev.device}' asked for but CUDA is not available; use cpu or auto")
+    if ev.gpus_per_actor and not torch.cuda.is_available():  # never a silent CPU run (docs/gpu.md)
+        raise EvoPaiError(f"evaluation.gpus_per_actor: {ev.gpus_per_actor:g} GPU per actor asked for, but Ray would "
+                          "start on this machine, where torch sees no CUDA GPU; use evaluation.device=cpu (or auto "
+                          "without gpus_per_actor) or join a GPU cluster with evaluation.address")
     cpus = local_cpus()
     if ev.cpus_per_actor > cpus:
         raise EvoPaiError(f"evaluation.cpus_per_actor: {ev.cpus_per_actor:g} CPUs per actor but this machine has {cpus}; lower it")

@@ -23,6 +23,7 @@ from ..config import Config, to_dict
 from ..errors import EvoPaiError
 from ..individual import Individual
 from ..masks import MaskSet
+from ..training.carry import Carry
 from .folder import write_atomic
 
 FORMAT = "evo_pai.checkpoint/1"
@@ -55,7 +56,11 @@ def encode(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
             "traits": encode(value.traits, f"{prefix}/traits", tensors) if value.traits else None,
             "metrics": value.metrics,
             "origin": value.origin,
+            "carry": encode(value.carry, f"{prefix}/carry", tensors) if value.carry is not None else None,
         }
+    if isinstance(value, Carry):  # an inheriting search's trained weights and optimizer state
+        return {"type": "carry", "weights": encode(value.weights, f"{prefix}/weights", tensors),
+                "opt_state": encode(value.opt_state, f"{prefix}/opt", tensors), "steps": value.steps}
     if isinstance(value, torch.Tensor):
         tensors[prefix] = _tensor(value)
         return {"type": "tensor"}
@@ -80,7 +85,12 @@ def decode(desc: dict, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
         if desc["fitness"] is not None:
             ind.fitness.values = tuple(desc["fitness"])
         ind.metrics, ind.origin = dict(desc["metrics"]), desc["origin"]
+        if desc.get("carry") is not None:
+            ind.carry = decode(desc["carry"], f"{prefix}/carry", tensors)
         return ind
+    if kind == "carry":
+        return Carry(decode(desc["weights"], f"{prefix}/weights", tensors),
+                     decode(desc["opt_state"], f"{prefix}/opt", tensors), int(desc["steps"]))
     if kind == "tensor":
         return tensors[prefix]
     if kind == "list":

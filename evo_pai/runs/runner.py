@@ -59,11 +59,18 @@ def search_plan(cfg: Config) -> tuple[int | None, int | None]:
 
 
 def final_training(exp: Experiment, outcome: SearchOutcome, on_epoch=None):
+    """(final result, epochs spent re-running the winner's burst for final.init: continue);
+    `on_epoch(done, total)` hears the final training's epochs."""
     cfg = exp.cfg
     seed = outcome.final_seed if outcome.final_seed is not None else derive_seed(cfg.seed, "final")
-    task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg), seed,
-                     start=outcome.final_start, keep_state=True, test=True)
-    return exp.run_task(task, on_epoch)
+    start, opt, replayed = outcome.final_start, outcome.final_opt_state, 0.0
+    if outcome.replay is not None:  # the winner's trained state was not kept: train its burst again
+        res = exp.run_task(outcome.replay)
+        start, opt, replayed = res.state, res.opt_state, res.epochs
+    # Its own run: the learning-rate schedule spans the final epochs, whatever the search's was.
+    task = BurstTask(outcome.mask, cfg.final.epochs + extra_epochs(cfg), seed, start=start, keep_state=True, test=True,
+                     opt_state=opt if cfg.search.optimizer_state == "keep" else None)
+    return exp.run_task(task, on_epoch), replayed
 
 
 def thread_choice(cfg: Config, data: DataSplits, default: int | None = None) -> ThreadChoice:
@@ -139,10 +146,10 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         flops = search_flops(exp.model, data.input_shape, data.n_train, search_epochs, dict(getattr(evaluator, "kept_epochs", {})))
         t1 = time.perf_counter()
         exp.progress = None  # the final training is not search work
-        epochs = math.ceil(outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg))
+        epochs = math.ceil(cfg.final.epochs + extra_epochs(cfg))
         progress.phase("final training", epochs)
         heard: list[int] = []
-        final = final_training(exp, outcome, lambda done, total: (heard.append(done), on_epoch(done, total)))
+        final, replayed = final_training(exp, outcome, lambda done, total: (heard.append(done), on_epoch(done, total)))
         if not heard:  # a backend that cannot report epochs (Ray actors): done at once
             progress.epoch(epochs, epochs)
         final_seconds = time.perf_counter() - t1
@@ -160,6 +167,7 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         "search_flops": flops,  # training FLOPs the search spent (see evo_pai/cost.py)
         "final_epochs": cfg.final.epochs,
         "extra_epochs": extra_epochs(cfg),
+        "final_replay_epochs": replayed,  # final.init: continue re-ran the winner's burst: training too
         "final_init": cfg.final.init,
         "search_seconds": search_seconds,
         "final_seconds": final_seconds,

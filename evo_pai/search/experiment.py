@@ -24,7 +24,9 @@ from ..masks import MaskSet
 from ..models import output_layer_name, prunable_names
 from ..operators import PruneStep
 from ..registry import MUTATION
-from ..training.burst import BurstResult
+from ..training.burst import BurstResult, steps_for
+from ..training.carry import Carry
+from ..training.optim import OptState
 from .mutation_check import check_mutation
 
 Logger = Callable[[dict], None]
@@ -37,7 +39,10 @@ class SearchOutcome:
     mask: MaskSet
     final_start: dict[str, torch.Tensor] | None = None  # None: rewind to θ0
     final_seed: int | None = None  # None: derived from the search seed
-    pre_epochs: float = 0.0  # epochs the final run repeats from the winner's burst ("continue")
+    final_opt_state: OptState | None = None  # optimizer state final training continues from
+    # final.init: continue without a kept state: the winner's burst, re-run (counted as training)
+    # to get its weights and optimizer state; final training continues from them.
+    replay: BurstTask | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
 
 
@@ -122,14 +127,33 @@ class Experiment:
     def task_seed(self, ind: Individual) -> int:
         return derive_seed(self.cfg.seed, ind.key)
 
-    def evaluate(self, population: list[Individual], epochs: float | None = None, progress=None) -> list[BurstResult]:
-        """Burst-train every individual from θ0 and set its fitness, traits and metrics."""
+    def steps(self, epochs: float) -> int:
+        """Optimizer steps of a run of `epochs` epochs on this training set."""
+        return steps_for(epochs, self.data.n_train, self.cfg.train.batch_size)
+
+    def evaluate(self, population: list[Individual], epochs: float | None = None, progress=None,
+                 inherit: bool = False, horizon: int | None = None) -> list[BurstResult]:
+        """Burst-train every individual and set its fitness, traits and metrics.
+
+        From θ0, or with `inherit` from each individual's `carry` (θ0 where it has none); then the
+        trained state becomes its carry. `horizon`: the lineage's schedule length in steps."""
         epochs = self.cfg.search.burst_epochs if epochs is None else epochs
-        tasks = [BurstTask(ind.mask, epochs, self.task_seed(ind)) for ind in population]
+        tasks = [self.inherited_task(ind, epochs, horizon) if inherit else BurstTask(ind.mask, epochs, self.task_seed(ind))
+                 for ind in population]
         results = self.evaluator.evaluate(tasks, progress if progress is not None else self.progress)
-        for ind, res in zip(population, results):
+        for ind, task, res in zip(population, tasks, results):
             self.assign(ind, res)
+            if inherit:
+                ind.carry = None if res.state is None else Carry(res.state, res.opt_state, task.offset + res.steps)
         return results
+
+    def inherited_task(self, ind: Individual, epochs: float, horizon: int | None) -> BurstTask:
+        c, keep = ind.carry, self.cfg.search.optimizer_state == "keep"
+        if c is None:
+            return BurstTask(ind.mask, epochs, self.task_seed(ind), keep_state=True, horizon=horizon if keep else None)
+        return BurstTask(ind.mask, epochs, self.task_seed(ind), start=c.weights, keep_state=True,
+                         opt_state=c.opt_state if keep else None, offset=c.steps if keep else 0,
+                         horizon=horizon if keep else None)
 
     def assign(self, ind: Individual, res: BurstResult) -> None:
         s = self.cfg.search

@@ -59,7 +59,9 @@ def run_cell(cell: Cell, root: Path, threads: int) -> str | None:
 
 def summary_row(cell: Cell, summary: dict) -> dict:
     flops = summary.get("search_flops") or {}
-    final = float(summary["final_epochs"]) + float(summary.get("extra_epochs") or 0.0)
+    # the replayed burst of final.init: continue is training too
+    final = (float(summary["final_epochs"]) + float(summary.get("extra_epochs") or 0.0)
+             + float(summary.get("final_replay_epochs") or 0.0))
     return {
         "label": cell.label, "method": summary["method"], "target_sparsity": cell.sparsity, "seed": cell.seed,
         "sparsity": summary["sparsity"], "test_accuracy": summary["test_accuracy"], "val_accuracy": summary["val_accuracy"],
