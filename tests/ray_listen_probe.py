@@ -1,6 +1,6 @@
 """Run by tests/test_ray_quiet.py in a fresh interpreter: start a Ray evaluator the way `evo-pai run`
 does (Ray started here), list every listening socket of this process and the processes it started,
-and try each port (and Ray's fixed metrics ports) for a Prometheus answer. Prints one JSON object."""
+and try each of those ports for a Prometheus answer. Prints one JSON object."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,9 @@ from evo_pai.config import build_config
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.runs.components import load_components
 
-METRICS_PORTS = [44217, 44227, 8080, 8265]  # Ray's autoscaler/dashboard metrics, Prometheus default, dashboard
+# Ray's fixed autoscaler/dashboard metrics ports and the dashboard: none may be ours. (Another Ray on this
+# machine may hold them; only ports our processes listen on are probed.)
+RAY_FIXED_PORTS = {44217, 44227, 8265}
 
 
 def prometheus_answers(port: int) -> bool:
@@ -44,8 +46,9 @@ def main() -> None:
                 continue
             listening += [{"pid": proc.pid, "process": name, "ip": c.laddr.ip, "port": c.laddr.port}
                           for c in conns if c.status == psutil.CONN_LISTEN]
-        ports = sorted({s["port"] for s in listening} | set(METRICS_PORTS))
+        ports = sorted({s["port"] for s in listening})
         print(json.dumps({"device": ev.device_name, "listening": listening,
+                          "fixed_ports": sorted(RAY_FIXED_PORTS & set(ports)),
                           "metrics": [p for p in ports if prometheus_answers(p)]}))
 
 

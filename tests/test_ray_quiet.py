@@ -40,6 +40,7 @@ def test_local_ray_listens_on_loopback_only_and_serves_no_metrics():
     public = [s for s in report["listening"] if s["ip"] not in LOOPBACK]
     assert not public, f"Ray sockets on non-loopback addresses: {public}"
     assert report["metrics"] == [], f"a Prometheus endpoint answers on port(s) {report['metrics']}"
+    assert report["fixed_ports"] == [], f"Ray's metrics/dashboard ports are open: {report['fixed_ports']}"
     for text in RAY_CHATTER[:3]:
         assert text not in probe.stdout + probe.stderr, (text, probe.stderr[-2000:])
 
