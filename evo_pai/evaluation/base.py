@@ -44,7 +44,7 @@ class WorkerContext:
         start = self.theta0 if task.start is None else {k: v.to(self.device) for k, v in task.start.items()}
         return train_masked(
             self.model, start, self.theta0, task.mask, self.data, self.cfg.train,
-            task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
+            task.epochs, task.seed, keep_state=task.keep_state, test=task.test, dynamic=task.dynamic,
         )
 
 

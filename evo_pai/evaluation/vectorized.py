@@ -78,9 +78,14 @@ class BatchedTrainer:
         ctx, hp = self.context, self.context.cfg.train
         # Models trained together must take the same number of steps (one optimizer step count).
         groups: dict[tuple, list[int]] = {}
-        for i, t in enumerate(tasks):
-            groups.setdefault((steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask)), []).append(i)
         results: list[BurstResult | None] = [None] * len(tasks)
+        for i, t in enumerate(tasks):
+            if t.dynamic is not None:  # a mask that changes while training: one model at a time (train_masked)
+                results[i] = ctx.run(t)
+                if progress:
+                    progress(1)
+                continue
+            groups.setdefault((steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask)), []).append(i)
         for members in groups.values():
             for lo in range(0, len(members), self.chunk):
                 chunk = [tasks[i] for i in members[lo : lo + self.chunk]]

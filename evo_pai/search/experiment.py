@@ -24,6 +24,7 @@ from ..models import output_layer_name, prunable_names
 from ..operators import PruneStep
 from ..registry import MUTATION
 from ..training.burst import BurstResult
+from ..training.dynamic import DynamicSpec
 
 Logger = Callable[[dict], None]
 
@@ -36,6 +37,7 @@ class SearchOutcome:
     final_start: dict[str, torch.Tensor] | None = None  # None: rewind to θ0
     final_seed: int | None = None  # None: derived from the search seed
     pre_epochs: float = 0.0  # epochs the final run repeats from the winner's burst ("continue")
+    dynamic: DynamicSpec | None = None  # the final run updates the mask as it trains (rigl, set)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
 
 

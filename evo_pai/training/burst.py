@@ -16,6 +16,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import MaskSet
+from .dynamic import DynamicSpec, MaskUpdater
 
 EVAL_BATCH = 2048
 _EPS = 1e-12
@@ -31,6 +32,7 @@ class BurstResult:
     init_scale: dict[str, float] = field(default_factory=dict)  # mean |w0| per layer
     state: dict[str, torch.Tensor] | None = None  # full state_dict, when asked for
     epochs: float = 0.0  # model-epochs of training this run cost
+    mask: MaskSet | None = None  # the mask at the end, when the task updated it (dynamic sparse training)
 
     @property
     def finite(self) -> bool:
@@ -80,12 +82,14 @@ def train_masked(
     seed: int,
     keep_state: bool = False,
     test: bool = False,
+    dynamic: DynamicSpec | None = None,
 ) -> BurstResult:
     """Train `model` from `start` with `mask` held fixed; traits are measured against `reference` (θ0).
 
     `data` must already be on the model's device. Masked weights and their gradients are exactly
     zero throughout; gradient accumulation records the *unmasked* gradient so pruned weights
-    also get a score (useful for regrowth).
+    also get a score (useful for regrowth). With `dynamic`, the mask is updated every ΔT steps
+    (RigL / SET, training/dynamic.py) and the result carries the last mask.
     """
     device = next(model.parameters()).device
     model.load_state_dict(start)
@@ -101,17 +105,23 @@ def train_masked(
     steps = steps_for(epochs, data.n_train, hp.batch_size)
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
     loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
-    for idx in batch_order(data.n_train, steps, hp.batch_size, gen):
+    updater = None if dynamic is None else MaskUpdater(dynamic, masks, params, opt, steps,
+                                                       math.ceil(data.n_train / hp.batch_size), seed)
+    for t, idx in enumerate(batch_order(data.n_train, steps, hp.batch_size, gen), 1):
         idx = idx.to(device)
         out = model(data.train_x[idx])
         loss = F.cross_entropy(out, data.train_y[idx])
         opt.zero_grad(set_to_none=False)
         loss.backward()
+        update = updater is not None and updater.due(t)
+        if update:  # reads the dense gradient before it is masked; replaces `masks`' entries
+            updater.update(t)
         for k, m in masks.items():
             g = params[k].grad
             grad_accum[k].add_(g.abs())
             g.mul_(m)
-        opt.step()
+        if not update:  # RigL's Algorithm 1: an update step takes no optimizer step
+            opt.step()
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0. Re-masking every
         # step changed no bit and cost 5-7 % of a LeNet burst (measured).
@@ -123,6 +133,8 @@ def train_masked(
     if test:
         t = evaluate(model, data.test_x, data.test_y)
         metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
+    if updater is not None:
+        metrics.update(mask_updates=float(updater.updates), mask_turnover=updater.turnover())
     weights, rel, scale = {}, {}, {}
     with torch.no_grad():
         for k in masks:
@@ -140,4 +152,5 @@ def train_masked(
         init_scale=scale,
         state={k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()} if keep_state else None,
         epochs=steps / math.ceil(data.n_train / hp.batch_size),
+        mask=None if updater is None else MaskSet(masks, mask.output_layer),
     )

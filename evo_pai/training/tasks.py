@@ -18,6 +18,7 @@ from ..data import DataSplits
 from ..masks import MaskSet
 from ..models import build_model
 from .burst import BurstResult
+from .dynamic import DynamicSpec
 
 Progress = Callable[[int], None]  # called with the number of tasks just finished
 
@@ -32,10 +33,11 @@ class BurstTask:
     start: dict[str, torch.Tensor] | None = None  # None = the shared initialisation θ0
     keep_state: bool = False
     test: bool = False
+    dynamic: DynamicSpec | None = None  # update the mask while training (RigL / SET), else it stays fixed
 
     def cache_key(self) -> tuple | None:
-        if self.start is not None or self.keep_state or self.test:
-            return None  # not a pure function of (mask, θ0): never reuse
+        if self.start is not None or self.keep_state or self.test or self.dynamic is not None:
+            return None  # not a pure function of (mask, θ0, epochs, seed): never reuse
         return (self.mask.hash(), float(self.epochs), int(self.seed))
 
 
