@@ -40,7 +40,7 @@ def seed_everything(seed: int) -> None:
 def expected_search_tasks(cfg: Config) -> int | None:
     s = cfg.search
     return {"kstarts": s.population, "combined": s.population * s.generations, "dissipating": s.dg.epochs,
-            "dense": 0, "random": 0}.get(s.method)
+            "dense": 0, "random": 0, "rigl": 0, "set": 0}.get(s.method)
 
 
 def final_training(exp: Experiment, outcome: SearchOutcome):
@@ -53,7 +53,7 @@ def final_training(exp: Experiment, outcome: SearchOutcome):
         start, opt, replayed = res.state, res.opt_state, res.epochs
     # Its own run: the learning-rate schedule spans the final epochs, whatever the search's was.
     task = BurstTask(outcome.mask, cfg.final.epochs + extra_epochs(cfg), seed, start=start, keep_state=True, test=True,
-                     opt_state=opt if cfg.search.optimizer_state == "keep" else None)
+                     opt_state=opt if cfg.search.optimizer_state == "keep" else None, dynamic=outcome.dynamic)
     return exp.run_task(task), replayed
 
 
@@ -97,13 +97,14 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         if advance:
             advance(1)
         final_seconds = time.perf_counter() - t1
+        mask = final.mask if final.mask is not None else outcome.mask  # dynamic training: its last mask
         backend, device = cfg.evaluation.backend, str(getattr(evaluator, "device_name", cfg.evaluation.device))
     summary = {
         "method": cfg.search.method,
         "dataset": cfg.data.name,
         "model": cfg.model.name,
         "target_sparsity": cfg.search.sparsity if cfg.search.method != "dense" else 0.0,
-        "sparsity": outcome.mask.sparsity(),
+        "sparsity": mask.sparsity(),
         "test_accuracy": final.metrics.get("test_accuracy"),
         "test_loss": final.metrics.get("test_loss"),
         "val_accuracy": final.metrics.get("val_accuracy"),
@@ -119,16 +120,18 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         "seed": cfg.seed,
         "backend": backend,
         "device": device,
-        "flops": count_flops(exp.model, data.input_shape, dict(outcome.mask)),
-        "dead_units": outcome.mask.dead_units(),
-        "layer_sparsity": outcome.mask.layer_sparsity(),
+        "flops": count_flops(exp.model, data.input_shape, dict(mask)),
+        "dead_units": mask.dead_units(),
+        "layer_sparsity": mask.layer_sparsity(),
         "cache_hits": evaluator.cache_hits,
         "fitness_failures": exp.fitness_failures,
         "generations_logged": len(log.records),
         **outcome.extra,
+        **({"mask_updates": int(final.metrics["mask_updates"]), "mask_turnover": final.metrics["mask_turnover"]}
+           if final.mask is not None else {}),
     }
     if out:
-        save_artifacts(out, outcome.mask, final.state, log.records, summary)
+        save_artifacts(out, mask, final.state, log.records, summary)
     return summary
 
 
