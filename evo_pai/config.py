@@ -102,6 +102,15 @@ class InitialSparsityRule(_Section):
     fraction: float = Field(gt=0, le=1)  # p = fraction * target
 
 
+class DSTConfig(_Section):
+    """Dynamic sparse training (methods rigl and set); defaults from Evci et al. 2020, see docs/config.md."""
+
+    drop_fraction: float = Field(0.3, gt=0, le=1)  # f: share of each layer's kept weights replaced at first
+    interval_epochs: float = Field(0.25, gt=0)  # ΔT in epochs (RigL's 100 steps ≈ 0.26 CIFAR / 0.32 ImageNet epochs)
+    end_fraction: float = Field(0.75, gt=0, le=1)  # T_end: no mask update after this share of training
+    anneal: Literal["cosine", "constant"] = "cosine"  # f_t = f (1 + cos(π t / T_end)) / 2, or f throughout
+
+
 class SearchConfig(_Section):
     method: str = "combined"
     sparsity: float = Field(0.9, ge=0, lt=1)
@@ -138,6 +147,7 @@ class SearchConfig(_Section):
     explore_prob: float = Field(0.2, ge=0, le=1)
     explore_params: dict[str, Any] = {}
     dg: DGConfig = DGConfig()
+    dst: DSTConfig = DSTConfig()
     params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
     # combined: a child trains from its parent's trained weights and optimizer state (parent) or
     # from θ0 (rewind, the paper's loop).

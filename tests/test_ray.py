@@ -138,6 +138,21 @@ def test_vectorized_actors_match_local_float64(local_ray):
         assert abs(x["best_fitness"] - y["best_fitness"]) <= 1e-10, (x, y)
 
 
+@pytest.mark.parametrize("trainer", ["sequential", "vectorized"])
+def test_rigl_on_ray_actors_matches_local(local_ray, trainer):
+    """The dynamic run (the final training of `rigl`) runs on an actor: the same last mask and numbers."""
+    def rigl(evaluation: dict) -> dict:
+        raw = tiny_raw("rigl")
+        raw["evaluation"] = evaluation
+        return raw
+
+    ref = run_experiment(build_config(rigl({"backend": "local", "device": "cpu"})), None)
+    got = run_experiment(build_config(rigl({"backend": "ray", "num_actors": 1, "cpus_per_actor": 1,
+                                            "actor_trainer": trainer})), None)
+    close(got, ref, ["test_accuracy", "test_loss", "val_accuracy", "sparsity", "mask_turnover"])
+    assert got["mask_updates"] == ref["mask_updates"] > 0 and got["layer_sparsity"] == ref["layer_sparsity"]
+
+
 def test_vectorized_actor_killed_mid_share_is_retried(local_ray):
     """SIGKILL an actor while it trains its share: Ray restarts it and re-runs the whole share."""
     cfg = build_config(float64(raw_config(actor_trainer="vectorized", max_retries=1)))

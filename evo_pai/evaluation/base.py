@@ -52,7 +52,8 @@ class WorkerContext:
             return train_masked(
                 self.model, start, self.theta0, task.mask, self.data, self.cfg.train,
                 task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
-                opt_state=task.opt_state, offset=task.offset, horizon=task.horizon, on_epoch=on_epoch,
+                opt_state=task.opt_state, offset=task.offset, horizon=task.horizon, dynamic=task.dynamic,
+                on_epoch=on_epoch,
             )
 
 

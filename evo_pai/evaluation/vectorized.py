@@ -92,11 +92,16 @@ class BatchedTrainer:
         # Models trained together take the same number of steps from the same optimizer step count
         # (Adam's bias correction) and the same schedule position (one learning rate per step).
         groups: dict[tuple, list[int]] = {}
+        results: list[BurstResult | None] = [None] * len(tasks)
         for i, t in enumerate(tasks):
+            if t.dynamic is not None:  # a mask that changes while training: one model at a time (train_masked)
+                results[i] = ctx.run(t, on_epoch)
+                if progress:
+                    progress(1)
+                continue
             key = (steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask), t.offset, t.horizon,
                    t.opt_state is not None, adam_step(t.opt_state))
             groups.setdefault(key, []).append(i)
-        results: list[BurstResult | None] = [None] * len(tasks)
         with numerics(hp.precision):
             for members in groups.values():
                 for lo in range(0, len(members), self.chunk):

@@ -54,7 +54,7 @@ def search_plan(cfg: Config) -> tuple[int | None, int | None]:
         return rounds + (1 if float(s.params.get("rewind_epochs", 0)) > 0 else 0), rounds
     plans = {"kstarts": (s.population, 1), "combined": (s.population * s.generations, s.generations),
              "dissipating": (s.dg.epochs, s.dg.epochs), "gmp": (s.dg.epochs, s.dg.epochs), "dense": (0, None),
-             "random": (0, None)}
+             "random": (0, None), "rigl": (0, None), "set": (0, None)}
     return plans.get(s.method, (None, None))
 
 
@@ -69,7 +69,7 @@ def final_training(exp: Experiment, outcome: SearchOutcome, on_epoch=None):
         start, opt, replayed = res.state, res.opt_state, res.epochs
     # Its own run: the learning-rate schedule spans the final epochs, whatever the search's was.
     task = BurstTask(outcome.mask, cfg.final.epochs + extra_epochs(cfg), seed, start=start, keep_state=True, test=True,
-                     opt_state=opt if cfg.search.optimizer_state == "keep" else None)
+                     opt_state=opt if cfg.search.optimizer_state == "keep" else None, dynamic=outcome.dynamic)
     return exp.run_task(task, on_epoch), replayed
 
 
@@ -153,13 +153,14 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         if not heard:  # a backend that cannot report epochs (Ray actors): done at once
             progress.epoch(epochs, epochs)
         final_seconds = time.perf_counter() - t1
+        mask = final.mask if final.mask is not None else outcome.mask  # dynamic training: its last mask
         backend, device = cfg.evaluation.backend, str(getattr(evaluator, "device_name", cfg.evaluation.device))
     summary = {
         "method": cfg.search.method,
         "dataset": cfg.data.name,
         "model": cfg.model.name,
         "target_sparsity": cfg.search.sparsity if cfg.search.method != "dense" else 0.0,
-        "sparsity": outcome.mask.sparsity(),
+        "sparsity": mask.sparsity(),
         "test_accuracy": final.metrics.get("test_accuracy"),
         "test_loss": final.metrics.get("test_loss"),
         "val_accuracy": final.metrics.get("val_accuracy"),
@@ -177,16 +178,18 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         "device": device,
         # torch intra-op threads (training/threads.py); auto may lower them while other processes load the CPUs
         "threads": {"count": threads.threads, "reason": threads.reason, "adjusted": governor.changes},
-        "flops": count_flops(exp.model, data.input_shape, dict(outcome.mask)),
-        "dead_units": outcome.mask.dead_units(),
-        "layer_sparsity": outcome.mask.layer_sparsity(),
+        "flops": count_flops(exp.model, data.input_shape, dict(mask)),
+        "dead_units": mask.dead_units(),
+        "layer_sparsity": mask.layer_sparsity(),
         "cache_hits": evaluator.cache_hits,
         "fitness_failures": exp.fitness_failures,
         "generations_logged": len(log.records),
         **outcome.extra,
+        **({"mask_updates": int(final.metrics["mask_updates"]), "mask_turnover": final.metrics["mask_turnover"]}
+           if final.mask is not None else {}),
     }
     if out:
-        save_artifacts(out, outcome.mask, final.state, log.records, summary)
+        save_artifacts(out, mask, final.state, log.records, summary)
     return summary
 
 

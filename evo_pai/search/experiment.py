@@ -28,6 +28,7 @@ from ..training.burst import BurstResult, steps_for
 from ..training.carry import Carry
 from ..training.optim import OptState
 from .mutation_check import check_mutation
+from ..training.dynamic import DynamicSpec
 
 Logger = Callable[[dict], None]
 
@@ -43,6 +44,7 @@ class SearchOutcome:
     # final.init: continue without a kept state: the winner's burst, re-run (counted as training)
     # to get its weights and optimizer state; final training continues from them.
     replay: BurstTask | None = None
+    dynamic: DynamicSpec | None = None  # the final run updates the mask as it trains (rigl, set)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
 
 

@@ -18,6 +18,7 @@ from ..data import DataSplits
 from ..masks import MaskSet
 from .optim import OptState, constant_lr, load_state, lr_factor, make_optimizer, masked_state, set_lr, export_state
 from .precision import autocast_forward
+from .dynamic import DynamicSpec, MaskUpdater
 
 EVAL_BATCH = 2048
 _EPS = 1e-12
@@ -43,6 +44,7 @@ class BurstResult:
     epochs: float = 0.0  # model-epochs of training this run cost
     opt_state: OptState | None = None  # the optimizer's final state (by parameter name), with `state`
     steps: int = 0  # optimizer steps this run took
+    mask: MaskSet | None = None  # the mask at the end, when the task updated it (dynamic sparse training)
 
     @property
     def finite(self) -> bool:
@@ -102,6 +104,7 @@ def train_masked(
     opt_state: OptState | None = None,
     offset: int = 0,
     horizon: int | None = None,
+    dynamic: DynamicSpec | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> BurstResult:
     """Train `model` from `start` (and `opt_state`) with `mask` held fixed; traits are measured
@@ -109,7 +112,8 @@ def train_masked(
 
     `data` must already be on the model's device. Masked weights, their gradients and their
     optimizer state are exactly zero throughout; gradient accumulation records the *unmasked*
-    gradient so pruned weights also get a score (useful for regrowth). `offset` is the number of
+    gradient so pruned weights also get a score (useful for regrowth). With `dynamic`, the mask is
+    updated every ΔT steps (RigL / SET, training/dynamic.py) and the result carries the last mask. `offset` is the number of
     steps the lineage has already taken (the batch stream and the learning-rate schedule continue
     from there); `horizon` the length of the lineage's schedule (None: this run's end).
     """
@@ -131,18 +135,24 @@ def train_masked(
     horizon = offset + steps if horizon is None else horizon
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
     loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
+    updater = None if dynamic is None else MaskUpdater(dynamic, masks, params, opt, steps, per_epoch, seed)
     for i, idx in enumerate(batches_on(batch_order(data.n_train, steps, hp.batch_size, gen, skip=offset), device)):
+        t = i + 1  # the mask updater counts this run's steps from 1
         if scheduled:
             set_lr(opt, hp.lr * lr_factor(hp, offset + i, horizon, per_epoch))
         out = forward(data.train_x[idx])
         loss = F.cross_entropy(out, data.train_y[idx])
         opt.zero_grad(set_to_none=False)
         loss.backward()
+        update = updater is not None and updater.due(t)
+        if update:  # reads the dense gradient before it is masked; replaces `masks`' entries
+            updater.update(t)
         for k, m in masks.items():
             g = params[k].grad
             grad_accum[k].add_(g.abs())
             g.mul_(m)
-        opt.step()
+        if not update:  # RigL's Algorithm 1: an update step takes no optimizer step
+            opt.step()
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0. Re-masking every
         # step changed no bit and cost 5-7 % of a LeNet burst (measured).
@@ -155,6 +165,8 @@ def train_masked(
     if test:
         t = evaluate(model, data.test_x, data.test_y, forward)
         metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
+    if updater is not None:
+        metrics.update(mask_updates=float(updater.updates), mask_turnover=updater.turnover())
     weights, rel, scale = {}, {}, {}
     with torch.no_grad():
         for k in masks:
@@ -174,4 +186,5 @@ def train_masked(
         epochs=steps / per_epoch,
         opt_state=export_state(opt, params) if keep_state else None,
         steps=steps,
+        mask=None if updater is None else MaskSet(masks, mask.output_layer),
     )

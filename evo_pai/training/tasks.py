@@ -19,6 +19,7 @@ from ..masks import MaskSet
 from ..models import build_model
 from .burst import BurstResult
 from .optim import OptState
+from .dynamic import DynamicSpec
 
 Progress = Callable[[int], None]  # called with the number of tasks just finished
 
@@ -43,8 +44,11 @@ class BurstTask:
     offset: int = 0
     horizon: int | None = None
 
+    dynamic: DynamicSpec | None = None  # update the mask while training (RigL / SET), else it stays fixed
+
     def cache_key(self) -> tuple | None:
-        if self.start is not None or self.opt_state is not None or self.keep_state or self.test:
+        if (self.start is not None or self.opt_state is not None or self.keep_state or self.test
+                or self.dynamic is not None):
             return None  # not a pure function of (mask, θ0): never reuse
         if self.offset or self.horizon is not None:
             return (self.mask.hash(), float(self.epochs), int(self.seed), int(self.offset), self.horizon)

@@ -1,0 +1,38 @@
+"""Dynamic sparse training baselines: RigL (regrow by gradient) and SET (regrow at random).
+
+Neither searches: the dynamic run *is* the final training. The method returns the random mask at
+the target (masks.budget, ERK by default; the very mask `random` trains, so `rigl − random` is
+what the updates add) and a `DynamicSpec`; the runner's final training — final.epochs (+
+search.params.extra_epochs) from θ0, through the evaluator like every task — updates the mask every
+ΔT steps until T_end, and the last mask is the one saved, reported and priced. Search compute is
+0, so a `rigl` run costs one sparse training run (RigL's own accounting); the same total training
+as `gmp` (search.dg.epochs + final.epochs) is `search.params.extra_epochs: <search.dg.epochs>`,
+which is how the study files compare them. There is nothing to continue from, so final.init is
+moot (as for `random`). The per-layer densities of the starting mask are kept exactly.
+"""
+from __future__ import annotations
+
+from ..individual import derive_seed
+from ..registry import register_method
+from ..training.dynamic import DynamicSpec, Grow
+from .experiment import Experiment, SearchOutcome
+
+
+def dynamic_outcome(exp: Experiment, grow: Grow) -> SearchOutcome:
+    cfg = exp.cfg
+    d = cfg.search.dst
+    spec = DynamicSpec(grow=grow, drop_fraction=d.drop_fraction, interval_epochs=d.interval_epochs,
+                       end_fraction=d.end_fraction, anneal=d.anneal, output_layer=exp.output_layer,
+                       min_output_fan_in=cfg.masks.min_output_fan_in)
+    mask = exp.random_mask(cfg.search.sparsity, derive_seed(cfg.seed, "random"))
+    return SearchOutcome(mask, dynamic=spec, extra={"initial_mask": mask.hash()})
+
+
+@register_method("rigl", "RigL: a random mask trained while dropping the smallest |w| and regrowing the largest |g|")
+def rigl(exp: Experiment) -> SearchOutcome:
+    return dynamic_outcome(exp, "gradient")
+
+
+@register_method("set", "SET: a random mask trained while dropping the smallest |w| and regrowing at random")
+def sparse_evolutionary_training(exp: Experiment) -> SearchOutcome:
+    return dynamic_outcome(exp, "random")
