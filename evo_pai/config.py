@@ -57,6 +57,52 @@ class DGConfig(_Section):
     epochs: int = Field(4, ge=1)  # dissipating method: pruning epochs to reach the target
 
 
+class NSGA2Config(_Section):
+    """`search.method: nsga2` — one population over many densities (docs/config.md)."""
+
+    # Density (1 - sparsity) of any member: min, max. 0.005-0.2 = 80 %-99.5 % sparse.
+    density_range: tuple[float, float] = (0.005, 0.2)
+    # The density grid members live on: a list of sparsities (each inside density_range), or an
+    # int N = N log-spaced densities spanning density_range. A prune/regrow step moves 1..max_move levels.
+    levels: int | list[float] = [0.8, 0.9, 0.95, 0.98, 0.99, 0.995]
+    max_move: int = Field(1, ge=1)
+    # How a child is made from its parent: prune (denser -> sparser), regrow (sparser -> denser),
+    # swap (same density). Relative weights; 0 switches a move off.
+    moves: dict[Literal["prune", "regrow", "swap"], float] = {"prune": 0.4, "regrow": 0.3, "swap": 0.3}
+    # Which mutation prunes (name -> relative weight: mix structured and unstructured ones), regrows, swaps.
+    prune_mutations: dict[str, float] = {"magnitude": 1.0}
+    regrow_mutation: str = "regrow"
+    swap_mutation: str = "rigl_swap"
+    mutation_params: dict[str, dict[str, Any]] = {}  # per mutation name, e.g. {neuron: {fraction: 0.2}}
+    # First: a registered fitness (maximised); then 1-2 costs (minimised): kept_weights, flops
+    # (sparse forward FLOPs), compact_flops (dense FLOPs of the compacted network), latency
+    # (measured seconds of the compacted network at latency_batch; noisy: not reproducible).
+    objectives: list[str] = Field(["val_accuracy", "kept_weights"], min_length=2, max_length=3)
+    # Generation 0: "gradual" = one network trained init_epochs and pruned in init_steps steps on a cubic
+    # schedule down to the sparsest level (gmp's loop), a mask kept as it passes each level;
+    # "magnitude" = the prune mutations applied to one dense burst of init_epochs;
+    # "random" = random masks (pure pruning at initialisation, usually worse).
+    init: Literal["gradual", "magnitude", "random"] = "gradual"
+    init_epochs: float = Field(4.0, gt=0)
+    init_steps: int = Field(4, ge=1)
+    latency_batch: int = Field(1, ge=1)
+
+    @field_validator("density_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError("must be [min, max] densities with 0 < min <= max <= 1, e.g. [0.005, 0.2]")
+        return v
+
+    @field_validator("moves", "prune_mutations")
+    @classmethod
+    def _weights(cls, v: dict) -> dict:
+        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 with at least one > 0")
+        return v
+
+
 class SearchConfig(_Section):
     method: str = "combined"
     sparsity: float = Field(0.9, ge=0, lt=1)
@@ -79,12 +125,22 @@ class SearchConfig(_Section):
     explore_prob: float = Field(0.2, ge=0, le=1)
     explore_params: dict[str, Any] = {}
     dg: DGConfig = DGConfig()
+    nsga2: NSGA2Config = NSGA2Config()
     params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
 
 
 class FinalConfig(_Section):
     epochs: int = Field(10, ge=0)
     init: Literal["rewind", "continue"] = "rewind"
+    # nsga2: which front members get the final training: all, or the member nearest each sparsity.
+    members: Literal["all"] | list[float] = "all"
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, v):
+        if isinstance(v, list) and (not v or not all(0.0 <= x < 1.0 for x in v)):
+            raise ValueError("must be 'all' or a non-empty list of sparsities in [0, 1), e.g. [0.9, 0.95, 0.98]")
+        return v
 
 
 class EvaluationConfig(_Section):

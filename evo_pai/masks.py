@@ -114,6 +114,14 @@ class MaskSet(Mapping):
             out[k] = _topk_mask(s, min(int(counts[k]), int(m.sum())))
         return MaskSet(out, self.output_layer)
 
+    def grow(self, scores: Mapping[str, torch.Tensor], counts: Mapping[str, int]) -> "MaskSet":
+        """Keep every kept weight and add the best-scoring pruned ones up to `counts[layer]` (never prunes)."""
+        out = {}
+        for k, m in self._m.items():
+            s = torch.nan_to_num(scores[k].detach().to("cpu", torch.float64), nan=float("-inf"))
+            out[k] = _topk_mask(s.masked_fill(m, float("inf")), max(int(counts[k]), int(m.sum())))
+        return MaskSet(out, self.output_layer)
+
     def copy(self) -> "MaskSet":
         return MaskSet({k: v.clone() for k, v in self._m.items()}, self.output_layer)
 

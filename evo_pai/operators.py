@@ -52,12 +52,25 @@ def prune_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, 
         masked = {k: scores[k].to(torch.float64).masked_fill(~mask[k], -INF) for k in mask}
         keep = _global_counts(masked, keep, step.min_keep)
     pruned = mask.prune(scores, {k: min(int(keep[k]), c) for k, c in mask.counts().items()})
+    return fix_fan_in(pruned, scores, step)
+
+
+def fix_fan_in(mask: MaskSet, scores: Mapping[str, torch.Tensor], step: PruneStep) -> MaskSet:
+    """Every output class keeps `step.min_output_fan_in` inputs (the layer's count unchanged)."""
     out = mask.output_layer
-    if out and step.min_output_fan_in > 0:
-        fixed = dict(pruned)
-        fixed[out] = _ensure_fan_in(pruned[out], scores[out], step.min_output_fan_in)
-        pruned = MaskSet(fixed, out)
-    return pruned
+    if not out or step.min_output_fan_in <= 0:
+        return mask
+    fixed = dict(mask)
+    fixed[out] = _ensure_fan_in(mask[out], scores[out], step.min_output_fan_in)
+    return MaskSet(fixed, out)
+
+
+def grow_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, int] | int, step: PruneStep) -> MaskSet:
+    """Add the best-scoring pruned weights: up to `keep` per layer, or in total ranked globally."""
+    if isinstance(keep, int):
+        ranked = {k: scores[k].to(torch.float64).masked_fill(mask[k], INF) for k in mask}
+        keep = _global_counts(ranked, keep, step.min_keep)
+    return mask.grow(scores, {k: max(int(keep[k]), c) for k, c in mask.counts().items()})
 
 
 def _threshold_keep(mask: MaskSet, rel: Mapping[str, torch.Tensor], step: PruneStep, scope: str, tau: float, frac: float):
@@ -119,6 +132,23 @@ def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fr
         fixed[o] = _ensure_fan_in(mask[o], torch.rand(mask[o].shape, generator=generator), step.min_output_fan_in)
         mask = MaskSet(fixed, o)
     return mask
+
+
+@register_mutation("regrow", "regrow the pruned weights with the largest accumulated |gradient| to step.sparsity (RigL's grow rule)")
+def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer", **_: object) -> MaskSet:
+    # grad_accum is recorded before masking, so pruned weights carry the gradient they would have had.
+    return grow_to(ind.mask, ind.traits["grad_accum"], keep_counts(ind.mask, step.sparsity, step, scope), step)
+
+
+@register_mutation("rigl_swap", "drop the smallest |w| kept weights, regrow as many with the largest |gradient| (density kept)")
+def rigl_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.1, **_: object) -> MaskSet:
+    w, g = ind.traits["weight"], ind.traits["grad_accum"]
+    counts = ind.mask.counts()
+    drop = {k: min(int(fraction * c), max(0, c - step.min_keep), ind.mask[k].numel() - c) for k, c in counts.items()}
+    pruned = ind.mask.prune({k: v.abs() for k, v in w.items()}, {k: c - drop[k] for k, c in counts.items()})
+    # A weight dropped now is not regrown in the same step (RigL): it ranks below every other candidate.
+    grow_scores = {k: g[k].to(torch.float64).masked_fill(ind.mask[k], -INF) for k in g}
+    return fix_fan_in(pruned.grow(grow_scores, counts), g, step)
 
 
 def _child(parts: dict[str, tuple[Individual, str]], output_layer: str | None) -> Individual:

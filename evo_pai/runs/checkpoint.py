@@ -51,6 +51,7 @@ def encode(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
             "type": "individual",
             "mask": encode(value.mask, f"{prefix}/mask", tensors),
             "fitness": list(value.fitness.values) if value.fitness.valid else None,
+            "objectives": value.objectives,
             "traits": encode(value.traits, f"{prefix}/traits", tensors) if value.traits else None,
             "metrics": value.metrics,
             "origin": value.origin,
@@ -75,7 +76,7 @@ def decode(desc: dict, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
         return MaskSet({k: tensors[f"{prefix}/{j}"].bool() for j, k in enumerate(desc["layers"])}, desc["output_layer"])
     if kind == "individual":
         traits = decode(desc["traits"], f"{prefix}/traits", tensors) if desc["traits"] else None
-        ind = Individual(decode(desc["mask"], f"{prefix}/mask", tensors), traits)
+        ind = Individual(decode(desc["mask"], f"{prefix}/mask", tensors), traits, int(desc.get("objectives", 1)))
         if desc["fitness"] is not None:
             ind.fitness.values = tuple(desc["fitness"])
         ind.metrics, ind.origin = dict(desc["metrics"]), desc["origin"]

@@ -15,6 +15,7 @@ from ..errors import EvoPaiError
 from ..training.tasks import BurstTask, initial_model
 from ..evaluation.base import make_evaluator
 from ..search.experiment import Experiment, SearchOutcome
+from ..search.nsga2_init import init_tasks
 from ..individual import derive_seed
 from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from ..training.cost import search_flops
@@ -22,6 +23,8 @@ from ..masks import MaskSet
 from ..models import count_flops
 from ..registry import BACKEND, METHOD
 from .components import load_components
+from .front_plot import plot_front
+from .members import headline, member_rows, pick_members, train_members, write_members
 from .report import plot_fitness
 from .folder import GenerationLog, write_config, write_json
 
@@ -38,6 +41,7 @@ def seed_everything(seed: int) -> None:
 def expected_search_tasks(cfg: Config) -> int | None:
     s = cfg.search
     return {"kstarts": s.population, "combined": s.population * s.generations, "dissipating": s.dg.epochs,
+            "nsga2": s.population * s.generations + init_tasks(cfg),
             "dense": 0, "random": 0}.get(s.method)
 
 
@@ -60,7 +64,13 @@ def final_training(exp: Experiment, outcome: SearchOutcome):
 def preflight(cfg: Config) -> DataSplits:
     """Everything that can reject the input, done before a run folder exists: names, data, model."""
     load_components(cfg.plugins)
-    METHOD.get(cfg.search.method)
+    method = METHOD.get(cfg.search.method)
+    method_check = getattr(method, "preflight", None)
+    if method_check:
+        method_check(cfg)  # e.g. nsga2: objectives, density grid, mutation names
+    if cfg.final.members != "all" and not getattr(method, "multi_member", False):
+        raise EvoPaiError(f"final.members: only a method with several answers (nsga2) picks members; "
+                          f"'{cfg.search.method}' has one winner — remove final.members")
     backend_check = getattr(BACKEND.get(cfg.evaluation.backend), "preflight", None)
     if backend_check:
         backend_check(cfg)  # e.g. ray: is evaluation.address well formed and answering?
@@ -101,10 +111,18 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         search_epochs, search_seconds = evaluator.epochs_spent, time.perf_counter() - t0
         flops = search_flops(exp.model, data.input_shape, data.n_train, search_epochs, dict(getattr(evaluator, "kept_epochs", {})))
         t1 = time.perf_counter()
-        advance = progress("final training", 1) if progress else None
-        final = final_training(exp, outcome)
-        if advance:
-            advance(1)
+        trained: dict = {}
+        if outcome.members is not None:  # several answers: train the picked front members
+            picks = len(pick_members(outcome.members, cfg.final.members))
+            trained = train_members(exp, outcome, extra_epochs(cfg), progress("final training", picks) if progress else None)
+            head = headline(outcome, trained, cfg.search.sparsity)
+            outcome.mask, final = outcome.members[head].mask, trained[head]
+            outcome.extra["headline_member"] = head
+        else:
+            advance = progress("final training", 1) if progress else None
+            final = final_training(exp, outcome)
+            if advance:
+                advance(1)
         final_seconds = time.perf_counter() - t1
         backend, device = cfg.evaluation.backend, str(getattr(evaluator, "device_name", cfg.evaluation.device))
     summary = {
@@ -135,7 +153,14 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         "generations_logged": len(log.records),
         **outcome.extra,
     }
+    rows = None
+    if outcome.members is not None:
+        rows = member_rows(outcome, trained, list(cfg.search.nsga2.objectives[1:]))
+        summary["members"] = rows
     if out:
+        if rows is not None:
+            write_members(out, outcome, trained, rows)
+            plot_front(log.records, rows, out / "front.png", f"{cfg.search.method} on {cfg.data.name} ({cfg.model.name})")
         save_artifacts(out, outcome.mask, final.state, log.records, summary)
     return summary
 

@@ -35,6 +35,9 @@ class SearchOutcome:
     mask: MaskSet
     final_start: dict[str, torch.Tensor] | None = None  # None: rewind to θ0
     final_seed: int | None = None  # None: derived from the search seed
+    # Several answers (nsga2's non-dominated front): the runner trains the picked members (final.members);
+    # `mask` is then the headline member's, the one nearest search.sparsity.
+    members: list[Individual] | None = None
     pre_epochs: float = 0.0  # epochs the final run repeats from the winner's burst ("continue")
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
 
@@ -69,9 +72,11 @@ class Experiment:
     def dense_mask(self) -> MaskSet:
         return MaskSet.dense(self.shapes, self.output_layer)
 
-    def prune_step(self, sparsity: float, final: bool) -> PruneStep:
+    def prune_step(self, sparsity: float, final: bool, target: float | None = None) -> PruneStep:
+        """Where a mutation takes a mask; `target` defaults to search.sparsity (nsga2 moves to any level)."""
         m = self.cfg.masks
-        return PruneStep(sparsity, self.cfg.search.sparsity, final, m.budget, m.min_output_fan_in, m.allow_empty_layers)
+        target = self.cfg.search.sparsity if target is None else target
+        return PruneStep(sparsity, target, final, m.budget, m.min_output_fan_in, m.allow_empty_layers)
 
     def mutate(self, ind: Individual, step: PruneStep, name: str | None = None, params: dict | None = None) -> MaskSet:
         name = name or self.cfg.search.mutation
@@ -103,14 +108,17 @@ class Experiment:
             self.assign(ind, res)
         return results
 
-    def assign(self, ind: Individual, res: BurstResult) -> None:
+    def assign(self, ind: Individual, res: BurstResult, fitness: str | None = None,
+               costs: Callable[[Individual], tuple[float, ...]] | None = None) -> None:
+        """Traits, metrics and fitness of the burst (search.fitness unless named), then any costs (nsga2)."""
         s = self.cfg.search
-        value, why = score(s.fitness, res, ind.mask, s.fitness_params)
+        name = fitness or s.fitness
+        value, why = score(name, res, ind.mask, s.fitness_params if name == s.fitness else {})
         if why:
             self.fitness_failures.append({"individual": ind.key[:12], "reason": why})
-        ind.fitness.values = (value,)
         ind.traits = res.traits
         ind.metrics = dict(res.metrics)
+        ind.fitness.values = (value, *(costs(ind) if costs else ()))
 
     def run_task(self, task: BurstTask) -> BurstResult:
         return self.evaluator.evaluate([task])[0]
