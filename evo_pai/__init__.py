@@ -10,6 +10,7 @@ from .registry import (
     register_mutation,
     register_pruner,
     register_selection,
+    register_unit_criterion,
 )
 
 __version__ = "0.1.0"
@@ -22,7 +23,39 @@ def run(*args, **kwargs):
     return _run(*args, **kwargs)
 
 
+def load_compact(path):
+    """The smaller dense network `evo-pai export --format compact` wrote (evo_pai/compact.py)."""
+    from .compact import load_compact as _load
+
+    return _load(path)
+
+
+def load_csr(path):
+    """The module with torch.sparse_csr Linear weights `evo-pai export --format csr` wrote."""
+    from .sparse import load_csr as _load
+
+    return _load(path)
+
+
+def load_torch_prune(path):
+    """The model with torch.nn.utils.prune masks `evo-pai export --format torch-prune` wrote."""
+    from .runs.export import load_torch_prune as _load
+
+    return _load(path)
+
+
+def load_semi_structured(path):
+    """A `--format semi-structured` export on CUDA: (module, converted layer names)."""
+    from .runs.export import load_semi_structured as _load
+
+    return _load(path)
+
+
 __all__ = [
+    "load_compact",
+    "load_csr",
+    "load_torch_prune",
+    "load_semi_structured",
     "EvoPaiError",
     "run",
     "register_backend",
@@ -34,4 +67,5 @@ __all__ = [
     "register_mutation",
     "register_pruner",
     "register_selection",
+    "register_unit_criterion",
 ]

@@ -38,6 +38,19 @@ class MaskConfig(_Section):
     include_bias: bool = False
     min_output_fan_in: int = Field(1, ge=0)  # every output class keeps at least this many inputs
     allow_empty_layers: bool = False
+    # "N:M": at most N kept of every M consecutive weights along the input dimension (2:4 = sparse tensor cores)
+    pattern: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        from .patterns import parse_pattern
+
+        try:
+            parse_pattern(v)
+        except EvoPaiError as exc:
+            raise ValueError(str(exc).split(": ", 1)[1]) from None
+        return v
 
 
 class TrainConfig(_Section):

@@ -17,7 +17,7 @@ from deap import tools
 
 from .budgets import layer_counts, total_keep
 from .individual import Individual
-from .masks import MaskSet, _ensure_fan_in, _global_counts
+from .masks import MaskSet, _ensure_fan_in, _global_counts, pattern_caps
 from .registry import register_crossover, register_mutation, register_selection
 
 INF = float("inf")
@@ -43,7 +43,7 @@ def keep_counts(mask: MaskSet, sparsity: float, step: PruneStep, scope: str) -> 
     """Per-layer kept counts at `sparsity` (layer scope), or the total (global scope / budget)."""
     if scope == "global" or step.budget == "global":
         return total_keep(mask.shapes(), sparsity)
-    return layer_counts(mask.shapes(), sparsity, step.budget, step.min_keep)
+    return layer_counts(mask.shapes(), sparsity, step.budget, step.min_keep, pattern_caps(mask.shapes(), mask.pattern))
 
 
 def prune_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, int] | int, step: PruneStep) -> MaskSet:
@@ -60,9 +60,7 @@ def fix_fan_in(mask: MaskSet, scores: Mapping[str, torch.Tensor], step: PruneSte
     out = mask.output_layer
     if not out or step.min_output_fan_in <= 0:
         return mask
-    fixed = dict(mask)
-    fixed[out] = _ensure_fan_in(mask[out], scores[out], step.min_output_fan_in)
-    return MaskSet(fixed, out)
+    return mask.with_layers({out: _ensure_fan_in(mask[out], scores[out], step.min_output_fan_in, mask.pattern)})
 
 
 def grow_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, int] | int, step: PruneStep) -> MaskSet:
@@ -116,6 +114,8 @@ def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scop
 
 @register_mutation("random_swap", "prune n random kept weights per layer and regrow n pruned ones (density kept)")
 def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.05, **_: object) -> MaskSet:
+    if ind.mask.pattern:
+        return _random_swap_in_pattern(ind.mask, step, generator, fraction)
     out = {}
     for k, m in ind.mask.items():
         flat = m.reshape(-1).clone()
@@ -126,12 +126,18 @@ def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fr
             flat[free[torch.randperm(len(free), generator=generator)[:n]]] = True
         out[k] = flat.reshape(m.shape)
     mask = MaskSet(out, ind.mask.output_layer)
-    o = mask.output_layer
-    if o and step.min_output_fan_in > 0:
-        fixed = dict(mask)
-        fixed[o] = _ensure_fan_in(mask[o], torch.rand(mask[o].shape, generator=generator), step.min_output_fan_in)
-        mask = MaskSet(fixed, o)
-    return mask
+    return fix_fan_in(mask, {k: torch.rand(m.shape, generator=generator) for k, m in mask.items()}, step) \
+        if mask.output_layer and step.min_output_fan_in > 0 else mask
+
+
+def _random_swap_in_pattern(mask: MaskSet, step: PruneStep, generator: torch.Generator, fraction: float) -> MaskSet:
+    """random_swap through the one ranking every mask uses (random scores), so an N:M pattern holds."""
+    counts = mask.counts()
+    drop = {k: max(0, min(max(1, int(fraction * c)), mask[k].numel() - c, c - step.min_keep)) for k, c in counts.items()}
+    pruned = mask.prune({k: torch.rand(m.shape, generator=generator) for k, m in mask.items()},
+                        {k: c - drop[k] for k, c in counts.items()})
+    grow = {k: torch.rand(m.shape, generator=generator, dtype=torch.float64).masked_fill(m, -INF) for k, m in mask.items()}
+    return fix_fan_in(pruned.grow(grow, counts), {k: torch.rand(m.shape, generator=generator) for k, m in mask.items()}, step)
 
 
 @register_mutation("regrow", "regrow the pruned weights with the largest accumulated |gradient| to step.sparsity (RigL's grow rule)")
@@ -152,7 +158,8 @@ def rigl_swap(ind: Individual, step: PruneStep, generator: torch.Generator, frac
 
 
 def _child(parts: dict[str, tuple[Individual, str]], output_layer: str | None) -> Individual:
-    mask = MaskSet({k: p.mask[k] for k, (p, _) in parts.items()}, output_layer)
+    first = next(iter(parts.values()))[0].mask
+    mask = MaskSet({k: p.mask[k] for k, (p, _) in parts.items()}, output_layer, first.pattern)
     names = next(iter(parts.values()))[0].traits or {}
     traits = {t: {k: p.traits[t][k] for k, (p, _) in parts.items()} for t in names}
     child = Individual(mask, traits or None)
@@ -184,7 +191,7 @@ def _match_total(ind: Individual, total: int) -> Individual:
     else:  # regrow the pruned weights with the largest accumulated gradient
         g = ind.traits["grad_accum"]
         scores = {k: g[k].to(torch.float64).masked_fill(mask[k], INF) for k in mask}
-        mask = MaskSet.from_scores(scores, 0.0, counts=_global_counts(scores, total, 1), output_layer=mask.output_layer, min_output_fan_in=0)
+        mask = mask.grow(g, _global_counts(scores, total, 1))
     fixed = Individual(mask, ind.traits)
     fixed.origin = ind.origin
     return fixed

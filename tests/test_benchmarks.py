@@ -17,6 +17,7 @@ EXPECTED = {
     "population_throughput.py": r"ratio speedup mlp K=8: \d+\.\d+x",
     "efficiency.py": r"ratio efficiency vectorized K=16: \d+%",
     "overhead.py": r"ratio overhead framework/hand_loop: \d+\.\d+",
+    "inference.py": r"ratio speedup compact/dense structured 0\.98 b1: \d+\.\d+x",
 }
 
 

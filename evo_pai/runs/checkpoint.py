@@ -45,7 +45,8 @@ def encode(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
     if isinstance(value, MaskSet):
         for j, (k, m) in enumerate(value.items()):
             tensors[f"{prefix}/{j}"] = _tensor(m.to(torch.uint8))
-        return {"type": "mask", "layers": list(value), "output_layer": value.output_layer}
+        return {"type": "mask", "layers": list(value), "output_layer": value.output_layer,
+                "pattern": list(value.pattern) if value.pattern else None}
     if isinstance(value, Individual):
         return {
             "type": "individual",
@@ -73,7 +74,8 @@ def encode(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
 def decode(desc: dict, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     kind = desc["type"]
     if kind == "mask":
-        return MaskSet({k: tensors[f"{prefix}/{j}"].bool() for j, k in enumerate(desc["layers"])}, desc["output_layer"])
+        return MaskSet({k: tensors[f"{prefix}/{j}"].bool() for j, k in enumerate(desc["layers"])}, desc["output_layer"],
+                       desc.get("pattern"))
     if kind == "individual":
         traits = decode(desc["traits"], f"{prefix}/traits", tensors) if desc["traits"] else None
         ind = Individual(decode(desc["mask"], f"{prefix}/mask", tensors), traits, int(desc.get("objectives", 1)))

@@ -21,6 +21,7 @@ from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from ..training.cost import search_flops
 from ..masks import MaskSet
 from ..models import count_flops
+from ..patterns import parse_pattern
 from ..registry import BACKEND, METHOD
 from .components import load_components
 from .front_plot import plot_front
@@ -68,6 +69,10 @@ def preflight(cfg: Config) -> DataSplits:
     method_check = getattr(method, "preflight", None)
     if method_check:
         method_check(cfg)  # e.g. nsga2: objectives, density grid, mutation names
+    pattern = parse_pattern(cfg.masks.pattern)
+    if pattern and cfg.search.method not in ("dense", "nsga2") and 1.0 - cfg.search.sparsity > pattern[0] / pattern[1] + 1e-9:
+        raise EvoPaiError(f"search.sparsity: masks.pattern {cfg.masks.pattern} keeps at most {pattern[0]} of every "
+                          f"{pattern[1]} weights; use a sparsity >= {1 - pattern[0] / pattern[1]:g}")
     if cfg.final.members != "all" and not getattr(method, "multi_member", False):
         raise EvoPaiError(f"final.members: only a method with several answers (nsga2) picks members; "
                           f"'{cfg.search.method}' has one winner — remove final.members")
@@ -146,6 +151,8 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         "backend": backend,
         "device": device,
         "flops": count_flops(exp.model, data.input_shape, dict(outcome.mask)),
+        "input_shape": list(data.input_shape),  # what `evo-pai export` rebuilds the model with
+        "num_classes": data.num_classes,
         "dead_units": outcome.mask.dead_units(),
         "layer_sparsity": outcome.mask.layer_sparsity(),
         "cache_hits": evaluator.cache_hits,

@@ -22,6 +22,8 @@ from ..individual import Individual, derive_seed
 from ..masks import MaskSet
 from ..models import output_layer_name, prunable_names
 from ..operators import PruneStep
+from ..patterns import parse_pattern
+from ..units import links
 from ..registry import MUTATION
 from ..training.burst import BurstResult
 
@@ -54,6 +56,8 @@ class Experiment:
         self.shapes = {k: tuple(params[k].shape) for k in names}
         out = output_layer_name(self.model)
         self.output_layer = out if out in self.shapes else None
+        self.pattern = parse_pattern(cfg.masks.pattern)
+        self._links: list | None = None
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._log = log or (lambda record: None)
         self.started = time.perf_counter()
@@ -66,11 +70,12 @@ class Experiment:
         m = self.cfg.masks
         return MaskSet.random(
             self.shapes, sparsity, torch.Generator().manual_seed(seed), m.budget,
-            self.output_layer, m.min_output_fan_in, m.allow_empty_layers,
+            self.output_layer, m.min_output_fan_in, m.allow_empty_layers, self.pattern,
         )
 
     def dense_mask(self) -> MaskSet:
-        return MaskSet.dense(self.shapes, self.output_layer)
+        """All weights kept; carries masks.pattern, which every later pruning honours."""
+        return MaskSet.dense(self.shapes, self.output_layer, self.pattern)
 
     def prune_step(self, sparsity: float, final: bool, target: float | None = None) -> PruneStep:
         """Where a mutation takes a mask; `target` defaults to search.sparsity (nsga2 moves to any level)."""
@@ -93,7 +98,14 @@ class Experiment:
             base = {"tau": s.dg.tau, "mode": s.dg.mode, "scope": s.dg.scope, "max_step_fraction": s.dg.max_step_fraction}
         elif name == "magnitude":
             base = {"scope": s.dg.scope}
+        elif name in ("neuron", "regrow_alive"):  # structured: the model's unit chain (sequential models)
+            base = {"links": self.unit_links()}
         return {**base, **s.mutation_params}
+
+    def unit_links(self) -> list:
+        if self._links is None:
+            self._links = links(self.model)  # refuses a non-sequential model in one line
+        return self._links
 
     # -- evaluation -------------------------------------------------------------------
     def task_seed(self, ind: Individual) -> int:

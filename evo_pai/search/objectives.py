@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 
+from ..compact import compact_flops, compact_model, measure_latency
 from ..config import Config
 from ..errors import EvoPaiError
 from ..individual import Individual
 from ..models import count_flops
+from ..patterns import parse_pattern
 from ..registry import FITNESS, MUTATION
 from ..training.cost import flops_per_weight
 
-COSTS = ("kept_weights", "flops")
+COSTS = ("kept_weights", "flops", "compact_flops", "latency")
 
 
 def density_levels(cfg: Config) -> list[float]:
@@ -59,6 +61,10 @@ def preflight(cfg: Config) -> None:
     for name in names + list(n.mutation_params):
         if name not in MUTATION:
             raise EvoPaiError(f"search.nsga2: unknown mutation '{name}'; choose one of {', '.join(MUTATION.names())}")
+    pattern = parse_pattern(cfg.masks.pattern)
+    if pattern and 1.0 - min(density_levels(cfg)) > pattern[0] / pattern[1] + 1e-9:
+        raise EvoPaiError(f"search.nsga2.levels: masks.pattern {cfg.masks.pattern} keeps at most "
+                          f"{pattern[0]}/{pattern[1]} of the weights; every level must be >= {1 - pattern[0] / pattern[1]:g} sparse")
     if cfg.search.population < 2:
         raise EvoPaiError("search.population: nsga2 needs at least 2 members (a front of one is a single search)")
 
@@ -95,8 +101,6 @@ class Costs:
         return tuple(values)
 
     def _compacted(self, ind: Individual, name: str) -> float:
-        from ..compact import compact_flops, compact_model, measure_latency
-
         key = f"{name}:{ind.key}"
         if key not in self._compact_cache:
             net = compact_model(self.model, ind.mask)  # shapes depend on the mask only: θ0's values do
