@@ -6,7 +6,8 @@ unit with no live input is not silent — it outputs the constant act(b) — so 
 folded into the next layer's bias, exactly: b_next += W_next[:, u] · relu(b_u) (summed over the
 unit's columns: the H·W positions of a flattened map, the kernel of a conv). Into a conv with zero
 padding that fold is not exact at the borders, so such a channel is kept unless relu(b_u) = 0.
-MLP inputs (pixels) that no kept weight reads are dropped by an index select.
+MLP inputs (pixels) that no kept weight reads are dropped by an index select when that removes
+more than half of them (otherwise the gather costs more time than the smaller matmul saves).
 
 The result (`CompactNet`) is described by a spec (a list of layers with sizes) and a state dict;
 `save_compact` writes both into one safetensors file and `load_compact(path)` rebuilds it.
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import EvoPaiError
@@ -42,13 +44,26 @@ class Select(nn.Module):
 
 
 class CompactNet(nn.Module):
+    """The compacted network. `forward` calls the functional ops directly: at batch 1 a LeNet layer
+    costs a few microseconds, so the per-module call overhead of nn.Sequential would be a large
+    share of what compaction saves (same arithmetic either way)."""
+
     def __init__(self, spec: dict):
         super().__init__()
         self.spec = spec
         self.layers = nn.Sequential(*[_build(layer) for layer in spec["layers"]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        for m in self.layers:
+            if isinstance(m, nn.Linear):
+                x = F.linear(x, m.weight, m.bias)
+            elif isinstance(m, nn.ReLU):
+                x = F.relu(x)
+            elif isinstance(m, nn.Flatten):
+                x = x.flatten(1)
+            else:
+                x = m(x)
+        return x
 
 
 def _build(layer: dict) -> nn.Module:
@@ -113,10 +128,12 @@ def compact_model(model: nn.Module, mask: MaskSet, state: dict[str, torch.Tensor
             keep[t][0] = True  # a zero-width layer is not a module: one unit with zero weights is exact
             unit_columns(W[t + 1], chain[t])[:, 0] = 0
     first_in = None
-    if isinstance(mods[weighted[0]][1], nn.Linear):  # drop pixels no kept weight reads
+    if isinstance(mods[weighted[0]][1], nn.Linear):  # drop pixels no kept weight reads ...
         first_in = K[0][keep[0]].any(0)
         if not first_in.any():
             first_in[0] = True
+        if 2 * int(first_in.sum()) > first_in.numel():
+            first_in = None  # ... when that removes most of them: otherwise the gather costs more than it saves
     layers, tensors, t = [], {}, 0
     for i, (name, m) in enumerate(mods):
         if i in weighted:
