@@ -171,7 +171,8 @@ def widths(net: CompactNet) -> list[int]:
 
 
 def compact_flops(net: nn.Module, input_shape) -> int:
-    return count_flops(net, tuple(input_shape))["dense"]
+    """Dense forward FLOPs per example (through the module calls, where count_flops' hooks see them)."""
+    return count_flops(net.layers if isinstance(net, CompactNet) else net, tuple(input_shape))["dense"]
 
 
 @torch.inference_mode()

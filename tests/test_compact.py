@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import cli_inproc
-from evo_pai.compact import compact_model, load_compact, save_compact, widths
+from evo_pai.compact import compact_flops, compact_model, load_compact, save_compact, widths
 from evo_pai.config import ModelConfig, build_config
 from evo_pai.errors import EvoPaiError
 from evo_pai.masks import MaskSet
-from evo_pai.models import build_model, output_layer_name, prunable_names
+from evo_pai.models import build_model, count_flops, output_layer_name, prunable_names
 from evo_pai.runs.export import export, load_torch_prune
 from evo_pai.runs.runner import run_experiment
 from evo_pai.sparse import csr_model, load_csr, semi_structured_model
@@ -58,6 +58,7 @@ def test_compact_equals_masked_network(name, shape, sparsity):
     a, b = outputs(masked(model, mask), shape), outputs(net, shape)
     assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(a.abs().max())), float((a - b).abs().max())
     assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in model.parameters())
+    assert 0 < compact_flops(net, shape) < count_flops(model, shape)["dense"]
 
 
 def test_constant_units_are_folded_exactly_float64():

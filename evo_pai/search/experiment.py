@@ -37,11 +37,11 @@ class SearchOutcome:
     mask: MaskSet
     final_start: dict[str, torch.Tensor] | None = None  # None: rewind to θ0
     final_seed: int | None = None  # None: derived from the search seed
+    pre_epochs: float = 0.0  # epochs the final run repeats from the winner's burst ("continue")
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
     # Several answers (nsga2's non-dominated front): the runner trains the picked members (final.members);
     # `mask` is then the headline member's, the one nearest search.sparsity.
     members: list[Individual] | None = None
-    pre_epochs: float = 0.0  # epochs the final run repeats from the winner's burst ("continue")
-    extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
 
 
 class Experiment:
