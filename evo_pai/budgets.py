@@ -62,8 +62,62 @@ def layer_counts(shapes: Shapes, sparsity: float, budget: str, min_keep: int = 1
     raise ValueError(f"unknown layer budget '{budget}'")
 
 
+def fit_counts(density: Mapping[str, float], sizes: Mapping[str, int], total: int,
+               low: Mapping[str, int], high: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Integer kept counts proportional to `density` x size, each in [low, high] (high: the size),
+    summing to `total` exactly: water-filling (clamped layers leave the ranking, the scale is
+    re-solved), then largest-remainder rounding. Needs sum(low) <= total <= sum(high)."""
+    high = dict(sizes) if high is None else dict(high)
+    if not sum(low.values()) <= total <= sum(high.values()):
+        raise ValueError(f"cannot keep {total} weights within per-layer bounds {dict(low)}..{high}")
+    want = {k: max(float(density[k]), 1e-12) * sizes[k] for k in sizes}
+    fixed: dict[str, int] = {}
+    while True:
+        free = [k for k in sizes if k not in fixed]
+        scale = (total - sum(fixed.values())) / sum(want[k] for k in free) if free else 0.0
+        clamp = {k: low[k] if scale * want[k] < low[k] else high[k] for k in free
+                 if not low[k] <= scale * want[k] <= high[k]}
+        if not clamp:
+            break
+        fixed.update(clamp)
+    raw = {k: scale * want[k] for k in free}
+    counts = {**fixed, **{k: int(math.floor(v)) for k, v in raw.items()}}
+    # Largest remainders first (ties: layer order) take the missing units; never past `high`.
+    for k in sorted(free, key=lambda k: -(raw[k] - math.floor(raw[k]))):
+        if sum(counts.values()) >= total:
+            break
+        if counts[k] < high[k]:
+            counts[k] += 1
+    for k in free:  # rounding could still leave a unit (every remainder went to a full layer)
+        while sum(counts.values()) < total and counts[k] < high[k]:
+            counts[k] += 1
+    return counts
+
+
 def cubic_schedule(start: float, end: float, steps: int) -> list[float]:
     """Sparsity after each of `steps` pruning steps (Zhu & Gupta 2017): fast early, gentle late."""
     if steps <= 0:
         return []
     return [end + (start - end) * (1.0 - (i + 1) / steps) ** 3 for i in range(steps)]
+
+
+def exponential_schedule(start: float, end: float, steps: int) -> list[float]:
+    """Density falls by the same factor every step: d_i = d_0 (d_n / d_0)^(i/n) (from 0: (1-s)^(i/n))."""
+    if steps <= 0:
+        return []
+    d0, d1 = 1.0 - start, 1.0 - end
+    return [1.0 - d0 * (d1 / d0) ** ((i + 1) / steps) for i in range(steps - 1)] + [end]
+
+
+def linear_schedule(start: float, end: float, steps: int) -> list[float]:
+    if steps <= 0:
+        return []
+    return [start + (end - start) * (i + 1) / steps for i in range(steps - 1)] + [end]
+
+
+SCHEDULES = {"cubic": cubic_schedule, "exponential": exponential_schedule, "linear": linear_schedule}
+
+
+def sparsity_schedule(shape: str, start: float, end: float, steps: int) -> list[float]:
+    """Sparsity after each of `steps` pruning steps from `start` to `end`, by `search.schedule`'s shape."""
+    return SCHEDULES[shape](start, end, steps)

@@ -1,7 +1,6 @@
-"""The `evo-pai` command line. Bad input: one line on stderr, exit code 2, no traceback."""
+"""The `evo-pai` command line: parse, hand over, print. Errors become one line in cli_errors.py."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -10,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .cli_errors import resumable, run_app
 from .config import load_config
 from .errors import EvoPaiError
 from .registry import ALL
@@ -19,6 +19,33 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Evolutionary pruning at initialization: K-starts, dissipating gradients, their combination.")
 out_console = Console()
 err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from . import __version__
+
+        try:
+            installed = version("evo-pai")
+        except PackageNotFoundError:  # a source checkout that was never installed
+            installed = __version__
+        print(f"evo-pai {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                        help="print the version and exit")) -> None:
+    """Evolutionary pruning at initialization: K-starts, dissipating gradients, their combination."""
+
+
+def resume_hint(run_dir: Path) -> str | None:
+    """How to continue an interrupted run: only once its folder holds a config and no summary."""
+    if (run_dir / "config.yaml").is_file() and not (run_dir / "summary.json").exists():
+        return f"evo-pai resume {run_dir}"
+    return None
 
 
 def rich_progress(progress: Progress) -> Callable[[str, int | None], Callable[[int], None]]:
@@ -51,19 +78,29 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Run a search and train its winner; writes a run folder."""
-    from .runs.runner import preflight, run_experiment
-    from .runs.folder import default_run_dir, prepare_run_dir
+    from .runs.folder import default_run_dir, prepare_run_dir, remove_if_unused
+    from .runs.lock import FolderLock, check_unlocked
+    from .runs.preflight import check_config, preflight
+    from .runs.runner import run_experiment
 
     cfg = load_config(config, set_)
-    load_components(cfg.plugins)  # unknown plugin modules fail before any folder is made
-    _check_names(cfg)
+    check_config(cfg)  # names, parameters, loggers: before the data is loaded
     run_dir = out if out else default_run_dir(cfg)
     prepare_run_dir(run_dir, overwrite, create=False)  # refuse a taken folder before loading data
-    data = preflight(cfg)
+    check_unlocked(run_dir)
+    data = preflight(cfg)  # everything else that can refuse the run; nothing exists yet
+    created = not run_dir.exists()
     prepare_run_dir(run_dir, overwrite)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet, transient=False) as progress:
-        summary = run_experiment(cfg, run_dir, rich_progress(progress), data)
+    with FolderLock(run_dir):  # a second run on this folder is refused from here on
+        try:
+            with resumable(lambda: resume_hint(run_dir)), \
+                    Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             console=err_console, disable=quiet, transient=False) as progress:
+                summary = run_experiment(cfg, run_dir, rich_progress(progress), data)
+        except BaseException:
+            if created:
+                remove_if_unused(run_dir)  # a run that failed before writing anything leaves no folder
+            raise
     print_summary(summary, run_dir)
 
 
@@ -76,7 +113,9 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its last checkpoint; ends as the uninterrupted run would."""
     from .runs.checkpoint import FILENAME, load_checkpoint
-    from .runs.runner import preflight, run_experiment
+    from .runs.lock import FolderLock
+    from .runs.preflight import check_config, expected_shapes, preflight
+    from .runs.runner import run_experiment
 
     if not (run_dir / "config.yaml").is_file():
         raise EvoPaiError(f"{run_dir}: not a run folder (no config.yaml); pass a folder written by `evo-pai run`")
@@ -85,18 +124,20 @@ def resume(
     for text in set_:
         if not text.startswith("evaluation."):
             raise EvoPaiError(f"--set {text}: a resumed run keeps its config; only evaluation.* (where it runs) may change")
-    cfg = load_config(run_dir / "config.yaml", set_)
-    load_components(cfg.plugins)
-    _check_names(cfg)
-    path = run_dir / FILENAME
-    checkpoint = load_checkpoint(path, cfg) if path.exists() else None  # checked before anything is written
-    data = preflight(cfg)
-    gen = checkpoint.generation if checkpoint else None
-    where = f"after generation {gen}" if gen is not None else "the start (no checkpoint was written yet)"
-    err_console.print(f"resuming {run_dir} from {where}", markup=False, highlight=False)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet, transient=False) as progress:
-        summary = run_experiment(cfg, run_dir, rich_progress(progress), data, resume=checkpoint)
+    with FolderLock(run_dir):  # before reading: a live run must not change the checkpoint under us
+        cfg = load_config(run_dir / "config.yaml", set_)
+        check_config(cfg)
+        data = preflight(cfg)
+        path = run_dir / FILENAME
+        # Read and checked against the model's shapes before anything in the folder is written.
+        checkpoint = load_checkpoint(path, cfg, expected_shapes(cfg, data)) if path.exists() else None
+        gen = checkpoint.generation if checkpoint else None
+        where = f"after generation {gen}" if gen is not None else "the start (no checkpoint was written yet)"
+        err_console.print(f"resuming {run_dir} from {where}", markup=False, highlight=False)
+        with resumable(lambda: resume_hint(run_dir)):
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err_console, disable=quiet, transient=False) as progress:
+                summary = run_experiment(cfg, run_dir, rich_progress(progress), data, resume=checkpoint)
     print_summary(summary, run_dir)
 
 
@@ -127,21 +168,6 @@ def export(
     out_console.print(f"load it with {LOADERS[info['format']]}(\"{info['path']}\")", markup=False, highlight=False, soft_wrap=True)
 
 
-def _check_names(cfg) -> None:
-    """Refuse unknown component names before any work starts."""
-    from .registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION
-
-    s = cfg.search
-    for reg, key, value in [
-        (METHOD, "search.method", s.method), (FITNESS, "search.fitness", s.fitness),
-        (MUTATION, "search.mutation", s.mutation), (CROSSOVER, "search.crossover", s.crossover),
-        (SELECTION, "search.selection", s.selection), (DATASET, "data.name", cfg.data.name),
-        (MODEL, "model.name", cfg.model.name), (BACKEND, "evaluation.backend", cfg.evaluation.backend),
-    ]:
-        if value not in reg:
-            raise EvoPaiError(f"{key}: unknown {reg.kind} '{value}'; choose one of {', '.join(reg.names())} (see `evo-pai list`)")
-
-
 @app.command("list")
 def list_components(
     plugin: List[str] = typer.Option([], "--plugin", help="also import this plugin module (repeatable)"),
@@ -168,7 +194,9 @@ def study(
 
     spec = load_study(config)
     root = out if out else Path("studies") / spec.name
-    counts = run_study(spec, root, jobs, say=lambda line: err_console.print(line, markup=False, highlight=False))
+    with resumable(lambda: f"evo-pai study {config} --out {root}" if root.exists() else None):
+        counts = run_study(spec, root, jobs, say=lambda line: err_console.print(line, markup=False, highlight=False,
+                                                                        soft_wrap=True))
     out_console.print(f"{counts['cells']} cells ({counts['ran']} run now, {counts['errors']} failed); "
                       f"report: {root / 'report.md'}")
 
@@ -181,26 +209,29 @@ def report(study_dir: Path = typer.Argument(..., help="a folder written by `evo-
     out_console.print(f"report: {write_report(study_dir)}")
 
 
-def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except EvoPaiError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
-        sys.exit(130)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except Exception as exc:  # click usage errors and the like
-        import click
+@app.command()
+def init(
+    folder: Path = typer.Argument(Path("configs"), help="where to write the example configs"),
+) -> None:
+    """Write the shipped example configs (quickstart, Fashion-MNIST, studies) into FOLDER to edit."""
+    import shutil
 
-        if isinstance(exc, click.exceptions.ClickException):
-            err_console.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    from .config import shipped_configs
+
+    sources = sorted(shipped_configs().glob("*.yaml"))
+    if not sources:
+        raise EvoPaiError(f"no shipped configs found under {shipped_configs()}; reinstall evo-pai")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [p.name for p in sources if not (folder / p.name).exists()]
+    for name in written:
+        shutil.copyfile(shipped_configs() / name, folder / name)
+    kept = len(sources) - len(written)
+    out_console.print(f"wrote {len(written)} configs to {folder}" + (f" (kept {kept} that exist)" if kept else "")
+                      + f"; try: evo-pai run {folder / 'quickstart.yaml'}", markup=False, highlight=False)
+
+
+def main() -> None:
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -5,16 +5,17 @@ Every value the paper leaves open is a field here with a documented default; see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import EvoPaiError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `train.lr: .inf` or a NaN anywhere is refused here, not by a diverged run.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -30,6 +31,10 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "mlp"
     params: dict[str, Any] = {}  # model-specific keyword arguments, e.g. {hidden: [300, 100]}
+    # Weight init of every Linear/Conv2d (drawn from torch's seeded RNG after the model is built):
+    # PyTorch's default (kaiming_uniform with a=sqrt(5)), or He / Glorot; biases zero or default.
+    init: Literal["default", "kaiming_normal", "kaiming_uniform", "xavier_normal"] = "default"
+    bias_init: Literal["default", "zero"] = "default"
 
 
 class MaskConfig(_Section):
@@ -60,6 +65,29 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
+    # Learning-rate schedule over one training run, or over a lineage of runs that carry their
+    # state (inheritance, gradual loops): see docs/config.md.
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up at the start of a schedule
+    lr_milestones: list[float] = [0.5, 0.75]  # step: fractions of the schedule where lr *= lr_gamma
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _milestones(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("must be increasing fractions of the schedule in (0, 1), e.g. [0.5, 0.75]")
+        return v
+    # fp32: IEEE float32 everywhere (backends agree); tf32: CUDA matmuls/convolutions in TF32;
+    # bf16: forward passes under bfloat16 autocast (training/precision.py)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _precision_needs_float32(self) -> "TrainConfig":
+        if self.precision != "fp32" and self.dtype != "float32":
+            raise ValueError(f"precision {self.precision} needs float32 weights, not {self.dtype}; set "
+                             "train.dtype float32 or train.precision fp32")
+        return self
 
 
 class DGConfig(_Section):
@@ -76,16 +104,16 @@ class NSGA2Config(_Section):
     # Density (1 - sparsity) of any member: min, max. 0.005-0.2 = 80 %-99.5 % sparse.
     density_range: tuple[float, float] = (0.005, 0.2)
     # The density grid members live on: a list of sparsities (each inside density_range), or an
-    # int N = N log-spaced densities spanning density_range. A prune/regrow step moves 1..max_move levels.
+    # int N = N log-spaced densities spanning density_range. A prune/grow step moves 1..max_move levels.
     levels: int | list[float] = [0.8, 0.9, 0.95, 0.98, 0.99, 0.995]
     max_move: int = Field(1, ge=1)
-    # How a child is made from its parent: prune (denser -> sparser), regrow (sparser -> denser),
+    # How a child is made from its parent: prune (denser -> sparser), grow (sparser -> denser),
     # swap (same density). Relative weights; 0 switches a move off.
-    moves: dict[Literal["prune", "regrow", "swap"], float] = {"prune": 0.4, "regrow": 0.3, "swap": 0.3}
-    # Which mutation prunes (name -> relative weight: mix structured and unstructured ones), regrows, swaps.
+    moves: dict[Literal["prune", "grow", "swap"], float] = {"prune": 0.4, "grow": 0.3, "swap": 0.3}
+    # Which mutation prunes (name -> relative weight: mix structured and unstructured ones), grows, swaps.
     prune_mutations: dict[str, float] = {"magnitude": 1.0}
-    regrow_mutation: str = "regrow"
-    swap_mutation: str = "rigl_swap"
+    grow_mutation: str = "grow"
+    swap_mutation: str = "regrow"  # RigL's drop-smallest-|w| / grow-largest-|g| swap, density kept
     mutation_params: dict[str, dict[str, Any]] = {}  # per mutation name, e.g. {neuron: {fraction: 0.2}}
     # First: a registered fitness (maximised); then 1-2 costs (minimised): kept_weights, flops
     # (sparse forward FLOPs), compact_flops (dense FLOPs of the compacted network), latency
@@ -116,11 +144,29 @@ class NSGA2Config(_Section):
         return v
 
 
+class InitialSparsityRule(_Section):
+    fraction: float = Field(gt=0, le=1)  # p = fraction * target
+
+
 class SearchConfig(_Section):
     method: str = "combined"
     sparsity: float = Field(0.9, ge=0, lt=1)
     population: int = Field(8, ge=1)
-    initial_sparsity: float | None = Field(None, ge=0, lt=1)  # p; None = 0.5 * target (combined)
+    # p, combined's first sparsity: a number, `sqrt` (1 - sqrt(1 - target)), {fraction: f} (f * target),
+    # or None (0.5 * target). The rules let one study row serve every target.
+    initial_sparsity: Annotated[float, Field(ge=0, lt=1)] | Literal["sqrt"] | InitialSparsityRule | None = None
+
+    @field_validator("initial_sparsity", mode="before")
+    @classmethod
+    def _initial_rule(cls, v: Any) -> Any:
+        # One clear line instead of pydantic's error per member of the union.
+        ok = (v is None or v == "sqrt" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)
+              or (isinstance(v, dict) and set(v) == {"fraction"} and isinstance(v["fraction"], (int, float))
+                  and 0 < v["fraction"] <= 1))
+        if not ok:
+            raise ValueError(f"got {v!r}; use a number in [0, 1), 'sqrt' or {{fraction: f}} with 0 < f <= 1 "
+                             "(with --set, quote it and keep the space: \"search.initial_sparsity={fraction: 0.5}\")")
+        return v
     burst_epochs: float = Field(1.0, gt=0)
     generations: int = Field(4, ge=1)
     fitness: str = "mixed"
@@ -140,6 +186,15 @@ class SearchConfig(_Section):
     dg: DGConfig = DGConfig()
     nsga2: NSGA2Config = NSGA2Config()
     params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
+    # combined: a child trains from its parent's trained weights and optimizer state (parent) or
+    # from θ0 (rewind, the paper's loop).
+    inherit: Literal["rewind", "parent"] = "rewind"
+    # How sparsity rises in combined / dissipating / gmp: cubic (Zhu & Gupta), exponential
+    # (density (1-s)^(t/n): the same fraction of the rest each step, like IMP) or linear.
+    schedule: Literal["cubic", "exponential", "linear"] = "cubic"
+    # Loops that keep training one network (dissipating, gmp, kstarts_sh, inherit: parent) carry the
+    # optimizer state and the batch stream across steps (keep) or restart both each step (reset: v1).
+    optimizer_state: Literal["keep", "reset"] = "keep"
 
 
 class FinalConfig(_Section):
@@ -168,6 +223,8 @@ class EvaluationConfig(_Section):
     max_memory_gb: float | None = Field(None, gt=0)
     # inside each Ray actor: train its share of the population together (vectorized) or one by one
     actor_trainer: Literal["auto", "vectorized", "sequential"] = "auto"
+    # vectorized trainer: torch.compile the stacked forward and the masked-gradient update
+    compile: bool = False
 
     @field_validator("device")
     @classmethod
@@ -175,6 +232,11 @@ class EvaluationConfig(_Section):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+
+class LoggingConfig(_Section):
+    # Extra sinks for the generation log (log.jsonl is always written); see evo_pai/runs/loggers.py.
+    tensorboard: bool = False  # events under <run>/tensorboard; needs `pip install evo-pai[tensorboard]`
 
 
 class Config(_Section):
@@ -187,12 +249,13 @@ class Config(_Section):
     search: SearchConfig = SearchConfig()
     final: FinalConfig = FinalConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
     if err["type"] == "extra_forbidden":
         msg = "unknown key; check the spelling against docs/config.md"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
@@ -223,14 +286,38 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def read_yaml(path: str | Path) -> dict:
+def shipped_configs() -> Path:
+    """The example configs: evo_pai/configs in an installed wheel, the repository's configs/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A path as given, or a bare name (`quickstart`, `study_smoke.yaml`) of a shipped config."""
     p = Path(path)
+    if p.exists() or len(p.parts) != 1:
+        return p
+    for name in (p.name, f"{p.name}.yaml"):
+        if (shipped_configs() / name).is_file():
+            return shipped_configs() / name
+    return p
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = resolve_config(path)
     if not p.is_file():
-        raise EvoPaiError(f"config file '{p}' not found: pass the path of a YAML file, e.g. configs/quickstart.yaml")
+        names = sorted(q.stem for q in shipped_configs().glob("*.yaml"))
+        shipped = f", or a shipped config by name: {', '.join(names)}" if names else ""
+        raise EvoPaiError(f"config file '{p}' not found: pass the path of a YAML file, e.g. configs/quickstart.yaml"
+                          f"{shipped}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise EvoPaiError(f"config file '{p}' cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise EvoPaiError(f"config file '{p}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

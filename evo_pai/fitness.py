@@ -5,10 +5,12 @@ and makes the numbers comparable across models.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import math
 
-from .errors import EvoPaiError
+from .errors import EvoPaiError, brief
 from .masks import MaskSet
 from .registry import FITNESS, register_fitness
 from .training.burst import BurstResult
@@ -58,15 +60,54 @@ def val_loss(result: BurstResult, mask: MaskSet) -> float:
     return -float(result.metrics["val_loss"])
 
 
+@register_fitness("random", "control: a uniform draw fixed by the mask (and param seed): selection by chance")
+def random_pick(result: BurstResult, mask: MaskSet, seed: int = 0) -> float:
+    # The same search with this fitness spends the same compute with selection replaced by a random
+    # pick (tournaments, elites and the winner alike): what selection adds is the difference.
+    digest = hashlib.sha256(f"{seed}:{mask.hash()}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+def check_params(name: str, params: dict | None) -> None:
+    """Refuse `search.fitness_params` that fitness `name` does not take (preflight and every score)."""
+    fn = FITNESS.get(name)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    try:
+        sig.bind(None, None, **(params or {}))
+    except TypeError as exc:
+        takes = [p for p in list(sig.parameters)[2:] if sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+        raise EvoPaiError(f"search.fitness_params do not fit fitness '{name}': {exc}; it takes "
+                          f"{', '.join(takes) or 'no parameters'}") from None
+
+
+def as_number(name: str, value: object) -> float:
+    """A fitness value as a float; anything that is not one number is the fitness function's bug."""
+    if not isinstance(value, (bool, str, bytes)):
+        try:
+            return float(value)  # type: ignore[arg-type]  (ints, numpy scalars, one-element tensors)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    shown = " ".join(repr(value).split())[:60]
+    raise EvoPaiError(f"search.fitness: fitness '{name}' returned {type(value).__name__} {shown}, not a number; "
+                      "a fitness function returns one float (higher is better)")
+
+
 def score(name: str, result: BurstResult, mask: MaskSet, params: dict | None = None) -> tuple[float, str | None]:
     """Fitness value and, when it had to be replaced by WORST, the reason."""
     if not result.finite:  # a backend that gave up on a task says why in metrics["error"]
         return WORST, str(result.metrics.get("error") or "training diverged (non-finite loss or weights)")
+    check_params(name, params)
     try:
-        value = float(FITNESS.get(name)(result, mask, **(params or {})))
-    except TypeError as exc:
-        raise EvoPaiError(f"search.fitness_params do not fit fitness '{name}': {exc}") from exc
+        raw = FITNESS.get(name)(result, mask, **(params or {}))
+    except EvoPaiError:
+        raise
+    except Exception as exc:  # a user's fitness function: name it, and where it failed
+        raise EvoPaiError(f"search.fitness: fitness '{name}' raised {brief(exc)}; fix the function or choose "
+                          "another search.fitness") from exc
+    value = as_number(name, raw)
     if not math.isfinite(value):
         return WORST, f"fitness '{name}' returned {value}"
     return value, None
-

@@ -44,6 +44,9 @@ class Individual:
         self.traits = traits
         self.metrics: dict[str, Any] = {}
         self.origin = "init"  # how it was made: init, elite, crossover, mutation
+        # Weight inheritance (search.inherit: parent): the trained state a child starts from, a
+        # `training.carry.Carry` (weights, optimizer state, steps); None = θ0 and a fresh optimizer.
+        self.carry: Any = None
 
     @property
     def objectives(self) -> int:
@@ -59,6 +62,7 @@ class Individual:
         other.fitness.values = self.fitness.values if self.fitness.valid else ()
         other.metrics = dict(self.metrics)
         other.origin = self.origin
+        other.carry = self.carry
         return other
 
     def __repr__(self) -> str:

@@ -224,7 +224,7 @@ class MaskSet(Mapping):
 
     # -- files ----------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         meta = {
             "format": "evo_pai.maskset/1",
@@ -234,8 +234,17 @@ class MaskSet(Mapping):
         }
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file({k: v.to(torch.uint8) for k, v in self._m.items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        # Bytes first, then plain file I/O: a full disk is an OSError naming the file (not a SafetensorError).
+        data = save({k: v.to(torch.uint8) for k, v in self._m.items()}, metadata=meta)
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
     @classmethod
     def load(cls, path: str | Path) -> "MaskSet":

@@ -2,7 +2,8 @@
 
 Builders take `(input_shape, num_classes, **params)` and use PyTorch's default
 initialization, drawing only from torch's global RNG: `torch.manual_seed(s)` before
-`build_model` gives identical weights.
+`build_model` gives identical weights. `model.init` / `model.bias_init` re-draw them after
+building (`initialize`), from the same RNG.
 """
 from __future__ import annotations
 
@@ -32,7 +33,25 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) 
         if key not in allowed and not takes_any:
             options = ", ".join(allowed) or "none"
             raise EvoPaiError(f"model.params: '{key}' is not an option of model '{cfg.name}' (allowed: {options})")
-    return builder(tuple(input_shape), num_classes, **cfg.params)
+    return initialize(builder(tuple(input_shape), num_classes, **cfg.params), cfg.init, cfg.bias_init)
+
+
+def initialize(model: nn.Module, init: str = "default", bias_init: str = "default") -> nn.Module:
+    """Re-draw every Linear/Conv2d weight by `init` (fan-in He init for ReLU nets, or Glorot) and
+    zero the biases if asked; `default` keeps PyTorch's. Draws from torch's global RNG, in module
+    order, so θ0 stays a function of the seed."""
+    if init == "default" and bias_init == "default":
+        return model
+    draw = {"kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+            "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+            "xavier_normal": nn.init.xavier_normal_}.get(init)
+    for m in model.modules():
+        if isinstance(m, PRUNABLE_TYPES):
+            if draw is not None:
+                draw(m.weight)
+            if bias_init == "zero" and m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
 
 
 def _image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -16,9 +16,11 @@ import torch
 from deap import tools
 
 from .budgets import layer_counts, total_keep
+from .errors import EvoPaiError
 from .individual import Individual
 from .masks import MaskSet, _ensure_fan_in, _global_counts, pattern_caps
 from .registry import register_crossover, register_mutation, register_selection
+from .training.carry import compose
 
 INF = float("inf")
 
@@ -106,7 +108,7 @@ def dissipating_gradients(
 
 
 @register_mutation("magnitude", "gradual magnitude pruning control: prune the smallest |w_t| on the DG schedule")
-def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer", **_: object) -> MaskSet:
+def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer") -> MaskSet:
     scores = {k: w.abs() for k, w in ind.traits["weight"].items()}
     sparsity = step.target if step.final else step.sparsity
     return prune_to(ind.mask, scores, keep_counts(ind.mask, sparsity, step, scope), step)
@@ -140,21 +142,55 @@ def _random_swap_in_pattern(mask: MaskSet, step: PruneStep, generator: torch.Gen
     return fix_fan_in(pruned.grow(grow, counts), {k: torch.rand(m.shape, generator=generator) for k, m in mask.items()}, step)
 
 
-@register_mutation("regrow", "regrow the pruned weights with the largest accumulated |gradient| to step.sparsity (RigL's grow rule)")
-def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer", **_: object) -> MaskSet:
+@register_mutation("grow", "grow to step.sparsity (denser): regrow the pruned weights with the largest accumulated |gradient| (RigL's grow rule)")
+def grow(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer") -> MaskSet:
     # grad_accum is recorded before masking, so pruned weights carry the gradient they would have had.
     return grow_to(ind.mask, ind.traits["grad_accum"], keep_counts(ind.mask, step.sparsity, step, scope), step)
 
 
-@register_mutation("rigl_swap", "drop the smallest |w| kept weights, regrow as many with the largest |gradient| (density kept)")
-def rigl_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.1, **_: object) -> MaskSet:
+@register_mutation("regrow", "RigL-style swap: prune the n kept weights of smallest |w|, regrow the n pruned "
+                             "weights of largest accumulated |g| (n = fraction x kept per layer; density kept)")
+def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.1) -> MaskSet:
+    """Density-keeping per layer, so usable as `search.explore_mutation` (or after any pruning step).
+
+    Growth candidates are the weights pruned in `ind.mask`; a regrown weight starts at 0 under
+    inheritance (it was pruned, hence 0, in the parent) and at θ0 under rewind."""
+    if not 0.0 <= fraction <= 1.0:
+        raise EvoPaiError(f"search.mutation_params.fraction: must be in [0, 1], got {fraction}")
+    if ind.mask.pattern:
+        return _regrow_in_pattern(ind, step, fraction)
     w, g = ind.traits["weight"], ind.traits["grad_accum"]
-    counts = ind.mask.counts()
-    drop = {k: min(int(fraction * c), max(0, c - step.min_keep), ind.mask[k].numel() - c) for k, c in counts.items()}
+    out = {}
+    for k, m in ind.mask.items():
+        flat = m.reshape(-1)
+        kept, free = int(flat.sum()), int((~flat).sum())
+        n = min(int(round(fraction * kept)), free, kept - step.min_keep)
+        if n <= 0:
+            out[k] = m
+            continue
+        drop = w[k].reshape(-1).abs().to(torch.float64).masked_fill(~flat, INF)
+        grow = g[k].reshape(-1).to(torch.float64).masked_fill(flat, -INF)
+        new = flat.clone()
+        new[torch.sort(drop, stable=True).indices[:n]] = False
+        new[torch.sort(grow, descending=True, stable=True).indices[:n]] = True
+        out[k] = new.reshape(m.shape)
+    mask = MaskSet(out, ind.mask.output_layer)
+    o = mask.output_layer
+    if o and step.min_output_fan_in > 0:
+        fixed = dict(mask)
+        fixed[o] = _ensure_fan_in(mask[o], g[o] + w[o].abs(), step.min_output_fan_in)
+        mask = MaskSet(fixed, o)
+    return mask
+
+
+def _regrow_in_pattern(ind: Individual, step: PruneStep, fraction: float) -> MaskSet:
+    """`regrow` through the one ranking every mask uses, so an N:M pattern holds."""
+    w, g, counts = ind.traits["weight"], ind.traits["grad_accum"], ind.mask.counts()
+    drop = {k: max(0, min(int(round(fraction * c)), ind.mask[k].numel() - c, c - step.min_keep)) for k, c in counts.items()}
     pruned = ind.mask.prune({k: v.abs() for k, v in w.items()}, {k: c - drop[k] for k, c in counts.items()})
-    # A weight dropped now is not regrown in the same step (RigL): it ranks below every other candidate.
-    grow_scores = {k: g[k].to(torch.float64).masked_fill(ind.mask[k], -INF) for k in g}
-    return fix_fan_in(pruned.grow(grow_scores, counts), g, step)
+    # A weight dropped now ranks below every other candidate for regrowth.
+    scores = {k: g[k].to(torch.float64).masked_fill(ind.mask[k], -INF) for k in g}
+    return fix_fan_in(pruned.grow(scores, counts), {k: g[k] + w[k].abs() for k in g}, step)
 
 
 def _child(parts: dict[str, tuple[Individual, str]], output_layer: str | None) -> Individual:
@@ -164,6 +200,8 @@ def _child(parts: dict[str, tuple[Individual, str]], output_layer: str | None) -
     traits = {t: {k: p.traits[t][k] for k, (p, _) in parts.items()} for t in names}
     child = Individual(mask, traits or None)
     child.origin = "crossover"
+    if all(p.carry is not None for p, _ in parts.values()):  # inheritance: each layer's weights from its parent
+        child.carry = compose({k: p.carry for k, (p, _) in parts.items()})
     return child
 
 
@@ -193,7 +231,7 @@ def _match_total(ind: Individual, total: int) -> Individual:
         scores = {k: g[k].to(torch.float64).masked_fill(mask[k], INF) for k in mask}
         mask = mask.grow(g, _global_counts(scores, total, 1))
     fixed = Individual(mask, ind.traits)
-    fixed.origin = ind.origin
+    fixed.origin, fixed.carry = ind.origin, ind.carry
     return fixed
 
 

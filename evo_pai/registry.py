@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import EvoPaiError
+from .errors import EvoPaiError, brief
 
 T = TypeVar("T")
 
@@ -89,12 +89,19 @@ def import_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
     for ep in entry_points(group=PLUGIN_GROUP):
         try:
             ep.load()
+        except EvoPaiError:
+            raise
         except Exception as exc:  # a broken third-party plugin must not hide which one
-            raise EvoPaiError(f"plugin entry point '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+            raise EvoPaiError(f"plugin entry point '{ep.name}' ({ep.value}) failed to load: {brief(exc)}") from exc
     for mod in modules:
         try:
             importlib.import_module(mod)
+        except EvoPaiError:
+            raise
         except ImportError as exc:
             raise EvoPaiError(
                 f"plugins: cannot import module '{mod}' ({exc}); put it on PYTHONPATH or install it"
             ) from exc
+        except Exception as exc:  # the module was found but its code failed: say which and how
+            raise EvoPaiError(f"plugins: module '{mod}' failed while importing ({brief(exc)}); fix the module") from exc
+

@@ -7,7 +7,7 @@ per unit, higher = keep). Each call removes up to `fraction` of the alive units 
 layer, weakest first (interleaved across layers by rank), never below the step's kept count, then
 lands exactly on it by magnitude among the remaining weights (weights of units left without any
 output go first: they are useless). `scope: global` (default) fixes the total; the per-layer split
-follows the removed units. Usable as `search.mutation`, or mixed with unstructured mutations in
+follows the removed units. `grow_alive` is the matching growth (never into a removed unit). Usable as `search.mutation`, or mixed with unstructured mutations in
 nsga2's `prune_mutations`. Needs a sequential model (units.py).
 """
 from __future__ import annotations
@@ -105,10 +105,10 @@ def neuron(ind: Individual, step: PruneStep, generator: torch.Generator, links: 
     return prune_to(removed, scores, keep_counts(removed, sparsity, step, scope), step)
 
 
-@register_mutation("regrow_alive", "regrow by accumulated |gradient| like `regrow`, only into units still alive (structured searches)")
-def regrow_alive(ind: Individual, step: PruneStep, generator: torch.Generator, links: list[Link] | None = None,
+@register_mutation("grow_alive", "grow like `grow` (accumulated |gradient|), only into units still alive (structured searches)")
+def grow_alive(ind: Individual, step: PruneStep, generator: torch.Generator, links: list[Link] | None = None,
                  scope: str = "global", **_: object) -> MaskSet:
-    links = _check(links, "regrow_alive")
+    links = _check(links, "grow_alive")
     g = {k: v.to(torch.float64).clone() for k, v in ind.traits["grad_accum"].items()}
     m = dict(ind.mask)
     for link in links:

@@ -58,3 +58,13 @@ def cli_inproc(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests are collected everywhere and skipped, with the reason, where torch sees no CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: run `python -m pytest -m gpu` on a GPU machine (docs/gpu.md)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

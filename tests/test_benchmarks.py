@@ -28,3 +28,36 @@ def test_benchmark_quick_mode_prints_ratios(script):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(EXPECTED[script], proc.stdout), proc.stdout
+
+
+def test_gpu_check_smoke_runs_every_section(tmp_path):
+    """benchmarks/gpu_check.py --smoke: every section at tiny sizes on this CPU (Ray included), both
+    report files written. Keeps the prepared GPU check working; it measures nothing about GPUs."""
+    import json
+    import os
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_report.json").read_text())
+    sections = report["sections"]
+    assert {n: s["status"] for n, s in sections.items()} == {n: "ok" for n in
+                                                            ["environment", "agreement", "throughput", "runs", "precision", "ray"]}
+    assert sections["agreement"]["result"]["met"]  # CPU vs CPU here: exactly equal
+    rows = sections["throughput"]["result"]["rows"]
+    assert [(r["model"], r["K"], r["status"]) for r in rows] == [("mlp", 1, "ok"), ("mlp", 2, "ok"), ("conv4", 2, "ok")]
+    assert all(r["model_epochs_per_s"] > 0 and r["achieved_tflops"] > 0 for r in rows)
+    assert set(sections["precision"]["result"]) >= {"fp32", "tf32", "bf16"}
+    md = (tmp_path / "gpu_report.md").read_text()
+    assert "--smoke: tiny sizes, not a GPU measurement" in md and "## throughput — ok" in md
+
+
+def test_gpu_check_without_gpu_asks_for_smoke(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "run with --smoke" in proc.stderr

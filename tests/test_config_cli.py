@@ -14,8 +14,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_validates(path):
-    from evo_pai.cli import _check_names
-    from evo_pai.runs.components import load_components
+    from evo_pai.runs.preflight import check_config
 
     if "sparsities" in yaml.safe_load(path.read_text()):  # a study: every cell must be a valid run
         from evo_pai.study.grid import grid, load_study
@@ -25,8 +24,7 @@ def test_shipped_config_validates(path):
         cfgs = [load_config(path)]
     assert cfgs
     for cfg in cfgs:
-        load_components(cfg.plugins)
-        _check_names(cfg)
+        check_config(cfg)
 
 
 def test_overrides_are_typed():

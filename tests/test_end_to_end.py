@@ -50,6 +50,11 @@ def test_quickstart_on_digits(tmp_path):
     assert s["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert s["test_accuracy"] > 0.8  # digits at 90 % sparsity: far above the 10 % of chance
     assert s["dead_units"]["layers.4.weight"] == 0
+    # generations visibly improve: sparsity rises every generation and so does the best fitness
+    log = [json.loads(line) for line in (tmp_path / "q/log.jsonl").read_text().splitlines()]
+    assert all(a["sparsity"] < b["sparsity"] for a, b in zip(log, log[1:]))
+    assert log[-1]["best_fitness"] > log[0]["best_fitness"] + 0.03
+    assert sum(b["best_fitness"] >= a["best_fitness"] for a, b in zip(log, log[1:])) >= len(log) - 2
 
 
 def test_one_seed_gives_an_identical_summary_twice(tmp_path):

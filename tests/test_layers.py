@@ -21,12 +21,12 @@ LAYERS = [
               "evo_pai.masks", "evo_pai.individual"]),
     ("components", ["evo_pai.data", "evo_pai.models", "evo_pai.units", "evo_pai.compact", "evo_pai.sparse"]),
     ("training", ["evo_pai.training"]),
-    ("operators", ["evo_pai.fitness", "evo_pai.operators", "evo_pai.pruners", "evo_pai.structured"]),
+    ("operators", ["evo_pai.fitness", "evo_pai.operators", "evo_pai.pruners", "evo_pai.genomes", "evo_pai.structured"]),
     ("search", ["evo_pai.search"]),
     ("evaluation", ["evo_pai.evaluation"]),
     ("runs", ["evo_pai.runs"]),
     ("study", ["evo_pai.study"]),
-    ("cli", ["evo_pai.cli", "evo_pai"]),
+    ("cli", ["evo_pai.cli", "evo_pai.cli_errors", "evo_pai"]),
 ]
 
 

@@ -15,7 +15,7 @@ from evo_pai.config import build_config
 from evo_pai.errors import EvoPaiError
 from evo_pai.individual import Individual
 from evo_pai.masks import MaskSet
-from evo_pai.operators import PruneStep, regrow, rigl_swap
+from evo_pai.operators import PruneStep, grow, regrow
 from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
 from evo_pai.runs.members import pick_members
 from evo_pai.runs.runner import preflight, run_experiment
@@ -100,16 +100,16 @@ def test_pareto_individuals_pickle_with_their_objectives(gen):
     assert back.clone().objectives == 3
 
 
-def test_regrow_and_rigl_swap_move_density_up_and_keep_it(gen):
+def test_grow_moves_density_up_and_regrow_keeps_it(gen):
     shapes = {"a": (20, 30), "out": (5, 20)}
     mask = MaskSet.random(shapes, 0.9, gen, "erk", "out")
     traits = {"weight": {k: torch.randn(s, generator=gen) for k, s in shapes.items()},
               "grad_accum": {k: torch.rand(s, generator=gen) for k, s in shapes.items()}}
     ind = Individual(mask, traits)
-    grown = regrow(ind, PruneStep(0.7, 0.7, True, "erk"), gen)
+    grown = grow(ind, PruneStep(0.7, 0.7, True, "erk"), gen)
     assert abs(grown.sparsity() - 0.7) < 0.01
     assert all(bool((grown[k] | ~mask[k]).all()) for k in mask)  # nothing kept was pruned
-    swapped = rigl_swap(ind, PruneStep(0.9, 0.9, True, "erk"), gen, fraction=0.2)
+    swapped = regrow(ind, PruneStep(0.9, 0.9, True, "erk"), gen, fraction=0.2)
     assert swapped.counts() == mask.counts() and swapped != mask
 
 

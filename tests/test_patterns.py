@@ -73,9 +73,9 @@ def test_every_registered_mutation_keeps_the_pattern(gen):
         dense = MaskSet.dense(shapes, out, pattern)  # dissipating and gmp start dense
         for name in MUTATION.names():
             fn = MUTATION.get(name)
-            params = {"links": chain} if name in ("neuron", "regrow_alive") else {}
+            params = {"links": chain} if name in ("neuron", "grow_alive") else {}
             for start, target in ((base, 0.95), (base, 0.8), (dense, 0.9)):
-                if name in ("regrow", "regrow_alive") and target > start.sparsity():
+                if name in ("grow", "grow_alive") and target > start.sparsity():
                     continue
                 step = PruneStep(target, target, True, "erk", 1)
                 child = fn(Individual(start, traits(shapes, gen)), step, gen, **params)

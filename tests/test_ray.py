@@ -29,8 +29,10 @@ from evo_pai.config import build_config
 from evo_pai.data import load_data
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.search.experiment import Experiment
+from evo_pai.errors import EvoPaiError
 from evo_pai.masks import MaskSet
 from evo_pai.registry import METHOD
+from evo_pai.training.tasks import BurstTask
 from evo_pai.runs.runner import run_experiment, seed_everything
 
 ray = pytest.importorskip("ray")
@@ -196,6 +198,46 @@ def test_retries_exhausted_gives_worst_fitness_with_cause(local_ray):
     causes = [f["reason"] for f in exp.fitness_failures]
     assert causes and all("Ray actor" in c for c in causes), causes
     assert mask.sparsity() == pytest.approx(0.8, abs=0.01)  # the search still finished
+
+
+# -- GPUs asked for on a cluster without any: the CPU-only fall-back ----------------------------------
+def test_gpus_asked_for_on_a_cpu_cluster_is_one_line_error(local_ray):
+    """A real local Ray cluster with no GPUs: an explicit GPU share is refused, never run on CPU silently."""
+    for evaluation, match in [({"gpus_per_actor": 0.25}, "0.25 GPU per actor asked for but the Ray cluster has 0"),
+                              ({"device": "cuda"}, "1 GPU per actor asked for but the Ray cluster has 0")]:
+        cfg = build_config(raw_config(**evaluation))
+        with pytest.raises(EvoPaiError, match=f"^evaluation.gpus_per_actor: {match}") as exc:
+            make_evaluator(cfg, load_data(cfg.data))
+        assert "\n" not in str(exc.value)
+    assert ray.is_initialized()  # the caller's Ray is left as it was
+
+
+def test_device_auto_without_gpus_falls_back_to_cpu_actors(local_ray):
+    cfg = build_config(raw_config())  # device auto, gpus_per_actor unset
+    data = load_data(cfg.data)
+    with make_evaluator(cfg, data) as ev:
+        assert ev.device_name.startswith("ray: 2 actors x cpu (1 CPU, 0 GPU each, ")
+        assert ev.gpu_ids == [[], []]
+        exp = Experiment(cfg, ev, data)
+        results = ev.evaluate([BurstTask(exp.random_mask(0.5, i), 1.0, i) for i in range(2)])
+    tensors = [t for r in results for layer in r.traits.values() for t in layer.values()]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+
+
+@pytest.mark.parametrize("setting,match", [
+    ("evaluation.gpus_per_actor=0.25", "0.25 GPU per actor asked for, but Ray would start on this machine"),
+    ("evaluation.device=cuda:1", "'cuda:1' names one GPU, but Ray assigns each actor its own GPU"),
+])
+def test_cli_refuses_gpu_requests_before_a_run_folder_exists(tmp_path, setting, match):
+    if setting.startswith("evaluation.gpus") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: Ray would use it")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "evo_pai.cli", "run", "configs/quickstart.yaml", "--out", str(out),
+                           "--quiet", "--set", "evaluation.backend=ray", "--set", setting],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr[-2000:]
+    assert not out.exists()
 
 
 # -- a two-node cluster started with `ray start` -------------------------------------------------

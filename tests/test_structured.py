@@ -17,7 +17,7 @@ from evo_pai.masks import MaskSet
 from evo_pai.models import build_model, output_layer_name, prunable_names
 from evo_pai.operators import PruneStep
 from evo_pai.runs.runner import run_experiment
-from evo_pai.structured import neuron, regrow_alive
+from evo_pai.structured import grow_alive, neuron
 from evo_pai.units import alive_units, links
 
 
@@ -62,11 +62,11 @@ def test_registered_unit_criterion_is_used(gen):
     assert not alive[:12].any() and alive[12:].all()  # 20 % of 60 units, lowest indices
 
 
-def test_regrow_alive_grows_only_into_alive_units(gen):
+def test_grow_alive_grows_only_into_alive_units(gen):
     model, ind, chain = setup(gen)
     cut = neuron(ind, PruneStep(0.9, 0.9, True, "erk"), gen, links=chain, fraction=0.5)
     dead = ~alive_units(dict(cut), chain[0])
-    grown = regrow_alive(Individual(cut, ind.traits), PruneStep(0.85, 0.85, True, "erk"), gen, links=chain)
+    grown = grow_alive(Individual(cut, ind.traits), PruneStep(0.85, 0.85, True, "erk"), gen, links=chain)
     assert sum(grown.counts().values()) > sum(cut.counts().values())
     assert not grown[chain[0].producer][dead].any()
 

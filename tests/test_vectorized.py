@@ -196,3 +196,35 @@ def test_ray_actor_trainer_resolution():
     cfg = build_config({**raw, "evaluation": {**raw["evaluation"], "actor_trainer": "vectorized"}})
     with pytest.raises(EvoPaiError, match="actor_trainer sequential"):
         actor_trainer(cfg, initial_model(cfg, data), data)
+
+
+def test_conv_batching_rules_per_device():
+    """On CPU, auto runs small-input convolutions (and large ones) model by model; explicit grouped
+    groups every convolution, which is what CUDA gets (so the equality tests above cover its path)."""
+    cfg = build_config(raw_for("lenet5", "float32"))
+    ctx = WorkerContext(cfg, "cpu")
+    auto = StackedForward(ctx.model, "lenet5", ctx.data.input_shape, 16)
+    grouped = StackedForward(ctx.model, "lenet5", ctx.data.input_shape, 16, conv_mode="grouped")
+    assert (auto.conv_mode, auto.min_group_channels) == ("grouped", 4)
+    assert (grouped.conv_mode, grouped.min_group_channels) == ("grouped", 1)
+
+
+def test_gpu_budget_is_shared_by_fractional_actors():
+    from evo_pai.evaluation.vectorized import gpu_budget
+
+    whole, where = gpu_budget(100 * 2**30)
+    quarter, where_q = gpu_budget(100 * 2**30, 0.25)
+    assert whole == int(80 * 2**30) and quarter == whole // 4
+    assert "80% of free GPU memory" in where and "share 0.25" in where_q
+
+
+@pytest.mark.slow
+def test_compiled_step_equals_eager():
+    """evaluation.compile on CPU (inductor's C++ backend; ~30-60 s of compilation on 2 cores)."""
+    raw = raw_for("mlp", "float64")
+    raw["train"]["batch_size"] = 20  # divides the 360 training examples: one shape, one compilation
+    local, vec, exp = both(raw, compile=True)
+    assert type(vec.trainer.forward).__name__ == "CompiledForward"
+    tasks = mixed_tasks(exp, n=3)
+    for a, b in zip(local.evaluate(tasks), vec.evaluate(tasks)):
+        assert_same(a, b, F64_TOL, relative=False)

@@ -12,6 +12,7 @@ from ..data import DataSplits, load_data
 from ..errors import EvoPaiError
 from ..registry import BACKEND
 from ..training.burst import BurstResult, train_masked
+from ..training.precision import numerics
 from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
 
 __all__ = ["BurstTask", "Evaluator", "Progress", "WorkerContext", "dtype_of", "initial_model", "make_evaluator",
@@ -23,16 +24,21 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise EvoPaiError(f"evaluation.device: '{name}' asked for but CUDA is not available; use cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise EvoPaiError(f"evaluation.device: '{name}' asked for but this machine has {torch.cuda.device_count()} "
+                          f"GPU(s) (cuda:0..cuda:{torch.cuda.device_count() - 1}); use one of them or auto")
+    return device
 
 
 class WorkerContext:
     """What a worker builds once per search: data and model on its device, and θ0."""
 
     def __init__(self, cfg: Config, device: str | torch.device = "cpu", data: DataSplits | None = None,
-                 theta0: dict[str, torch.Tensor] | None = None):
+                 theta0: dict[str, torch.Tensor] | None = None, memory_share: float = 1.0):
         self.cfg = cfg
         self.device = torch.device(device)
+        self.memory_share = memory_share  # of the device's free memory (a Ray actor on a fraction of a GPU)
         data = data if data is not None else load_data(cfg.data)
         self.data = data.to(self.device, dtype_of(cfg))
         self.model = initial_model(cfg, data).to(self.device)
@@ -42,10 +48,12 @@ class WorkerContext:
 
     def run(self, task: BurstTask) -> BurstResult:
         start = self.theta0 if task.start is None else {k: v.to(self.device) for k, v in task.start.items()}
-        return train_masked(
-            self.model, start, self.theta0, task.mask, self.data, self.cfg.train,
-            task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
-        )
+        with numerics(self.cfg.train.precision):
+            return train_masked(
+                self.model, start, self.theta0, task.mask, self.data, self.cfg.train,
+                task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
+                opt_state=task.opt_state, offset=task.offset, horizon=task.horizon,
+            )
 
 
 def make_evaluator(cfg: Config, data: DataSplits | None = None) -> Evaluator:

@@ -16,6 +16,11 @@ class LocalEvaluator(Evaluator):
         self.context = WorkerContext(cfg, resolve_device(cfg.evaluation.device), data)
         self.device_name = str(self.context.device)
 
+    @staticmethod
+    def preflight(cfg: Config, data: DataSplits | None = None, model=None) -> None:
+        """Before the run folder exists: is the device there?"""
+        resolve_device(cfg.evaluation.device)
+
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
         out = []
         for t in tasks:

@@ -9,7 +9,6 @@ fitness, with the cause. Results come back in task order, and seeds come from th
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -24,15 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config, build_config, to_dict
+from ..config import Config, to_dict
 from ..data import DataSplits, load_data
 from ..errors import EvoPaiError
-from ..registry import import_plugins, register_backend
-from ..training.stacked import StackedForward
+from ..registry import register_backend
 from ..training.burst import BurstResult
 from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
-from .base import WorkerContext
-from .vectorized import BatchedTrainer
+from .payload import split_payload
+from .ray_checks import local_plan_check
+from .ray_plan import check_device, plan_actors
+from .ray_worker import BurstWorker, actor_trainer, failed_result, on_cpu
+
+__all__ = ["BurstWorker", "RayEvaluator", "actor_trainer", "failed_result", "on_cpu", "plan_actors"]
 
 log = logging.getLogger(__name__)
 
@@ -41,50 +43,7 @@ log = logging.getLogger(__name__)
 STRAGGLER_FACTOR = 3.0  # x the median task time
 STRAGGLER_SECONDS = 5.0
 POLL_SECONDS = 0.5  # how often the dispatcher looks for stragglers while it waits
-
-
-class BurstWorker:
-    """The body of one Ray actor. Plain class: wrapped with `ray.remote` at run time."""
-
-    def __init__(self, cfg_raw: dict, threads: int, device: str, trainer: str = "sequential"):
-        torch.set_num_threads(threads)  # Ray sets OMP threads to 1 in workers; use the CPUs we reserved
-        self.device, self.trainer, self.error, self.context = device, trainer, None, None
-        try:
-            self.cfg = build_config(cfg_raw)
-            import_plugins(self.cfg.plugins)
-            self.data = load_data(self.cfg.data)  # from this node's files, never shipped per task
-        except Exception as exc:  # reported by ready(): one line on the driver, not a dead actor
-            self.error = str(exc) if isinstance(exc, EvoPaiError) else f"{type(exc).__name__}: {exc}"
-
-    def ready(self, theta0_ref: list) -> tuple[int, str | None]:
-        """Build model and θ0 now, so start-up cost is not counted as the first task's time."""
-        if self.error is None:
-            try:
-                self._build(theta0_ref)
-            except Exception as exc:
-                self.error = str(exc) if isinstance(exc, EvoPaiError) else f"{type(exc).__name__}: {exc}"
-        return os.getpid(), self.error
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def _build(self, theta0_ref: list) -> None:
-        if self.context is None:  # θ0 from the object store (wrapped in a list: Ray passes the reference)
-            import ray
-
-            self.context = WorkerContext(self.cfg, self.device, self.data, theta0=ray.get(theta0_ref[0]))
-            self.data = None  # the context holds its own copy on the device
-            # planned here, so a share too large for this node's memory is refused by ready()
-            self.batched = BatchedTrainer(self.context) if self.trainer == "vectorized" else None
-
-    def run(self, tasks: list[BurstTask], theta0_ref: list) -> list[BurstResult]:
-        """One unit of work: this actor's share of a population, trained together or one by one."""
-        if self.error:  # a restarted actor whose set-up failed on this node
-            raise EvoPaiError(f"a Ray actor could not build the data and model: {self.error}")
-        self._build(theta0_ref)  # after a restart Ray re-runs __init__ only
-        if self.batched is not None:
-            return self.batched.run(tasks)
-        return [self.context.run(t) for t in tasks]
+ACTOR_START_SECONDS = 600.0  # actors build data and model in ready(); one that cannot be placed waits forever
 
 
 @contextmanager
@@ -97,36 +56,6 @@ def preserved_rng():
         random.setstate(py)
         np.random.set_state(npy)
         torch.set_rng_state(th)
-
-
-def failed_result(task: BurstTask, cause: str) -> BurstResult:
-    """Worst fitness (finite=0) with the cause; zero traits so variation operators still work."""
-    zeros = {k: torch.zeros(m.shape) for k, m in task.mask.items()}
-    return BurstResult(
-        metrics={"finite": 0.0, "error": cause},
-        traits={"weight": zeros, "rel_change": dict(zeros), "grad_accum": dict(zeros)},
-    )
-
-
-def on_cpu(task: BurstTask) -> BurstTask:
-    """CUDA tensors never cross to an actor: a start state from a GPU driver is moved first."""
-    if task.start is None or all(v.device.type == "cpu" for v in task.start.values()):
-        return task
-    return dataclasses.replace(task, start={k: v.to("cpu") for k, v in task.start.items()})
-
-
-def actor_trainer(cfg: Config, model: torch.nn.Module, data: DataSplits) -> str:
-    """evaluation.actor_trainer resolved: 'auto' is vectorized when the model can be batched."""
-    choice = cfg.evaluation.actor_trainer
-    if choice == "sequential":
-        return choice
-    try:
-        StackedForward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
-    except EvoPaiError:
-        if choice == "vectorized":
-            raise
-        return "sequential"  # e.g. BatchNorm models: trained one by one, as the local backend does
-    return "vectorized"
 
 
 def reachable(address: str, timeout: float = 5.0) -> bool:
@@ -175,12 +104,18 @@ class RayEvaluator(Evaluator):
 
     # -- set-up -----------------------------------------------------------------------
     @staticmethod
-    def preflight(cfg: Config) -> None:
-        """Checked before the run folder is made: a wrong address fails in seconds, not minutes."""
-        address = cfg.evaluation.address
-        if address not in (None, "auto") and not reachable(address):
-            raise EvoPaiError(f"evaluation.address: nothing answers at {address}; start the head with "
+    def preflight(cfg: Config, data: DataSplits | None = None, model: torch.nn.Module | None = None) -> None:
+        """Checked before the run folder is made: a wrong address fails in seconds, not minutes; a Ray
+        that evo-pai starts here must fit this machine; the actors' trainer must suit the model."""
+        ev = cfg.evaluation
+        check_device(ev)  # cuda:N, GPUs with device cpu, 0 GPUs with device cuda
+        if ev.address not in (None, "auto") and not reachable(ev.address):
+            raise EvoPaiError(f"evaluation.address: nothing answers at {ev.address}; start the head with "
                               "`ray start --head --port=PORT` or use address 'auto' on a cluster node")
+        if ev.address is None and not os.environ.get("RAY_ADDRESS"):
+            local_plan_check(cfg)
+        if model is not None and data is not None:
+            actor_trainer(cfg, model, data)  # e.g. actor_trainer=vectorized with a BatchNorm model
 
     def _connect(self) -> None:
         ray, address = self._ray, self.cfg.evaluation.address
@@ -199,43 +134,10 @@ class RayEvaluator(Evaluator):
             raise EvoPaiError(f"evaluation.address: cannot start or reach Ray {where} ({one_line(exc)}); {hint}") from None
         self._owns_ray = True
 
-    def _plan(self) -> tuple[int, float, float, str]:
-        """(number of actors, CPUs and GPUs per actor, device inside an actor)."""
-        ev = self.cfg.evaluation
-        total = self._ray.cluster_resources()
-        free = self._ray.available_resources()
-        cluster_gpus = float(total.get("GPU", 0.0))
-        if ev.device == "cpu":
-            if ev.gpus_per_actor:
-                raise EvoPaiError("evaluation.gpus_per_actor: GPUs were asked for with evaluation.device=cpu; set device to auto or cuda")
-            gpus = 0.0
-        elif ev.device == "auto":
-            gpus = ev.gpus_per_actor if ev.gpus_per_actor is not None else (1.0 if cluster_gpus >= 1 else 0.0)
-        else:  # cuda or cuda:N: Ray assigns the GPU through CUDA_VISIBLE_DEVICES
-            gpus = ev.gpus_per_actor or 1.0
-        if gpus > cluster_gpus:
-            raise EvoPaiError(f"evaluation.gpus_per_actor: {gpus:g} GPU per actor asked for but the Ray cluster has "
-                              f"{cluster_gpus:g}; use evaluation.device=cpu or a cluster with GPUs")
-        cpus = ev.cpus_per_actor
-        if cpus > float(total.get("CPU", 0.0)):
-            raise EvoPaiError(f"evaluation.cpus_per_actor: {cpus:g} CPUs per actor but the Ray cluster has "
-                              f"{total.get('CPU', 0):g}; lower it")
-        if ev.num_actors == "auto":
-            n = math.floor(free.get("GPU", 0.0) / gpus) if gpus > 0 else math.floor(free.get("CPU", 0.0) / cpus)
-            n = max(1, min(n, self.cfg.search.population))  # more actors than individuals would idle
-        else:
-            n = ev.num_actors
-            if n < 1:
-                raise EvoPaiError(f"evaluation.num_actors: {n} actors cannot train anything; use 1 or more, or auto")
-            need_cpu, need_gpu = n * cpus, n * gpus
-            if need_cpu > float(total.get("CPU", 0.0)) + 1e-9 or need_gpu > cluster_gpus + 1e-9:
-                raise EvoPaiError(f"evaluation.num_actors: {n} actors need {need_cpu:g} CPUs and {need_gpu:g} GPUs; "
-                                  f"the cluster has {total.get('CPU', 0):g} and {cluster_gpus:g}; use fewer actors or auto")
-        return n, cpus, gpus, "cuda" if gpus > 0 else "cpu"
-
     def _start_actors(self, data: DataSplits | None) -> None:
         ray, ev = self._ray, self.cfg.evaluation
-        n, cpus, gpus, device = self._plan()
+        plan = plan_actors(ev, self.cfg.search.population, ray.cluster_resources(), ray.available_resources())
+        n, cpus, gpus, device = plan.actors, plan.cpus, plan.gpus, plan.device
         data = data if data is not None else load_data(self.cfg.data)
         model = initial_model(self.cfg, data)  # θ0 built here once; actors receive these exact tensors
         theta0 = ray.put({k: v.detach().to("cpu", dtype_of(self.cfg)).clone() for k, v in model.state_dict().items()})
@@ -245,13 +147,21 @@ class RayEvaluator(Evaluator):
             num_cpus=cpus, num_gpus=gpus, max_restarts=ev.max_retries, max_task_retries=ev.max_retries,
         )
         threads = max(1, int(cpus))
-        self.actors = [remote.remote(to_dict(self.cfg), threads, device, self.trainer) for _ in range(n)]
-        for pid, error in ray.get([a.ready.remote(self._theta0) for a in self.actors]):
+        self.actors = [remote.remote(to_dict(self.cfg), threads, device, self.trainer, gpus) for _ in range(n)]
+        try:
+            ready = ray.get([a.ready.remote(self._theta0) for a in self.actors], timeout=ACTOR_START_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            raise EvoPaiError(f"evaluation.num_actors: {n} Ray actors ({cpus:g} CPU, {gpus:g} GPU each) did not start "
+                              f"within {ACTOR_START_SECONDS:g} s; the cluster may lack free resources (`ray status`): "
+                              "use fewer actors, or smaller cpus_per_actor / gpus_per_actor") from None
+        for _pid, error, _gpu_ids in ready:
             if error:
                 raise EvoPaiError(f"a Ray actor could not build the data and model: {error} "
                                   "(every node needs evo-pai, its plugins and the dataset files)")
-        self.device_name = (f"ray: {n} actor{'s' if n > 1 else ''} x {device} ({cpus:g} CPU, {gpus:g} GPU each, "
-                            f"{self.trainer} trainer)")
+        self.gpu_ids = [ids for _, _, ids in ready]  # per actor, as Ray assigned them (CUDA_VISIBLE_DEVICES)
+        where = f", GPU ids {self.gpu_ids}" if gpus > 0 else ""
+        self.device_name = (f"ray: {n} actor{'s' if n > 1 else ''} x {device} ({cpus:g} CPU, {gpus:g} GPU each"
+                            f"{where}, {self.trainer} trainer)")
 
     # -- running ----------------------------------------------------------------------
     def actor_pids(self) -> list[int | None]:
@@ -283,8 +193,19 @@ class RayEvaluator(Evaluator):
         idle = deque(i for i, a in enumerate(self.actors) if a is not None and i not in busy)
         remaining, finished, reported = len(units), 0, 0
 
+        # Start weights / optimizer states go to the object store once per payload (children of one
+        # parent share theirs); a resubmitted or duplicated share reuses the references.
+        light, refs, put = [], [], {}
+        for t in tasks:
+            bare, payload = split_payload(t)
+            light.append(bare)
+            key = (id(t.start), id(t.opt_state))
+            if payload is not None and key not in put:
+                put[key] = ray.put(payload)
+            refs.append(put[key] if payload is not None else None)
+
         def submit(actor: int, u: int) -> None:
-            ref = self.actors[actor].run.remote([on_cpu(tasks[i]) for i in units[u]], self._theta0)
+            ref = self.actors[actor].run.remote([light[i] for i in units[u]], self._theta0, [refs[i] for i in units[u]])
             self._inflight[ref] = (actor, u, time.perf_counter())
 
         def finish(u: int, res: list[BurstResult]) -> None:

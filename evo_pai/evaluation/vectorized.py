@@ -16,10 +16,13 @@ from ..data import DataSplits
 from ..errors import EvoPaiError
 from ..models import prunable_names
 from ..registry import register_backend
+from ..training.compiled import CompiledForward, compiled_update, update_eager
+from ..training.precision import numerics
 from ..training.stacked import StackedForward
 from ..training.burst import BurstResult, steps_for
+from ..training.optim import adam_step
 from ..training.tasks import BurstTask, Progress
-from .base import WorkerContext
+from .base import WorkerContext, resolve_device
 from .local import LocalEvaluator
 
 _GB = 2**30
@@ -27,13 +30,20 @@ _CPU_SHARE = 0.5  # default budget on CPU: half of MemAvailable (the rest is the
 _GPU_SHARE = 0.8  # default budget on a GPU: most of its free memory
 
 
-def memory_budget(cfg: Config, device: torch.device) -> tuple[int, str]:
+def gpu_budget(free: int, share: float = 1.0) -> tuple[int, str]:
+    """Budget on a GPU with `free` bytes free, of which this worker may use `share` (Ray actors with a
+    fraction of a GPU each plan with their fraction: four actors x 0.25 GPU must not each take 80 %)."""
+    where = f"{_GPU_SHARE:.0%} of free GPU memory" + (f" x this worker's share {share:g}" if share < 1 else "")
+    return int(free * _GPU_SHARE * min(1.0, share)), where
+
+
+def memory_budget(cfg: Config, device: torch.device, share: float = 1.0) -> tuple[int, str]:
     """(bytes, where the number comes from) that a batched chunk may use."""
     if cfg.evaluation.max_memory_gb is not None:
         return int(cfg.evaluation.max_memory_gb * _GB), "evaluation.max_memory_gb"
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * _GPU_SHARE), f"{_GPU_SHARE:.0%} of free GPU memory"
+        free, _ = torch.cuda.mem_get_info(device)  # what the device has free now, other processes included
+        return gpu_budget(free, share)
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
         available = int(info["MemAvailable"].split()[0]) * 1024
@@ -69,30 +79,39 @@ class BatchedTrainer:
         cfg = context.cfg
         self.context = context
         self.forward = StackedForward(context.model, cfg.model.name, context.data.input_shape, cfg.train.batch_size)
+        self.update = update_eager
+        if cfg.evaluation.compile:
+            self.forward, self.update = CompiledForward(self.forward), compiled_update()
         masked = prunable_names(context.model, include_bias=cfg.masks.include_bias)  # superset of any mask
         self.bytes_per_model = bytes_per_model(context.model, context.data.input_shape, cfg.train, masked)
-        budget, source = memory_budget(cfg, context.device)
+        budget, source = memory_budget(cfg, context.device, context.memory_share)
         self.chunk = plan_chunk(self.bytes_per_model, budget, source, cfg.evaluation.chunk_size, cfg.model.name)
 
     def run(self, tasks: list[BurstTask], progress: Progress | None = None) -> list[BurstResult]:
         ctx, hp = self.context, self.context.cfg.train
-        # Models trained together must take the same number of steps (one optimizer step count).
+        # Models trained together take the same number of steps from the same optimizer step count
+        # (Adam's bias correction) and the same schedule position (one learning rate per step).
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(tasks):
-            groups.setdefault((steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask)), []).append(i)
+            key = (steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask), t.offset, t.horizon,
+                   t.opt_state is not None, adam_step(t.opt_state))
+            groups.setdefault(key, []).append(i)
         results: list[BurstResult | None] = [None] * len(tasks)
-        for members in groups.values():
-            for lo in range(0, len(members), self.chunk):
-                chunk = [tasks[i] for i in members[lo : lo + self.chunk]]
-                starts = [ctx.theta0 if t.start is None else t.start for t in chunk]
-                out = train_batched(
-                    ctx.model, self.forward, starts, ctx.theta0, [t.mask for t in chunk], ctx.data, hp,
-                    chunk[0].epochs, [t.seed for t in chunk], [t.keep_state for t in chunk], [t.test for t in chunk],
-                )
-                for i, res in zip(members[lo : lo + self.chunk], out):
-                    results[i] = res
-                if progress:
-                    progress(len(chunk))
+        with numerics(hp.precision):
+            for members in groups.values():
+                for lo in range(0, len(members), self.chunk):
+                    chunk = [tasks[i] for i in members[lo : lo + self.chunk]]
+                    starts = [ctx.theta0 if t.start is None else t.start for t in chunk]
+                    out = train_batched(
+                        ctx.model, self.forward, starts, ctx.theta0, [t.mask for t in chunk], ctx.data, hp,
+                        chunk[0].epochs, [t.seed for t in chunk], [t.keep_state for t in chunk],
+                        [t.test for t in chunk], update=self.update,
+                        opt_states=[t.opt_state for t in chunk], offset=chunk[0].offset, horizon=chunk[0].horizon,
+                    )
+                    for i, res in zip(members[lo : lo + self.chunk], out):
+                        results[i] = res
+                    if progress:
+                        progress(len(chunk))
         return results  # type: ignore[return-value]
 
 
@@ -103,6 +122,17 @@ class VectorizedEvaluator(LocalEvaluator):
     def __init__(self, cfg: Config, data: DataSplits | None = None):
         super().__init__(cfg, data)
         self.trainer = BatchedTrainer(self.context)  # refuses unsupported models and oversized chunks now
+
+    @staticmethod
+    def preflight(cfg: Config, data: DataSplits | None = None, model: torch.nn.Module | None = None) -> None:
+        """Before the run folder exists: the device, a model the stacked trainer can batch, a chunk that fits."""
+        device = resolve_device(cfg.evaluation.device)
+        if data is None or model is None:
+            return
+        StackedForward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
+        per_model = bytes_per_model(model, data.input_shape, cfg.train, prunable_names(model, include_bias=cfg.masks.include_bias))
+        budget, source = memory_budget(cfg, device)
+        plan_chunk(per_model, budget, source, cfg.evaluation.chunk_size, cfg.model.name)
 
     def _run(self, tasks: list[BurstTask], progress: Progress | None) -> list[BurstResult]:
         return self.trainer.run(tasks, progress)

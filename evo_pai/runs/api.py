@@ -1,24 +1,41 @@
 """The Python entry point: run a config (path, dict or Config) and get summary.json's content back."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Mapping
 
 from ..config import Config, apply_overrides, build_config, read_yaml
-from .components import load_components
 
 
 def run(config: str | Path | Mapping | Config, out: str | Path | None = None, overrides: list[str] = (),
         overwrite: bool = False) -> dict:
-    """Run one search + final training. `out=None` keeps nothing on disk."""
+    """Run one search + final training. `out=None` keeps nothing on disk.
+
+    Checked as the CLI checks (runs/preflight.py) before `out` is created; `out` is locked for the run.
+    """
+    from .folder import prepare_run_dir, remove_if_unused
+    from .lock import FolderLock, check_unlocked
+    from .preflight import preflight
     from .runner import run_experiment
-    from .folder import prepare_run_dir
 
     if isinstance(config, Config):
         cfg = build_config(apply_overrides(config.model_dump(mode="json"), list(overrides)))
     else:
         raw = read_yaml(config) if isinstance(config, (str, Path)) else dict(config)
         cfg = build_config(apply_overrides(raw, list(overrides)))
-    load_components(cfg.plugins)
-    run_dir = prepare_run_dir(Path(out), overwrite) if out is not None else None
-    return run_experiment(cfg, run_dir)
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        prepare_run_dir(run_dir, overwrite, create=False)
+        check_unlocked(run_dir)
+    data = preflight(cfg)
+    created = run_dir is not None and not run_dir.exists()
+    if run_dir is not None:
+        prepare_run_dir(run_dir, overwrite)
+    with FolderLock(run_dir) if run_dir is not None else nullcontext():
+        try:
+            return run_experiment(cfg, run_dir, data=data)
+        except BaseException:
+            if created:
+                remove_if_unused(run_dir)  # only while we hold it: never another run's new folder
+            raise

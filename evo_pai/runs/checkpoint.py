@@ -23,15 +23,17 @@ from ..config import Config, to_dict
 from ..errors import EvoPaiError
 from ..individual import Individual
 from ..masks import MaskSet
+from ..training.carry import Carry
 from .folder import write_atomic
 
 FORMAT = "evo_pai.checkpoint/1"
 FILENAME = "checkpoint.safetensors"
+FIX = "delete it to restart the search from generation 0, or start a new run with `evo-pai run`"
 
 
 def search_hash(cfg: Config) -> str:
-    """Hash of everything that decides the results; `evaluation` (where it runs) may change on resume."""
-    raw = {k: v for k, v in to_dict(cfg).items() if k != "evaluation"}
+    """Hash of everything that decides the results; `evaluation` (where it runs) and `logging` may change."""
+    raw = {k: v for k, v in to_dict(cfg).items() if k not in ("evaluation", "logging")}
     return hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()
 
 
@@ -56,7 +58,11 @@ def encode(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
             "traits": encode(value.traits, f"{prefix}/traits", tensors) if value.traits else None,
             "metrics": value.metrics,
             "origin": value.origin,
+            "carry": encode(value.carry, f"{prefix}/carry", tensors) if value.carry is not None else None,
         }
+    if isinstance(value, Carry):  # an inheriting search's trained weights and optimizer state
+        return {"type": "carry", "weights": encode(value.weights, f"{prefix}/weights", tensors),
+                "opt_state": encode(value.opt_state, f"{prefix}/opt", tensors), "steps": value.steps}
     if isinstance(value, torch.Tensor):
         tensors[prefix] = _tensor(value)
         return {"type": "tensor"}
@@ -82,7 +88,12 @@ def decode(desc: dict, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
         if desc["fitness"] is not None:
             ind.fitness.values = tuple(desc["fitness"])
         ind.metrics, ind.origin = dict(desc["metrics"]), desc["origin"]
+        if desc.get("carry") is not None:
+            ind.carry = decode(desc["carry"], f"{prefix}/carry", tensors)
         return ind
+    if kind == "carry":
+        return Carry(decode(desc["weights"], f"{prefix}/weights", tensors),
+                     decode(desc["opt_state"], f"{prefix}/opt", tensors), int(desc["steps"]))
     if kind == "tensor":
         return tensors[prefix]
     if kind == "list":
@@ -177,11 +188,46 @@ class Checkpoint:
         exp.resume_state = self.state
 
 
-def load_checkpoint(path: Path, cfg: Config) -> Checkpoint:
-    """Read and check a checkpoint completely before anything in the run folder changes."""
+def check_shapes(value: Any, prunable: dict[str, tuple], state: dict[str, tuple], where: str = "state") -> None:
+    """Every mask and trait over the model's prunable layers, every weight dict over its state_dict,
+    with the model's shapes: a checkpoint from another model fails here, before the run folder changes."""
+    def fail(what: str, got: object, want: object) -> None:
+        raise EvoPaiError(f"{where}: {what} is {got} but the run's model has {want}; {FIX}")
+
+    if isinstance(value, MaskSet):
+        if set(value) != set(prunable):
+            fail("a mask's layers", sorted(value), sorted(prunable))
+        for k, m in value.items():
+            if tuple(m.shape) != prunable[k]:
+                fail(f"mask layer '{k}'", tuple(m.shape), prunable[k])
+    elif isinstance(value, Individual):
+        check_shapes(value.mask, prunable, state, where)
+        for trait, layers in (value.traits or {}).items():
+            for k, t in layers.items():
+                if k not in prunable or tuple(t.shape) != prunable[k]:
+                    fail(f"trait '{trait}' of layer '{k}'", tuple(t.shape), prunable.get(k, "no such layer"))
+    elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()) \
+            and set(value) <= set(state):
+        for k, t in value.items():
+            if tuple(t.shape) != state[k]:
+                fail(f"weight '{k}'", tuple(t.shape), state[k])
+    elif isinstance(value, dict):
+        for v in value.values():
+            check_shapes(v, prunable, state, where)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            check_shapes(v, prunable, state, where)
+
+
+def load_checkpoint(path: Path, cfg: Config, shapes: tuple[dict, dict] | None = None) -> Checkpoint:
+    """Read and check a checkpoint completely before anything in the run folder changes.
+
+    `shapes`: (prunable layer -> shape, state_dict entry -> shape) of the config's model
+    (runs/preflight.py: expected_shapes); every tensor of the search state is checked against them.
+    """
     from safetensors import safe_open
 
-    fix = "delete it to restart the search from generation 0, or start a new run with `evo-pai run`"
+    fix = FIX
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -193,6 +239,8 @@ def load_checkpoint(path: Path, cfg: Config) -> Checkpoint:
             raise EvoPaiError(f"checkpoint '{path}' was written for a different config than the run folder's "
                               f"config.yaml (was it edited?); restore config.yaml or {fix}")
         state = decode(header["state"], "state", tensors)
+        if shapes is not None:
+            check_shapes(state, *shapes, where=f"checkpoint '{path}'")
         check_rng(header["rng"], tensors)
         records = list(header["records"])
         ev = header["evaluator"]

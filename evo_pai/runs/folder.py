@@ -17,7 +17,9 @@ RUNS_ROOT = Path("runs")
 
 
 def config_hash(cfg: Config) -> str:
-    return hashlib.sha1(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    """Of everything but `logging` (where the log also goes changes no result, nor a folder's name)."""
+    raw = {k: v for k, v in to_dict(cfg).items() if k != "logging"}
+    return hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_run_dir(cfg: Config, root: Path = RUNS_ROOT) -> Path:
@@ -45,6 +47,14 @@ def prepare_run_dir(path: Path, overwrite: bool = False, create: bool = True) ->
     return path
 
 
+def remove_if_unused(path: Path) -> None:
+    """Remove a run folder this run created and never wrote to (it failed or was stopped first)."""
+    try:
+        path.rmdir()  # only an empty folder goes
+    except OSError:
+        pass  # not empty, or already gone: the error that brought us here is the one to report
+
+
 def clean(value: Any) -> Any:
     """JSON-safe: non-finite floats become null (strict JSON has no inf/nan)."""
     if isinstance(value, float):
@@ -57,13 +67,40 @@ def clean(value: Any) -> Any:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename: a crash leaves either the old file or the new one."""
+    """Temp file + fsync + rename: a crash, a full disk or a read-only folder leaves the old file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)  # give back the space a full disk needs
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and exc.filename is None:  # say which file could not be written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line whole or not at all: a write that fails half-way (ENOSPC) is cut back off."""
+    data = line.encode()
+    with open(path, "ab") as f:
+        size = f.tell()
+        try:
+            f.write(data)
+            f.flush()
+        except BaseException as exc:
+            try:
+                f.truncate(size)
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -81,14 +118,16 @@ class GenerationLog:
         """A new log (the file is started afresh), or a resumed one holding `records`."""
         self.path = path
         self.records: list[dict] = list(records or [])
+        self.sinks: list = []
         if path is not None:
-            path.write_text("".join(json.dumps(clean(r), allow_nan=False) + "\n" for r in self.records))
+            write_atomic(path, "".join(json.dumps(clean(r), allow_nan=False) + "\n" for r in self.records).encode())
 
     def __call__(self, record: dict) -> None:
-        self.records.append(record)
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(clean(record), allow_nan=False) + "\n")
+            append_line(self.path, json.dumps(clean(record), allow_nan=False) + "\n")
+        self.records.append(record)
+        for sink in self.sinks:  # extra loggers (runs/loggers.py): TensorBoard, ...
+            sink(record)
 
     @staticmethod
     def read(path: Path) -> list[dict]:

@@ -28,21 +28,38 @@ def pick_members(front: list[Individual], members: str | list[float]) -> list[in
     return sorted(picks)
 
 
-def member_task(exp: Experiment, ind: Individual, extra: float = 0.0) -> BurstTask:
+def member_task(exp: Experiment, ind: Individual, extra: float = 0.0, start=None) -> BurstTask:
     """The same final training as a single-objective run's winner (same seed and recipe)."""
     cfg = exp.cfg
-    if cfg.final.init == "continue":  # replay the member's burst (same seed) and keep going
-        epochs = cfg.search.burst_epochs + cfg.final.epochs + extra
-        return BurstTask(ind.mask, epochs, exp.task_seed(ind), keep_state=True, test=True)
-    return BurstTask(ind.mask, cfg.final.epochs + extra, derive_seed(cfg.seed, "final"),
-                     keep_state=True, test=True)
+    seed = derive_seed(cfg.seed, "final")
+    if start is None:
+        return BurstTask(ind.mask, cfg.final.epochs + extra, seed, keep_state=True, test=True)
+    weights, opt = start
+    return BurstTask(ind.mask, cfg.final.epochs + extra, seed, start=weights, keep_state=True, test=True,
+                     opt_state=opt if cfg.search.optimizer_state == "keep" else None)
 
 
-def train_members(exp: Experiment, outcome: SearchOutcome, extra: float = 0.0, progress=None) -> dict[int, BurstResult]:
-    """Train the picked members (one evaluator call: a parallel backend trains them together)."""
+def train_members(exp: Experiment, outcome: SearchOutcome, extra: float = 0.0,
+                  progress=None) -> tuple[dict[int, BurstResult], float]:
+    """Train the picked members (one evaluator call: a parallel backend trains them together).
+
+    final.init: continue starts each from its trained state (its carry, else its burst re-run, counted
+    as training) like a single winner; returns (results by member index, epochs spent re-running)."""
     picks = pick_members(outcome.members, exp.cfg.final.members)
-    results = exp.evaluator.evaluate([member_task(exp, outcome.members[i], extra) for i in picks], progress)
-    return dict(zip(picks, results))
+    starts: dict[int, tuple | None] = {i: None for i in picks}
+    replayed = 0.0
+    if exp.cfg.final.init == "continue":
+        members = [outcome.members[i] for i in picks]
+        redo = [i for i, m in zip(picks, members) if m.carry is None]
+        tasks = [BurstTask(outcome.members[i].mask, exp.cfg.search.burst_epochs, exp.task_seed(outcome.members[i]),
+                           keep_state=True) for i in redo]
+        for i, res in zip(redo, exp.evaluator.evaluate(tasks) if tasks else []):
+            starts[i], replayed = (res.state, res.opt_state), replayed + res.epochs
+        for i, m in zip(picks, members):
+            if m.carry is not None:
+                starts[i] = (m.carry.weights, m.carry.opt_state)
+    results = exp.evaluator.evaluate([member_task(exp, outcome.members[i], extra, starts[i]) for i in picks], progress)
+    return dict(zip(picks, results)), replayed
 
 
 def headline(outcome: SearchOutcome, trained: dict[int, BurstResult], target: float) -> int:

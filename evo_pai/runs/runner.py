@@ -12,7 +12,7 @@ import torch
 from ..config import Config
 from ..data import DataSplits, load_data
 from ..errors import EvoPaiError
-from ..training.tasks import BurstTask, initial_model
+from ..training.tasks import BurstTask
 from ..evaluation.base import make_evaluator
 from ..search.experiment import Experiment, SearchOutcome
 from ..search.nsga2_init import init_tasks
@@ -21,13 +21,14 @@ from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from ..training.cost import search_flops
 from ..masks import MaskSet
 from ..models import count_flops
-from ..patterns import parse_pattern
-from ..registry import BACKEND, METHOD
+from ..registry import METHOD
 from .components import load_components
+from .loggers import open_loggers
+from .preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
 from .front_plot import plot_front
 from .members import headline, member_rows, pick_members, train_members, write_members
 from .report import plot_fitness
-from .folder import GenerationLog, write_config, write_json
+from .folder import GenerationLog, write_atomic, write_config, write_json
 
 ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance
 
@@ -42,46 +43,21 @@ def seed_everything(seed: int) -> None:
 def expected_search_tasks(cfg: Config) -> int | None:
     s = cfg.search
     return {"kstarts": s.population, "combined": s.population * s.generations, "dissipating": s.dg.epochs,
-            "nsga2": s.population * s.generations + init_tasks(cfg),
-            "dense": 0, "random": 0}.get(s.method)
-
-
-def extra_epochs(cfg: Config) -> float:
-    """search.params.extra_epochs: equal-epoch controls train the final mask this much longer."""
-    value = cfg.search.params.get("extra_epochs", 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise EvoPaiError(f"search.params.extra_epochs: must be a number >= 0, got {value!r}")
-    return float(value)
+            "nsga2": s.population * s.generations + init_tasks(cfg), "dense": 0, "random": 0}.get(s.method)
 
 
 def final_training(exp: Experiment, outcome: SearchOutcome):
+    """(final result, epochs spent re-running the winner's burst for final.init: continue)."""
     cfg = exp.cfg
     seed = outcome.final_seed if outcome.final_seed is not None else derive_seed(cfg.seed, "final")
-    task = BurstTask(outcome.mask, outcome.pre_epochs + cfg.final.epochs + extra_epochs(cfg), seed,
-                     start=outcome.final_start, keep_state=True, test=True)
-    return exp.run_task(task)
-
-
-def preflight(cfg: Config) -> DataSplits:
-    """Everything that can reject the input, done before a run folder exists: names, data, model."""
-    load_components(cfg.plugins)
-    method = METHOD.get(cfg.search.method)
-    method_check = getattr(method, "preflight", None)
-    if method_check:
-        method_check(cfg)  # e.g. nsga2: objectives, density grid, mutation names
-    pattern = parse_pattern(cfg.masks.pattern)
-    if pattern and cfg.search.method not in ("dense", "nsga2") and 1.0 - cfg.search.sparsity > pattern[0] / pattern[1] + 1e-9:
-        raise EvoPaiError(f"search.sparsity: masks.pattern {cfg.masks.pattern} keeps at most {pattern[0]} of every "
-                          f"{pattern[1]} weights; use a sparsity >= {1 - pattern[0] / pattern[1]:g}")
-    if cfg.final.members != "all" and not getattr(method, "multi_member", False):
-        raise EvoPaiError(f"final.members: only a method with several answers (nsga2) picks members; "
-                          f"'{cfg.search.method}' has one winner — remove final.members")
-    backend_check = getattr(BACKEND.get(cfg.evaluation.backend), "preflight", None)
-    if backend_check:
-        backend_check(cfg)  # e.g. ray: is evaluation.address well formed and answering?
-    data = load_data(cfg.data)
-    initial_model(cfg, data)
-    return data
+    start, opt, replayed = outcome.final_start, outcome.final_opt_state, 0.0
+    if outcome.replay is not None:  # the winner's trained state was not kept: train its burst again
+        res = exp.run_task(outcome.replay)
+        start, opt, replayed = res.state, res.opt_state, res.epochs
+    # Its own run: the learning-rate schedule spans the final epochs, whatever the search's was.
+    task = BurstTask(outcome.mask, cfg.final.epochs + extra_epochs(cfg), seed, start=start, keep_state=True, test=True,
+                     opt_state=opt if cfg.search.optimizer_state == "keep" else None)
+    return exp.run_task(task), replayed
 
 
 def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None = None,
@@ -95,12 +71,15 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg.data)
-    log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
-    if out:
-        write_config(out / "config.yaml", cfg)
-        if resume is None:  # a checkpoint left by an earlier run in an overwritten folder is not ours
-            (out / CHECKPOINT).unlink(missing_ok=True)
-    with make_evaluator(cfg, data) as evaluator:
+    with make_evaluator(cfg, data) as evaluator, open_loggers(cfg, out) as sinks:
+        # Written only once the evaluator stands (a Ray that cannot start changes nothing in `out`).
+        log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
+        log.sinks = sinks
+        if out:
+            write_config(out / "config.yaml", cfg)
+            if resume is None:  # a checkpoint or summary left by an earlier run in an overwritten folder is not ours
+                (out / CHECKPOINT).unlink(missing_ok=True)
+                (out / "summary.json").unlink(missing_ok=True)
         exp = Experiment(cfg, evaluator, data, log)
         exp.progress = progress("search", expected_search_tasks(cfg)) if progress else None
         if out:  # the search calls this after each completed generation
@@ -119,13 +98,14 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         trained: dict = {}
         if outcome.members is not None:  # several answers: train the picked front members
             picks = len(pick_members(outcome.members, cfg.final.members))
-            trained = train_members(exp, outcome, extra_epochs(cfg), progress("final training", picks) if progress else None)
+            trained, replayed = train_members(exp, outcome, extra_epochs(cfg),
+                                              progress("final training", picks) if progress else None)
             head = headline(outcome, trained, cfg.search.sparsity)
             outcome.mask, final = outcome.members[head].mask, trained[head]
             outcome.extra["headline_member"] = head
         else:
             advance = progress("final training", 1) if progress else None
-            final = final_training(exp, outcome)
+            final, replayed = final_training(exp, outcome)
             if advance:
                 advance(1)
         final_seconds = time.perf_counter() - t1
@@ -143,6 +123,7 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
         "search_flops": flops,  # training FLOPs the search spent (see evo_pai/cost.py)
         "final_epochs": cfg.final.epochs,
         "extra_epochs": extra_epochs(cfg),
+        "final_replay_epochs": replayed,  # final.init: continue re-ran the winner's burst: training too
         "final_init": cfg.final.init,
         "search_seconds": search_seconds,
         "final_seconds": final_seconds,
@@ -173,12 +154,12 @@ def run_experiment(cfg: Config, out: Path | None, progress: ProgressHook | None 
 
 
 def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[dict], summary: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     mask.save(out / "mask.safetensors")
     summary["sparsity"] = MaskSet.load(out / "mask.safetensors").sparsity()  # measured from the file
-    if state is not None:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    if state is not None:  # bytes, then an atomic write: a full disk is an OSError naming the file
+        write_atomic(out / "model.safetensors", save({k: v.contiguous() for k, v in state.items()}))
     if records:
         plot_fitness(records, out / "fitness.png", f"{summary['method']} on {summary['dataset']} ({summary['model']})")
     write_json(out / "summary.json", summary)

@@ -1,15 +1,23 @@
 """The combination: a DEAP-style evolutionary loop over masks with DG as the mutation.
 
-Generation g evaluates a population at sparsity s_g (s_0 = p, then a cubic ramp to the target).
+Generation g evaluates a population at sparsity s_g (s_0 = p, then `search.schedule` to the target).
 Between generations: elites are kept, parents are selected and mated (layerwise crossover),
 and every survivor is mutated by the sparsity-advancing operator to s_{g+1}.
+
+`search.inherit: rewind` trains every generation from θ0 (the paper's loop: what a generation
+learns is thrown away). `parent` is population-based training for masks: a child trains its burst
+from its parent's trained weights and optimizer state under its own mask (a crossover child takes
+each layer from the parent whose mask layer it took), so progress accumulates and a generation
+still costs one burst per member. The learning-rate schedule spans the whole search.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from deap import tools
 
-from ..budgets import cubic_schedule
+from ..budgets import sparsity_schedule
 from .experiment import Experiment, SearchOutcome
 from ..individual import Individual, derive_seed
 from ..registry import CROSSOVER, SELECTION, register_method
@@ -17,8 +25,17 @@ from .kstarts import winner_outcome
 
 
 def initial_sparsity(exp: Experiment) -> float:
+    """p: a number, `sqrt` (1 - sqrt(1 - s): half the target's log-density), `{fraction: f}` (f * s),
+    or None (0.5 * s)."""
     s = exp.cfg.search
-    return s.initial_sparsity if s.initial_sparsity is not None else 0.5 * s.sparsity
+    p = s.initial_sparsity
+    if p is None:
+        return 0.5 * s.sparsity
+    if p == "sqrt":
+        return 1.0 - math.sqrt(1.0 - s.sparsity)
+    if isinstance(p, (int, float)):
+        return float(p)
+    return p.fraction * s.sparsity
 
 
 def next_generation(exp: Experiment, population: list[Individual], sparsity: float, final: bool) -> list[Individual]:
@@ -30,7 +47,11 @@ def next_generation(exp: Experiment, population: list[Individual], sparsity: flo
     mate = CROSSOVER.get(s.crossover)
     for i in range(1, len(offspring), 2):
         if float(torch.rand((), generator=exp.generator)) < s.crossover_prob:
-            offspring[i - 1], offspring[i] = mate(offspring[i - 1], offspring[i], exp.generator)
+            a, b = offspring[i - 1], offspring[i]
+            offspring[i - 1], offspring[i] = mate(a, b, exp.generator)
+            for child, parent in ((offspring[i - 1], a), (offspring[i], b)):
+                if child.carry is None:  # a crossover that knows nothing of inheritance: its first parent's state
+                    child.carry = parent.carry
     step = exp.prune_step(sparsity, final)
     children: list[Individual] = []
     seen: set[str] = set()
@@ -44,6 +65,7 @@ def next_generation(exp: Experiment, population: list[Individual], sparsity: flo
         seen.add(child.key)
         children.append(Individual(child.mask))
         children[-1].origin = child.origin
+        children[-1].carry = ind.carry  # used only under inheritance: the parent's trained state
     return children
 
 
@@ -51,7 +73,9 @@ def next_generation(exp: Experiment, population: list[Individual], sparsity: flo
 def combined(exp: Experiment) -> SearchOutcome:
     s = exp.cfg.search
     p = initial_sparsity(exp) if s.generations > 1 else s.sparsity  # one generation: K-starts at target
-    schedule = [p] + cubic_schedule(p, s.sparsity, s.generations - 1)
+    schedule = [p] + sparsity_schedule(s.schedule, p, s.sparsity, s.generations - 1)
+    inherit = s.inherit == "parent"
+    horizon = s.generations * exp.steps(s.burst_epochs) if inherit else None
     state = exp.resume_state
     if state is None:
         population = [Individual(exp.random_mask(p, derive_seed(exp.cfg.seed, "kstarts", i))) for i in range(s.population)]
@@ -59,7 +83,7 @@ def combined(exp: Experiment) -> SearchOutcome:
     else:
         population, start = state["population"], state["generation"] + 1
     for g in range(start, s.generations):
-        exp.evaluate(population, progress=getattr(exp, "progress", None))
+        exp.evaluate(population, progress=getattr(exp, "progress", None), inherit=inherit, horizon=horizon)
         exp.log_generation(g, population, target=schedule[g])
         if g == s.generations - 1:
             break

@@ -1,7 +1,13 @@
-"""Dissipating gradients: one network; after each epoch prune the weights that barely moved from θ0."""
+"""Dissipating gradients: one network; after each epoch prune the weights that barely moved from θ0.
+
+With `search.optimizer_state: keep` (default) the loop is one training run pruned at epoch
+boundaries: one optimizer state (a pruned weight's entries zeroed), one batch stream and one
+learning-rate schedule across all pruning epochs. `reset` restarts optimizer and batch order each
+epoch (the v1 loop, kept to reproduce older results).
+"""
 from __future__ import annotations
 
-from ..budgets import cubic_schedule
+from ..budgets import sparsity_schedule
 from ..training.tasks import BurstTask
 from .experiment import Experiment, SearchOutcome
 from ..individual import Individual, derive_seed
@@ -11,22 +17,28 @@ from ..registry import register_method
 @register_method("dissipating", "train one network; after each epoch prune by search.mutation until the target")
 def dissipating(exp: Experiment) -> SearchOutcome:
     s = exp.cfg.search
-    mask, state = exp.dense_mask(), None
-    schedule = cubic_schedule(0.0, s.sparsity, s.dg.epochs)
+    mask, state, opt = exp.dense_mask(), None, None
+    schedule = sparsity_schedule(s.schedule, 0.0, s.sparsity, s.dg.epochs)
+    keep, per_epoch = s.optimizer_state == "keep", exp.steps(1.0)
     first = 0
     if exp.resume_state is not None:  # a resumed run continues after the last checkpointed epoch
         r = exp.resume_state
-        mask, state, first = r["mask"], r["state"], r["generation"] + 1
+        mask, state, opt, first = r["mask"], r["state"], r.get("opt_state"), r["generation"] + 1
     for epoch, sparsity in enumerate(schedule):
         if epoch < first:
             continue
-        res = exp.run_task(BurstTask(mask, 1.0, derive_seed(exp.cfg.seed, "dissipating", epoch), start=state, keep_state=True))
+        if keep:
+            task = BurstTask(mask, 1.0, derive_seed(exp.cfg.seed, "dissipating"), start=state, keep_state=True,
+                             opt_state=opt, offset=epoch * per_epoch, horizon=len(schedule) * per_epoch)
+        else:
+            task = BurstTask(mask, 1.0, derive_seed(exp.cfg.seed, "dissipating", epoch), start=state, keep_state=True)
+        res = exp.run_task(task)
         ind = Individual(mask)
         exp.assign(ind, res)
         mask = exp.mutate(ind, exp.prune_step(sparsity, final=epoch == len(schedule) - 1))
-        state = res.state
+        state, opt = res.state, res.opt_state if keep else None
         exp.log_generation(epoch, [ind], pruned_to=mask.sparsity())
-        exp.checkpoint({"generation": epoch, "mask": mask, "state": state})
+        exp.checkpoint({"generation": epoch, "mask": mask, "state": state, "opt_state": opt})
     if exp.cfg.final.init == "continue":
-        return SearchOutcome(mask, final_start=state)
+        return SearchOutcome(mask, final_start=state, final_opt_state=opt)
     return SearchOutcome(mask)

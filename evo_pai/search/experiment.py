@@ -5,6 +5,7 @@ processes or files directly.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import time
@@ -15,7 +16,7 @@ import torch
 
 from ..config import Config
 from ..data import DataSplits
-from ..errors import EvoPaiError
+from ..errors import EvoPaiError, brief
 from ..training.tasks import BurstTask, Evaluator, initial_model
 from ..fitness import WORST, score
 from ..individual import Individual, derive_seed
@@ -25,7 +26,10 @@ from ..operators import PruneStep
 from ..patterns import parse_pattern
 from ..units import links
 from ..registry import MUTATION
-from ..training.burst import BurstResult
+from ..training.burst import BurstResult, steps_for
+from ..training.carry import Carry
+from ..training.optim import OptState
+from .mutation_check import check_mutation
 
 Logger = Callable[[dict], None]
 
@@ -37,11 +41,38 @@ class SearchOutcome:
     mask: MaskSet
     final_start: dict[str, torch.Tensor] | None = None  # None: rewind to θ0
     final_seed: int | None = None  # None: derived from the search seed
-    pre_epochs: float = 0.0  # epochs the final run repeats from the winner's burst ("continue")
+    final_opt_state: OptState | None = None  # optimizer state final training continues from
+    # final.init: continue without a kept state: the winner's burst, re-run (counted as training)
+    # to get its weights and optimizer state; final training continues from them.
+    replay: BurstTask | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
     # Several answers (nsga2's non-dominated front): the runner trains the picked members (final.members);
     # `mask` is then the headline member's, the one nearest search.sparsity.
     members: list[Individual] | None = None
+
+
+def mutation_params(cfg: Config, name: str) -> dict:
+    """The keyword arguments mutation `name` gets from the config (DG's section for the built-ins)."""
+    s = cfg.search
+    base: dict = {}
+    if name == "dissipating_gradients":
+        base = {"tau": s.dg.tau, "mode": s.dg.mode, "scope": s.dg.scope, "max_step_fraction": s.dg.max_step_fraction}
+    elif name == "magnitude":
+        base = {"scope": s.dg.scope}
+    return {**base, **s.mutation_params}
+
+
+def check_mutation_params(name: str, params: dict, field: str) -> None:
+    """Refuse parameters mutation `name` does not take, before it is called (also in preflight)."""
+    fn = MUTATION.get(name)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None, None, None, **params)
+    except TypeError as exc:
+        raise EvoPaiError(f"{field}: mutation '{name}' does not accept them: {exc}") from None
 
 
 class Experiment:
@@ -84,23 +115,24 @@ class Experiment:
         return PruneStep(sparsity, target, final, m.budget, m.min_output_fan_in, m.allow_empty_layers)
 
     def mutate(self, ind: Individual, step: PruneStep, name: str | None = None, params: dict | None = None) -> MaskSet:
+        """The one place mutations are called: every result is checked against `step` (mutation_check.py)."""
         name = name or self.cfg.search.mutation
         kwargs = self.mutation_params(name) if params is None else params
+        field = ("search.mutation_params" if params is None else
+                 "search.explore_params" if params is self.cfg.search.explore_params else f"mutation '{name}' parameters")
+        check_mutation_params(name, kwargs, field)
         try:
-            return MUTATION.get(name)(ind, step, self.generator, **kwargs)
-        except TypeError as exc:
-            raise EvoPaiError(f"mutation '{name}' does not accept the configured parameters: {exc}") from exc
+            child = MUTATION.get(name)(ind, step, self.generator, **kwargs)
+        except EvoPaiError:
+            raise
+        except Exception as exc:  # a user's operator: name it, and where it failed
+            raise EvoPaiError(f"mutation '{name}' raised {brief(exc)}; fix the operator") from exc
+        return check_mutation(name, ind.mask, child, step)
 
     def mutation_params(self, name: str) -> dict:
-        s = self.cfg.search
-        base: dict = {}
-        if name == "dissipating_gradients":
-            base = {"tau": s.dg.tau, "mode": s.dg.mode, "scope": s.dg.scope, "max_step_fraction": s.dg.max_step_fraction}
-        elif name == "magnitude":
-            base = {"scope": s.dg.scope}
-        elif name in ("neuron", "regrow_alive"):  # structured: the model's unit chain (sequential models)
-            base = {"links": self.unit_links()}
-        return {**base, **s.mutation_params}
+        if name in ("neuron", "grow_alive"):  # structured: the model's unit chain (sequential models)
+            return {"links": self.unit_links(), **mutation_params(self.cfg, name)}
+        return mutation_params(self.cfg, name)
 
     def unit_links(self) -> list:
         if self._links is None:
@@ -111,14 +143,33 @@ class Experiment:
     def task_seed(self, ind: Individual) -> int:
         return derive_seed(self.cfg.seed, ind.key)
 
-    def evaluate(self, population: list[Individual], epochs: float | None = None, progress=None) -> list[BurstResult]:
-        """Burst-train every individual from θ0 and set its fitness, traits and metrics."""
+    def steps(self, epochs: float) -> int:
+        """Optimizer steps of a run of `epochs` epochs on this training set."""
+        return steps_for(epochs, self.data.n_train, self.cfg.train.batch_size)
+
+    def evaluate(self, population: list[Individual], epochs: float | None = None, progress=None,
+                 inherit: bool = False, horizon: int | None = None) -> list[BurstResult]:
+        """Burst-train every individual and set its fitness, traits and metrics.
+
+        From θ0, or with `inherit` from each individual's `carry` (θ0 where it has none); then the
+        trained state becomes its carry. `horizon`: the lineage's schedule length in steps."""
         epochs = self.cfg.search.burst_epochs if epochs is None else epochs
-        tasks = [BurstTask(ind.mask, epochs, self.task_seed(ind)) for ind in population]
+        tasks = [self.inherited_task(ind, epochs, horizon) if inherit else BurstTask(ind.mask, epochs, self.task_seed(ind))
+                 for ind in population]
         results = self.evaluator.evaluate(tasks, progress)
-        for ind, res in zip(population, results):
+        for ind, task, res in zip(population, tasks, results):
             self.assign(ind, res)
+            if inherit:
+                ind.carry = None if res.state is None else Carry(res.state, res.opt_state, task.offset + res.steps)
         return results
+
+    def inherited_task(self, ind: Individual, epochs: float, horizon: int | None) -> BurstTask:
+        c, keep = ind.carry, self.cfg.search.optimizer_state == "keep"
+        if c is None:
+            return BurstTask(ind.mask, epochs, self.task_seed(ind), keep_state=True, horizon=horizon if keep else None)
+        return BurstTask(ind.mask, epochs, self.task_seed(ind), start=c.weights, keep_state=True,
+                         opt_state=c.opt_state if keep else None, offset=c.steps if keep else 0,
+                         horizon=horizon if keep else None)
 
     def assign(self, ind: Individual, res: BurstResult, fitness: str | None = None,
                costs: Callable[[Individual], tuple[float, ...]] | None = None) -> None:

@@ -29,14 +29,24 @@ def imp_schedule(target: float, fraction: float) -> list[float]:
     return [min(target, 1.0 - (1.0 - fraction) ** (r + 1)) for r in range(rounds - 1)] + [target]
 
 
-@register_method("imp", "lottery ticket: train, prune 20 % of the rest by magnitude, rewind; repeat to the target")
-def imp(exp: Experiment) -> SearchOutcome:
-    p = exp.cfg.search.params
-    fraction = float(p.get("prune_fraction", 0.2))
-    round_epochs = float(p.get("round_epochs", exp.cfg.final.epochs))
-    rewind_epochs = float(p.get("rewind_epochs", 0))
+def imp_params(cfg) -> tuple[float, float, float]:
+    """(prune_fraction, round_epochs, rewind_epochs) from search.params, checked."""
+    p = cfg.search.params
+    try:
+        fraction = float(p.get("prune_fraction", 0.2))
+        round_epochs = float(p.get("round_epochs", cfg.final.epochs))
+        rewind_epochs = float(p.get("rewind_epochs", 0))
+    except (TypeError, ValueError) as exc:
+        raise EvoPaiError(f"search.params: imp's prune_fraction, round_epochs and rewind_epochs are numbers ({exc})") from None
     if round_epochs <= 0 or rewind_epochs < 0:
         raise EvoPaiError("search.params.round_epochs must be > 0 and search.params.rewind_epochs >= 0")
+    imp_schedule(cfg.search.sparsity, fraction)  # refuses a fraction outside (0, 1)
+    return fraction, round_epochs, rewind_epochs
+
+
+@register_method("imp", "lottery ticket: train, prune 20 % of the rest by magnitude, rewind; repeat to the target")
+def imp(exp: Experiment) -> SearchOutcome:
+    fraction, round_epochs, rewind_epochs = imp_params(exp.cfg)
     mask, rewind = exp.dense_mask(), None
     if rewind_epochs > 0:
         rewind = exp.run_task(BurstTask(mask, rewind_epochs, derive_seed(exp.cfg.seed, "imp-rewind"), keep_state=True)).state
@@ -50,3 +60,6 @@ def imp(exp: Experiment) -> SearchOutcome:
         exp.log_generation(r, [ind], pruned_to=mask.sparsity())
     return SearchOutcome(mask, final_start=rewind, extra={"imp_rounds": len(schedule), "round_epochs": round_epochs,
                                                           "rewind_epochs": rewind_epochs})
+
+
+imp.preflight = imp_params  # runs/preflight.py calls a method's `preflight(cfg)` before the run folder exists

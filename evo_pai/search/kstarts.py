@@ -1,6 +1,7 @@
 """K-starts: k random p-sparse masks over one θ0, a short burst each, the fittest wins."""
 from __future__ import annotations
 
+from ..training.tasks import BurstTask
 from .experiment import Experiment, SearchOutcome
 from ..individual import Individual, derive_seed
 from ..registry import register_method
@@ -14,10 +15,15 @@ def candidate_table(population: list[Individual]) -> list[dict]:
 
 
 def winner_outcome(exp: Experiment, winner: Individual, **extra) -> SearchOutcome:
-    """Rewind: train the winner's mask from θ0. Continue: replay its burst and keep training."""
-    if exp.cfg.final.init == "continue":
-        return SearchOutcome(winner.mask, None, exp.task_seed(winner), exp.cfg.search.burst_epochs, extra)
-    return SearchOutcome(winner.mask, extra=extra)
+    """Rewind: train the winner's mask from θ0. Continue: from its trained weights and optimizer
+    state — kept by an inheriting search, else got by re-running its burst (counted as training)."""
+    if exp.cfg.final.init != "continue":
+        return SearchOutcome(winner.mask, extra=extra)
+    if winner.carry is not None:
+        return SearchOutcome(winner.mask, final_start=winner.carry.weights, final_opt_state=winner.carry.opt_state,
+                             extra=extra)
+    replay = BurstTask(winner.mask, exp.cfg.search.burst_epochs, exp.task_seed(winner), keep_state=True)
+    return SearchOutcome(winner.mask, replay=replay, extra=extra)
 
 
 @register_method("kstarts", "k random masks at the target sparsity over one θ0; a burst each; the fittest wins")

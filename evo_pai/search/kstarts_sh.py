@@ -4,8 +4,9 @@ The same K candidates as `kstarts` (same seeds, same masks). Rung 0 trains all K
 b / 2^(R-1) epochs (R = ceil(log2 K) rungs, b = search.burst_epochs); each later rung keeps the
 fitter half and *continues* their training to twice the previous budget, so the last rung's
 two candidates have trained b epochs, like every plain K-starts candidate, at a fraction of the
-cost. Continuing (not restarting) is what saves compute; each continuation starts a fresh
-optimizer and batch order, so a rung-R state is close to, not equal to, a b-epoch burst.
+cost. Continuing (not restarting) is what saves compute. With `search.optimizer_state: keep` a
+continuation carries the optimizer state and the batch stream, so a rung-R state equals one
+uninterrupted b-epoch burst; `reset` starts a fresh optimizer and batch order per rung (v1).
 """
 from __future__ import annotations
 
@@ -30,17 +31,24 @@ def kstarts_sh(exp: Experiment) -> SearchOutcome:
     population = [Individual(exp.random_mask(s.sparsity, derive_seed(exp.cfg.seed, "kstarts", i))) for i in range(s.population)]
     alive = list(range(len(population)))
     states: dict[int, dict | None] = {i: None for i in alive}
+    opts: dict[int, dict | None] = {i: None for i in alive}
+    keep = s.optimizer_state == "keep"
     done = {i: 0.0 for i in alive}
     spent0 = exp.evaluator.epochs_spent
     rungs = []
     for r, budget in enumerate(rung_budgets(len(population), s.burst_epochs)):
         if r > 0 and len(alive) == 1:
             break  # one remains: it is the winner
-        tasks = [BurstTask(population[i].mask, budget - done[i], derive_seed(exp.cfg.seed, "kstarts_sh", r, population[i].key),
-                           start=states[i], keep_state=True) for i in alive]
+        if keep:  # one continuous run per candidate: the same batch stream and optimizer state
+            tasks = [BurstTask(population[i].mask, budget - done[i], derive_seed(exp.cfg.seed, "kstarts_sh", population[i].key),
+                               start=states[i], keep_state=True, opt_state=opts[i], offset=exp.steps(done[i]))
+                     for i in alive]
+        else:
+            tasks = [BurstTask(population[i].mask, budget - done[i], derive_seed(exp.cfg.seed, "kstarts_sh", r, population[i].key),
+                               start=states[i], keep_state=True) for i in alive]
         for i, res in zip(alive, exp.evaluator.evaluate(tasks, getattr(exp, "progress", None))):
             exp.assign(population[i], res)
-            states[i], done[i] = res.state, budget
+            states[i], opts[i], done[i] = res.state, res.opt_state if keep else None, budget
         exp.log_generation(r, [population[i] for i in alive], rung_epochs=budget, candidates=len(alive))
         rungs.append({"candidates": len(alive), "epochs": budget})
         # Keep the fitter half (ties to the lower index: deterministic across backends).
@@ -54,5 +62,5 @@ def kstarts_sh(exp: Experiment) -> SearchOutcome:
         "plain_kstarts_epochs": plain, "compute_saved_ratio": plain / spent if spent else None,
     }
     if exp.cfg.final.init == "continue":
-        return SearchOutcome(population[winner].mask, final_start=states[winner], extra=extra)
+        return SearchOutcome(population[winner].mask, final_start=states[winner], final_opt_state=opts[winner], extra=extra)
     return SearchOutcome(population[winner].mask, extra=extra)

@@ -5,7 +5,7 @@ by default from one gradual-magnitude trajectory that passes every level (search
 Every later generation makes one child per member: a parent picked by a crowded binary tournament
 (lower non-domination rank, then larger crowding distance) is moved on the grid by one mutation —
 prune (1..max_move levels sparser, a mutation drawn from `prune_mutations`, e.g. magnitude and the
-structured `neuron` mixed), regrow (denser, `regrow_mutation`) or swap (same density,
+structured `neuron` mixed), grow (denser, `grow_mutation`) or swap (same density,
 `swap_mutation`). Children are burst-trained from θ0 and scored exactly as in the single-objective
 methods (fitness of the burst through the evaluator); parents and children together (each mask
 once) are cut back to the population size by DEAP's `selNSGA2` (non-dominated sorting, crowding
@@ -68,13 +68,13 @@ def move(exp: Experiment, parent: Individual, levels: list[float], how: str | No
     how = how or draw(n.moves, gen)
     at = nearest_level(levels, parent.mask.sparsity())
     step = 1 + int(torch.randint(n.max_move, (1,), generator=gen))
-    if how == "prune" and at == len(levels) - 1 or how == "regrow" and at == 0:
-        flipped = "regrow" if how == "prune" else "prune"
+    if how == "prune" and at == len(levels) - 1 or how == "grow" and at == 0:
+        flipped = "grow" if how == "prune" else "prune"
         how = flipped if n.moves.get(flipped, 0) > 0 and len(levels) > 1 else "swap"
     if how == "prune":
         return how, draw(n.prune_mutations, gen), levels[min(len(levels) - 1, at + step)]
-    if how == "regrow":
-        return how, n.regrow_mutation, levels[max(0, at - step)]
+    if how == "grow":
+        return how, n.grow_mutation, levels[max(0, at - step)]
     return how, n.swap_mutation, levels[at]
 
 
@@ -134,7 +134,7 @@ def nsga2(exp: Experiment) -> SearchOutcome:
         population = tools.selNSGA2(population + children, s.population)
         rank_and_crowd(population)
         _log(exp, g, population, names, evaluated=len(children),
-             moves={k: sum(c.origin.startswith(k) for c in children) for k in ("prune", "regrow", "swap")})
+             moves={k: sum(c.origin.startswith(k) for c in children) for k in ("prune", "grow", "swap")})
         exp.checkpoint({"population": population, "generation": g})
     front = final_front(population)
     head = min(front, key=lambda i: (abs(i.mask.sparsity() - s.sparsity), i.mask.sparsity()))

@@ -35,7 +35,7 @@ EVO_METHODS = ("kstarts", "kstarts_sh", "dissipating", "combined")  # evo-pai's 
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MethodSpec(_Spec):

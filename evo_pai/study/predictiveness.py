@@ -112,7 +112,7 @@ def write_predictiveness_csv(root: Path) -> None:
 
 
 def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 

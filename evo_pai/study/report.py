@@ -6,6 +6,7 @@ fitness predictiveness), accuracy_vs_sparsity.png and accuracy_vs_compute.png.
 """
 from __future__ import annotations
 
+import csv
 import math
 import statistics
 from collections import defaultdict
@@ -43,13 +44,36 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
+REQUIRED = ("label", "method", "target_sparsity", "seed", "test_accuracy")  # what every table reads
+NUMERIC = {"target_sparsity": float, "seed": int}  # read strictly; the measured columns may be empty
+
+
 def load_results(root: Path) -> list[dict]:
+    """results.csv's rows, checked: a garbage or foreign CSV is one line naming the file and the fix."""
     path = root / "results.csv"
     if not path.is_file():
         raise EvoPaiError(f"report: {path} not found; pass a study folder written by `evo-pai study`")
-    rows = read_csv(path)
+    fix = "regenerate it with `evo-pai study` (a rerun only rewrites the table from finished cells)"
+    try:
+        rows = read_csv(path)
+    except UnicodeDecodeError as exc:
+        raise EvoPaiError(f"report: {path} is not UTF-8 text (byte at offset {exc.start}); {fix}") from None
+    except (csv.Error, OSError) as exc:
+        raise EvoPaiError(f"report: {path} is not a readable CSV ({exc}); {fix}") from None
     if not rows:
         raise EvoPaiError(f"report: {path} has no finished cells yet; run `evo-pai study` first")
+    missing = [c for c in REQUIRED if c not in rows[0]]
+    if missing:
+        raise EvoPaiError(f"report: {path} lacks the column(s) {', '.join(missing)} (its header: "
+                          f"{', '.join(list(rows[0])[:6])}{'...' if len(rows[0]) > 6 else ''}); {fix}")
+    for i, row in enumerate(rows, start=2):  # line 1 is the header
+        for col, kind in NUMERIC.items():
+            try:
+                kind(row[col])
+            except (TypeError, ValueError):
+                raise EvoPaiError(f"report: {path} line {i}: {col} is {row[col]!r}, not a number; {fix}") from None
+        if not row["label"] or not row["method"]:
+            raise EvoPaiError(f"report: {path} line {i}: empty label or method; {fix}")
     return rows
 
 

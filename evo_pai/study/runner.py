@@ -9,6 +9,7 @@ finished cells; at the end the predictiveness cells run and the report is regene
 from __future__ import annotations
 
 import shutil
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -58,7 +59,9 @@ def run_cell(cell: Cell, root: Path, threads: int) -> str | None:
 
 def summary_row(cell: Cell, summary: dict) -> dict:
     flops = summary.get("search_flops") or {}
-    final = float(summary["final_epochs"]) + float(summary.get("extra_epochs") or 0.0)
+    # the replayed burst of final.init: continue is training too
+    final = (float(summary["final_epochs"]) + float(summary.get("extra_epochs") or 0.0)
+             + float(summary.get("final_replay_epochs") or 0.0))
     return {
         "label": cell.label, "method": summary["method"], "target_sparsity": cell.sparsity, "seed": cell.seed,
         "sparsity": summary["sparsity"], "test_accuracy": summary["test_accuracy"], "val_accuracy": summary["val_accuracy"],
@@ -83,46 +86,112 @@ def collect(cells: list[Cell], root: Path) -> list[dict]:
     return rows
 
 
+def preflight_study(spec: StudySpec) -> list[Cell]:
+    """Every cell (and predictiveness group) checked as a run would be — names, parameters, the model
+    on the meta device, the backend — before the study folder exists."""
+    import json
+
+    from ..data import load_data
+    from ..errors import EvoPaiError
+    from ..runs.preflight import check_backend, check_config, check_model
+    from .predictiveness import predictiveness_jobs
+
+    cells = grid(spec)
+    checked: set[str] = set()
+    for label, cfg in [(c.dirname, c.cfg) for c in cells] + [(g.dirname, g.cfg) for g in predictiveness_jobs(spec)]:
+        raw = to_dict(cfg)
+        key = json.dumps({k: raw[k] for k in ("plugins", "data", "model", "masks", "train", "search", "evaluation", "logging")},
+                         sort_keys=True)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            check_config(cfg)
+            data_key = json.dumps(raw["data"], sort_keys=True)
+            if data_key not in _DATA_CACHE:
+                _DATA_CACHE.clear()
+                _DATA_CACHE[data_key] = load_data(cfg.data)
+            check_backend(cfg, _DATA_CACHE[data_key], check_model(cfg, _DATA_CACHE[data_key]))
+        except EvoPaiError as exc:
+            raise EvoPaiError(f"study '{spec.name}', cell {label}: {exc}") from None
+    return cells
+
+
+def _clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def run_study(spec: StudySpec, root: Path, jobs: int | None = None, say: Callable[[str], None] = print) -> dict:
     """Run every missing cell, then predictiveness, then the report. Returns counts."""
-    from .predictiveness import predictiveness_jobs, run_predictiveness_group, write_predictiveness_csv
+    from ..runs.lock import FolderLock, check_unlocked
+    from .predictiveness import predictiveness_jobs
+
+    cells = preflight_study(spec)  # nothing is created before every cell is known to be valid
+    groups = predictiveness_jobs(spec)
+    check_unlocked(root, "study")
+    root.mkdir(parents=True, exist_ok=True)
+    with FolderLock(root, "study"):
+        return _run_locked(spec, root, cells, groups, jobs or spec.jobs, say)
+
+
+def _run_locked(spec: StudySpec, root: Path, cells: list[Cell], groups: list, jobs: int, say: Callable[[str], None]) -> dict:
+    from ..errors import EvoPaiError
+    from .predictiveness import run_predictiveness_group, write_predictiveness_csv
     from .report import write_report
 
-    root.mkdir(parents=True, exist_ok=True)
-    cells = grid(spec)
-    jobs = jobs or spec.jobs
+    def log(line: str) -> None:
+        say(f"[{_clock()}] {line}")
+
     todo = [c for c in cells if not (root / "cells" / c.dirname / "summary.json").exists()]
-    say(f"study '{spec.name}': {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run ({jobs} job(s))")
+    log(f"study '{spec.name}': {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run ({jobs} job(s))")
     errors: list[str] = []
 
-    def reporter(write):
-        """A job's completion callback: report it, keep its error, rewrite the table with `write`."""
+    def reporter(total: int, write):
+        """A job's completion callback: report it with an ETA, keep its error, rewrite the table with `write`."""
+        started, done = time.perf_counter(), [0]
+
         def finished(name: str, err: str | None) -> None:
+            done[0] += 1
+            elapsed = time.perf_counter() - started
+            eta = f", ETA {_eta(elapsed / done[0] * (total - done[0]))}" if done[0] < total else ""
             if err:
                 errors.append(err)
-                say(f"  FAILED {err}")
-            else:
-                say(f"  done {name}")
+            log(f"  {'FAILED' if err else 'done'} {err or name} ({done[0]}/{total}{eta})")
             write()
         return finished
 
     def write_results() -> None:
         write_csv(root / "results.csv", collect(cells, root), CSV_FIELDS)
 
-    groups = predictiveness_jobs(spec)
-    _map(jobs, run_cell, [(c, root, spec.threads) for c in todo], [c.dirname for c in todo], reporter(write_results))
+    _map(jobs, run_cell, [(c, root, spec.threads) for c in todo], [c.dirname for c in todo], reporter(len(todo), write_results))
     write_results()
     if groups:
-        say(f"predictiveness: {len(groups)} K-starts cells, every candidate trained with the final recipe")
+        log(f"predictiveness: {len(groups)} K-starts cells, every candidate trained with the final recipe")
         _map(jobs, run_predictiveness_group, [(g, root, spec.threads) for g in groups], [g.dirname for g in groups],
-             reporter(lambda: write_predictiveness_csv(root)))
+             reporter(len(groups), lambda: write_predictiveness_csv(root)))
         write_predictiveness_csv(root)
-    write_report(root)
-    if errors:
+    if errors:  # before the report, which cannot be written when every cell failed
         write_atomic(root / "errors.txt", ("\n".join(errors) + "\n").encode())
     elif (root / "errors.txt").exists():
         (root / "errors.txt").unlink()  # a resumed study that fixed its failures
+    if not collect(cells, root):
+        first = errors[0] if errors else "no cell finished"
+        raise EvoPaiError(f"study '{spec.name}': every cell failed; the first: {first}; every cause is in "
+                          f"{root / 'errors.txt'} and each cell's error.txt")
+    write_report(root)
     return {"cells": len(cells), "ran": len(todo), "errors": len(errors)}
+
+
+def _quiet_worker() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them: one message, no traceback per process."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _map(jobs: int, fn: Callable, args: list[tuple], names: list[str], done: Callable[[str, str | None], None]) -> None:
@@ -134,7 +203,8 @@ def _map(jobs: int, fn: Callable, args: list[tuple], names: list[str], done: Cal
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_quiet_worker)
+    try:
         futures = {pool.submit(fn, *a): name for a, name in zip(args, names)}
         for fut in as_completed(futures):
             try:
@@ -142,3 +212,9 @@ def _map(jobs: int, fn: Callable, args: list[tuple], names: list[str], done: Cal
             except Exception as exc:  # a worker that died (killed, out of memory)
                 err = f"{futures[fut]}: {type(exc).__name__}: {exc}"
             done(futures[fut], err)
+    except BaseException:  # Ctrl-C or a failing callback: stop the workers now, not after their cells
+        for proc in list(getattr(pool, "_processes", {}).values()):  # no public API stops running workers
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -19,22 +19,17 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import MaskSet
+from .compiled import Update, update_eager
+from .precision import autocast_forward
 from .stacked import StackedForward
-from .burst import _EPS, BurstResult, batch_order, steps_for
+from .burst import _EPS, BurstResult, batch_order, batches_on, steps_for
+from .optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_stacked_optimizer, masked_state,
+                    set_lr, stack_states, unstack_state)
 
 
 def eval_rows(hp: TrainConfig) -> int:
     # Evaluation keeps no graph: 3x the training batch is about the memory of a training step.
     return 3 * hp.batch_size
-
-
-def make_stacked_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
-    # fused: one pass over the stacked tensors instead of ~7 elementwise kernels (measured
-    # 1.5x -> 2.4x on K=16 LeNet-300-100); same update math as make_optimizer.
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    if hp.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=fused)
-    return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
 
 
 @torch.no_grad()
@@ -65,14 +60,22 @@ def train_batched(
     seeds: Sequence[int],
     keep_state: Sequence[bool],
     test: Sequence[bool],
+    update: Update = update_eager,
+    opt_states: Sequence[OptState | None] | None = None,
+    offset: int = 0,
+    horizon: int | None = None,
 ) -> list[BurstResult]:
-    """`train_masked` for every (start, mask, seed); `model` only supplies names, dtype and device."""
+    """`train_masked` for every (start, opt_state, mask, seed); `model` only supplies names, dtype and
+    device. `update` does grad_accum += |g| and g *= keep (training/compiled.py: eager or compiled).
+    The models share `offset` and `horizon` (one learning rate per step) and, for Adam, the
+    optimizer step count of their states (one bias correction): the caller groups them so."""
     k = len(masks)
     device = next(model.parameters()).device
     names = [n for n, _ in model.named_parameters()]
     masked = list(masks[0])
     params = {n: torch.stack([s[n].to(device) for s in starts]).requires_grad_() for n in names}
     dtype = params[names[0]].dtype
+    forward = autocast_forward(forward, hp.precision, device, dtype)  # train.precision bf16
     # 0/1 in the parameters' dtype: x * 1.0 == x * True exactly, and a same-dtype multiply is a
     # vectorized kernel (a bool operand measured ~5x slower).
     keep = {n: torch.stack([m[n] for m in masks]).to(device, dtype) for n in masked}
@@ -80,13 +83,22 @@ def train_batched(
         for n in masked:
             params[n].mul_(keep[n])
     opt = make_stacked_optimizer(list(params.values()), hp)
+    stacked = stack_states(list(opt_states or [None] * k), {n: starts[0][n].shape for n in names})
+    load_state(opt, params, masked_state(stacked, keep) if stacked else None)
     grad_accum = {n: torch.zeros_like(params[n]) for n in masked}
     tmp = {n: torch.empty_like(params[n]) for n in masked}  # |g|, reused: no fresh pages every step
     steps = steps_for(epochs, data.n_train, hp.batch_size)
-    orders = [batch_order(data.n_train, steps, hp.batch_size, torch.Generator().manual_seed(s)) for s in seeds]
+    orders = [batch_order(data.n_train, steps, hp.batch_size, torch.Generator().manual_seed(s), skip=offset) for s in seeds]
+    # step -> the K models' batches side by side (K batches of the same size B), one copy to the device
+    step_idx = batches_on([torch.cat([o[step] for o in orders]) for step in range(steps)], device)
+    del orders
+    per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
+    horizon = offset + steps if horizon is None else horizon
     loss_sum = torch.zeros(k, dtype=dtype, device=device)
     for step in range(steps):
-        idx = torch.cat([o[step] for o in orders]).to(device)  # K batches of the same size B
+        if scheduled:
+            set_lr(opt, hp.lr * lr_factor(hp, offset + step, horizon, per_epoch))
+        idx = step_idx[step]
         b = idx.shape[0] // k
         # index_select: the same rows as train_x[idx], gathered ~5x faster than advanced indexing
         x = torch.index_select(data.train_x, 0, idx).view(k, b, *data.train_x.shape[1:])
@@ -97,18 +109,19 @@ def train_batched(
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # d(sum)/d(loss_k) = 1: each model gets exactly its own gradient
         with torch.no_grad():
-            for n in masked:
-                g = params[n].grad
-                grad_accum[n].add_(torch.abs(g, out=tmp[n]))
-                g.mul_(keep[n])
+            update([params[n].grad for n in masked], [grad_accum[n] for n in masked], [keep[n] for n in masked],
+                   [tmp[n] for n in masked])
         opt.step()
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0, as train_masked does.
         loss_sum += losses.detach()
-    return _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test)
+    final_opt = export_state(opt, params) if any(keep_state) else None
+    return _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test,
+                    final_opt)
 
 
-def _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test):
+def _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test,
+             final_opt):
     k = loss_sum.shape[0]
     params = {n: p.detach() for n, p in params.items()}
     train_loss = (loss_sum.double() / steps).tolist()
@@ -141,6 +154,8 @@ def _results(model, forward, params, grad_accum, starts, reference, data, loss_s
             state={n: _own((params[n][i] if n in params else starts[i][n]).to("cpu")) for n in state_keys}
             if keep_state[i] else None,
             epochs=epochs,
+            opt_state=unstack_state(final_opt, i) if keep_state[i] else None,
+            steps=steps,
         ))
     return out
 

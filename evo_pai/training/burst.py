@@ -16,6 +16,8 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import MaskSet
+from .optim import OptState, constant_lr, load_state, lr_factor, make_optimizer, masked_state, set_lr, export_state
+from .precision import autocast_forward
 
 EVAL_BATCH = 2048
 _EPS = 1e-12
@@ -31,42 +33,51 @@ class BurstResult:
     init_scale: dict[str, float] = field(default_factory=dict)  # mean |w0| per layer
     state: dict[str, torch.Tensor] | None = None  # full state_dict, when asked for
     epochs: float = 0.0  # model-epochs of training this run cost
+    opt_state: OptState | None = None  # the optimizer's final state (by parameter name), with `state`
+    steps: int = 0  # optimizer steps this run took
 
     @property
     def finite(self) -> bool:
         return bool(self.metrics.get("finite", 1.0))
 
 
-def make_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
-    if hp.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-
-
 def steps_for(epochs: float, n_train: int, batch_size: int) -> int:
     return max(1, int(round(epochs * math.ceil(n_train / batch_size))))
 
 
-def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Index batches for `steps` steps: a fresh permutation per epoch, last partial batch kept."""
+def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator, skip: int = 0) -> list[torch.Tensor]:
+    """Index batches for `steps` steps after the first `skip` of the stream: a fresh permutation per
+    epoch, last partial batch kept. Skipping lets a continued run take the batches its lineage
+    would have taken next (a 2-epoch run = 1 epoch + 1 more with skip = one epoch's steps)."""
     batches: list[torch.Tensor] = []
-    while len(batches) < steps:
+    while len(batches) < skip + steps:
         perm = torch.randperm(n, generator=generator)
         batches.extend(perm.split(batch_size))
-    return batches[:steps]
+    return batches[skip : skip + steps]
+
+
+def batches_on(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """A burst's index batches on `device` in one host-to-device copy: a copy per step would make
+    the host wait for the GPU at every step."""
+    if device.type == "cpu":
+        return batches
+    return list(torch.cat(batches).to(device).split([len(b) for b in batches]))
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forward=None) -> dict[str, float]:
+    """Mean loss and accuracy; sums stay on the device (float64), read once at the end."""
+    forward = forward or model
     model.eval()
-    loss, correct = 0.0, 0
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
     for i in range(0, len(x), EVAL_BATCH):
-        out = model(x[i : i + EVAL_BATCH])
-        loss += float(F.cross_entropy(out, y[i : i + EVAL_BATCH], reduction="sum"))
-        correct += int((out.argmax(1) == y[i : i + EVAL_BATCH]).sum())
+        out = forward(x[i : i + EVAL_BATCH])
+        loss += F.cross_entropy(out, y[i : i + EVAL_BATCH], reduction="sum").double()
+        correct += (out.argmax(1) == y[i : i + EVAL_BATCH]).sum()
     model.train()
     n = max(1, len(x))
-    return {"loss": loss / n, "accuracy": correct / n}
+    return {"loss": float(loss) / n, "accuracy": int(correct) / n}
 
 
 def train_masked(
@@ -80,12 +91,18 @@ def train_masked(
     seed: int,
     keep_state: bool = False,
     test: bool = False,
+    opt_state: OptState | None = None,
+    offset: int = 0,
+    horizon: int | None = None,
 ) -> BurstResult:
-    """Train `model` from `start` with `mask` held fixed; traits are measured against `reference` (θ0).
+    """Train `model` from `start` (and `opt_state`) with `mask` held fixed; traits are measured
+    against `reference` (θ0).
 
-    `data` must already be on the model's device. Masked weights and their gradients are exactly
-    zero throughout; gradient accumulation records the *unmasked* gradient so pruned weights
-    also get a score (useful for regrowth).
+    `data` must already be on the model's device. Masked weights, their gradients and their
+    optimizer state are exactly zero throughout; gradient accumulation records the *unmasked*
+    gradient so pruned weights also get a score (useful for regrowth). `offset` is the number of
+    steps the lineage has already taken (the batch stream and the learning-rate schedule continue
+    from there); `horizon` the length of the lineage's schedule (None: this run's end).
     """
     device = next(model.parameters()).device
     model.load_state_dict(start)
@@ -96,14 +113,19 @@ def train_masked(
         for k, m in masks.items():
             params[k].mul_(m)
     opt = make_optimizer(model.parameters(), hp)
+    load_state(opt, params, masked_state(opt_state, masks) if opt_state else None)
     grad_accum = {k: torch.zeros_like(params[k]) for k in masks}
-    gen = torch.Generator().manual_seed(seed)
+    forward = autocast_forward(model, hp.precision, device, next(model.parameters()).dtype)
+    gen = torch.Generator().manual_seed(seed)  # on CPU: the same batch order on every device
     steps = steps_for(epochs, data.n_train, hp.batch_size)
+    per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
+    horizon = offset + steps if horizon is None else horizon
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
     loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
-    for idx in batch_order(data.n_train, steps, hp.batch_size, gen):
-        idx = idx.to(device)
-        out = model(data.train_x[idx])
+    for i, idx in enumerate(batches_on(batch_order(data.n_train, steps, hp.batch_size, gen, skip=offset), device)):
+        if scheduled:
+            set_lr(opt, hp.lr * lr_factor(hp, offset + i, horizon, per_epoch))
+        out = forward(data.train_x[idx])
         loss = F.cross_entropy(out, data.train_y[idx])
         opt.zero_grad(set_to_none=False)
         loss.backward()
@@ -118,10 +140,10 @@ def train_masked(
         loss_sum += loss.detach()
     train_loss = float(loss_sum) / steps
     finite = math.isfinite(train_loss) and all(bool(torch.isfinite(p).all()) for p in params.values())
-    val = evaluate(model, data.val_x, data.val_y)
+    val = evaluate(model, data.val_x, data.val_y, forward)
     metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"], "finite": float(finite)}
     if test:
-        t = evaluate(model, data.test_x, data.test_y)
+        t = evaluate(model, data.test_x, data.test_y, forward)
         metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
     weights, rel, scale = {}, {}, {}
     with torch.no_grad():
@@ -139,5 +161,7 @@ def train_masked(
         },
         init_scale=scale,
         state={k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()} if keep_state else None,
-        epochs=steps / math.ceil(data.n_train / hp.batch_size),
+        epochs=steps / per_epoch,
+        opt_state=export_state(opt, params) if keep_state else None,
+        steps=steps,
     )

@@ -75,6 +75,15 @@ class _Act:
         return _Act(fn(self.t.flatten(0, 1)).unflatten(0, (self.k, -1)), "kb", self.k)
 
 
+@dataclass(frozen=True)
+class _Ref:
+    name: str  # an earlier step's output
+
+
+def _refs(a):
+    return _Ref(a.name) if isinstance(a, fx.Node) else a
+
+
 def _refuse(model_name: str, why: str) -> EvoPaiError:
     return EvoPaiError(
         f"evaluation.backend: model '{model_name}' {why}, which the vectorized backend cannot batch; "
@@ -101,8 +110,9 @@ class StackedForward:
     """Callable `(params, x) -> logits (K, B, classes)`; `params` maps names to stacked tensors
     stacked with `torch.stack` (a leading K dim on each parameter's own shape).
 
-    conv_mode: "grouped", "per_model", or "auto" (per model on CPU when a convolution's output for
-    one model and `batch_size` examples reaches PER_MODEL_MIN_ELEMENTS, else grouped).
+    conv_mode: "grouped" (every convolution), "per_model", or "auto": on CPU per model when a
+    convolution's output for one model and `batch_size` examples reaches PER_MODEL_MIN_ELEMENTS or
+    it has fewer than MIN_GROUP_CHANNELS input channels per model, else grouped; on CUDA grouped.
     """
 
     def __init__(self, model: nn.Module, model_name: str, input_shape: Sequence[int] | None = None,
@@ -120,10 +130,17 @@ class StackedForward:
         self.model_name = model_name
         for node in self.graph.nodes:  # fail now, not in the middle of a burst
             self._check(node)
+        # The graph as a plain list of steps, node references replaced by names: what __call__ walks
+        # (torch.compile cannot trace into fx.Graph's node list).
+        self.program = [(n.op, n.name, n.target, tuple(_refs(a) for a in n.args),
+                         {k: _refs(v) for k, v in n.kwargs.items()}) for n in self.graph.nodes]
+        device_type = next(model.parameters()).device.type
+        # Small convolutions model by model is a CPU rule (oneDNN, measured); on CUDA, one grouped call
+        # replaces K kernel launches (benchmarks/gpu_check.py times both).
+        self.min_group_channels = MIN_GROUP_CHANNELS if conv_mode == "auto" and device_type == "cpu" else 1
         if conv_mode == "auto":
-            cpu = next(model.parameters()).device.type == "cpu"
             big = input_shape is not None and _conv_output_elements(model, input_shape) * batch_size >= PER_MODEL_MIN_ELEMENTS
-            conv_mode = "per_model" if cpu and big else "grouped"
+            conv_mode = "per_model" if device_type == "cpu" and big else "grouped"
         if conv_mode not in ("grouped", "per_model"):
             raise ValueError(f"conv_mode must be auto, grouped or per_model, not {conv_mode!r}")
         self.conv_mode = conv_mode
@@ -146,18 +163,18 @@ class StackedForward:
         env: dict[str, object] = {}
 
         def val(a):
-            return env[a.name] if isinstance(a, fx.Node) else a
+            return env[a.name] if isinstance(a, _Ref) else a
 
-        for node in self.graph.nodes:
-            if node.op == "placeholder":
-                env[node.name] = _Act(x, "kb", k)
-            elif node.op == "call_module":
-                env[node.name] = self._module(node.target, val(node.args[0]), params)
-            elif node.op in ("call_method", "call_function"):
-                fn = _FUNCTIONS[_METHODS.get(node.target, node.target)]
-                env[node.name] = fn(*[val(a) for a in node.args], **{kk: val(v) for kk, v in node.kwargs.items()})
-            elif node.op == "output":
-                return val(node.args[0]).kb()
+        for op, name, target, args, kwargs in self.program:
+            if op == "placeholder":
+                env[name] = _Act(x, "kb", k)
+            elif op == "call_module":
+                env[name] = self._module(target, val(args[0]), params)
+            elif op in ("call_method", "call_function"):
+                fn = _FUNCTIONS[_METHODS.get(target, target)]
+                env[name] = fn(*[val(a) for a in args], **{kk: val(v) for kk, v in kwargs.items()})
+            elif op == "output":
+                return val(args[0]).kb()
         raise AssertionError("fx graph without output")
 
     def _module(self, name: str, a: _Act, params: dict[str, torch.Tensor]) -> _Act:
@@ -179,7 +196,7 @@ class StackedForward:
     def _conv(self, m: nn.Conv2d, a: _Act, w: torch.Tensor, bias: torch.Tensor | None) -> _Act:
         k = a.k
         shared = a.layout == "kb" and a.t.stride(0) == 0  # evaluation: every model sees the same images
-        if self.conv_mode == "per_model" or m.in_channels // m.groups < MIN_GROUP_CHANNELS:
+        if self.conv_mode == "per_model" or m.in_channels // m.groups < self.min_group_channels:
             # Model by model (also where oneDNN's grouped kernel with 1-3 input channels per group is
             # 4-20x slower than K separate convolutions: first layers, measured).
             xs = [a.t[0]] * k if shared else a.parts()
@@ -204,11 +221,23 @@ class _StackedLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
+        # train.precision bf16: the backward runs under the forward's autocast (torch.amp.custom_bwd's
+        # rule), so dy (bfloat16) and the float32 weights meet in one dtype
+        ctx.device_type = x.device.type
+        ctx.autocast = torch.is_autocast_enabled(ctx.device_type)
+        ctx.autocast_dtype = torch.get_autocast_dtype(ctx.device_type)
         wt = w.transpose(1, 2)
         return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
+        if ctx.autocast:
+            with torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype):
+                return _StackedLinear._grads(ctx, dy)
+        return _StackedLinear._grads(ctx, dy)
+
+    @staticmethod
+    def _grads(ctx, dy: torch.Tensor):
         x, w = ctx.saved_tensors
         dx = torch.bmm(dy, w) if ctx.needs_input_grad[0] else None
         dw = torch.bmm(dy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None

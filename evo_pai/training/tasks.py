@@ -18,13 +18,20 @@ from ..data import DataSplits
 from ..masks import MaskSet
 from ..models import build_model
 from .burst import BurstResult
+from .optim import OptState
 
 Progress = Callable[[int], None]  # called with the number of tasks just finished
 
 
 @dataclass(frozen=True)
 class BurstTask:
-    """One training run: a mask, a budget in epochs, a seed, and where to start from."""
+    """One training run: a mask, a budget in epochs, a seed, and where to start from.
+
+    `start` / `opt_state`: the weights and optimizer state to start from (None: θ0 and a fresh
+    optimizer); `offset`: steps the lineage already took (the batch stream and the learning-rate
+    schedule continue from there); `horizon`: the lineage's schedule length in steps (None: this
+    run's end). `keep_state` returns the final weights and optimizer state.
+    """
 
     mask: MaskSet
     epochs: float
@@ -32,10 +39,15 @@ class BurstTask:
     start: dict[str, torch.Tensor] | None = None  # None = the shared initialisation θ0
     keep_state: bool = False
     test: bool = False
+    opt_state: OptState | None = None  # None = a fresh optimizer
+    offset: int = 0
+    horizon: int | None = None
 
     def cache_key(self) -> tuple | None:
-        if self.start is not None or self.keep_state or self.test:
+        if self.start is not None or self.opt_state is not None or self.keep_state or self.test:
             return None  # not a pure function of (mask, θ0): never reuse
+        if self.offset or self.horizon is not None:
+            return (self.mask.hash(), float(self.epochs), int(self.seed), int(self.offset), self.horizon)
         return (self.mask.hash(), float(self.epochs), int(self.seed))
 
 

@@ -1,0 +1,203 @@
+"""Everything that can refuse a run, checked before its folder exists (and before any training).
+
+Names of components, parameters the chosen functions do not take, the model's and the population's
+memory (estimated on torch's `meta` device, so nothing is allocated), the backend's own checks
+(device present, actors that fit, a batchable model and a chunk that fits), the data, the optional
+loggers. A refused run leaves nothing behind; a study runs the same checks for every cell.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..data import DataSplits, load_data
+from ..errors import EvoPaiError, brief
+from ..fitness import check_params as check_fitness_params
+from ..models import build_model, prunable_names
+from ..patterns import parse_pattern
+from ..registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION
+from ..search.experiment import check_mutation_params, mutation_params
+from ..training.batched import bytes_per_model
+from ..training.tasks import dtype_of, initial_model
+from .components import load_components
+
+_GB = 2**30
+_LIVE_RESULTS = 64  # the evaluator's LRU cache of burst results (training/tasks.py), traits included
+
+
+def check_names(cfg: Config) -> None:
+    """Refuse unknown component names before any work starts."""
+    s = cfg.search
+    named = [
+        (METHOD, "search.method", s.method), (FITNESS, "search.fitness", s.fitness),
+        (MUTATION, "search.mutation", s.mutation), (CROSSOVER, "search.crossover", s.crossover),
+        (SELECTION, "search.selection", s.selection), (DATASET, "data.name", cfg.data.name),
+        (MODEL, "model.name", cfg.model.name), (BACKEND, "evaluation.backend", cfg.evaluation.backend),
+    ]
+    if s.explore_mutation:
+        named.append((MUTATION, "search.explore_mutation", s.explore_mutation))
+    for reg, key, value in named:
+        if value not in reg:
+            raise EvoPaiError(f"{key}: unknown {reg.kind} '{value}'; choose one of {', '.join(reg.names())} "
+                              "(see `evo-pai list`)")
+
+
+def check_params(cfg: Config) -> None:
+    """Parameters the named functions do not take; a method's own `search.params` checks."""
+    s = cfg.search
+    check_fitness_params(s.fitness, s.fitness_params)
+    check_mutation_params(s.mutation, mutation_params(cfg, s.mutation), "search.mutation_params")
+    if s.explore_mutation:
+        check_mutation_params(s.explore_mutation, s.explore_params, "search.explore_params")
+    extra_epochs(cfg)
+    method = METHOD.get(s.method)
+    method_check = getattr(method, "preflight", None)
+    if method_check:
+        method_check(cfg)  # e.g. nsga2: objectives, density grid, mutation names
+    if cfg.final.members != "all" and not getattr(method, "multi_member", False):
+        raise EvoPaiError(f"final.members: only a method with several answers (nsga2) picks members; "
+                          f"'{s.method}' has one winner — remove final.members")
+    pattern = parse_pattern(cfg.masks.pattern)
+    if pattern and s.method not in ("dense", "nsga2") and 1.0 - s.sparsity > pattern[0] / pattern[1] + 1e-9:
+        raise EvoPaiError(f"search.sparsity: masks.pattern {cfg.masks.pattern} keeps at most {pattern[0]} of every "
+                          f"{pattern[1]} weights; use a sparsity >= {1 - pattern[0] / pattern[1]:g}")
+
+
+def extra_epochs(cfg: Config) -> float:
+    """search.params.extra_epochs: equal-epoch controls train the final mask this much longer."""
+    value = cfg.search.params.get("extra_epochs", 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise EvoPaiError(f"search.params.extra_epochs: must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_loggers(cfg: Config) -> None:
+    if cfg.logging.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise EvoPaiError("logging.tensorboard: needs the tensorboard package; pip install 'evo-pai[tensorboard]' "
+                              "(or set logging.tensorboard: false)") from None
+
+
+def check_config(cfg: Config) -> None:
+    """The checks that need no data: for a run, and for every cell of a study before it starts."""
+    load_components(cfg.plugins)
+    check_names(cfg)
+    check_params(cfg)
+    check_loggers(cfg)
+
+
+# -- memory, estimated before anything is allocated ------------------------------------------
+@dataclass(frozen=True)
+class ModelSize:
+    params: int  # parameters and buffers
+    prunable: dict[str, tuple]  # layer -> shape
+    train_bytes: int  # one model in training: weights, θ0, gradients, optimizer state, traits, activations
+    element: int  # bytes per value
+
+
+def meta_model(cfg: Config, data: DataSplits) -> torch.nn.Module | None:
+    """The model built on the `meta` device: shapes without memory. None if it cannot be built there."""
+    try:
+        with torch.device("meta"):
+            return build_model(cfg.model, data.input_shape, data.num_classes).to(dtype_of(cfg))
+    except EvoPaiError:
+        raise
+    except Exception:  # e.g. a plugin model that reads values while it builds: checked for real later
+        return None
+
+
+def model_size(cfg: Config, data: DataSplits) -> ModelSize | None:
+    model = meta_model(cfg, data)
+    if model is None:
+        return None
+    m = cfg.masks
+    shapes = dict(model.named_parameters())
+    prunable = {k: tuple(shapes[k].shape) for k in prunable_names(model, m.include_output, m.include_bias)}
+    element = torch.empty((), dtype=dtype_of(cfg)).element_size()
+    params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    try:
+        train = bytes_per_model(model, data.input_shape, cfg.train, list(prunable)) + 2 * params * element
+    except Exception:  # a forward that meta tensors cannot run: weights and their states only
+        train = 8 * params * element
+    return ModelSize(params, prunable, train, element)
+
+
+def available_ram() -> int:
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 1 << 62  # no /proc (macOS, Windows): do not refuse on a guess
+
+
+def _gb(n: float) -> str:
+    return f"{n / _GB:,.1f} GB" if n < 1e6 * _GB else f"{n / _GB:.3g} GB"
+
+
+def check_memory(cfg: Config, size: ModelSize, ram: int | None = None) -> None:
+    """Refuse a model or a population that cannot fit: a line with the field and the fix, not an hour of swap."""
+    ram = available_ram() if ram is None else ram
+    s, ev = cfg.search, cfg.evaluation
+    where_training = "a Ray actor" if ev.backend == "ray" else "this process"
+    driver_model = 2 * size.params * size.element if ev.backend == "ray" else size.train_bytes
+    if driver_model > ram:
+        raise EvoPaiError(
+            f"model.params: model '{cfg.model.name}' with {cfg.model.params or 'its defaults'} has {size.params:,} "
+            f"parameters ({_gb(size.params * size.element)} as {cfg.train.dtype}); training it in {where_training} "
+            f"needs about {_gb(driver_model)} but {_gb(ram)} of RAM is available; choose smaller model.params")
+    weights = sum(int(torch.Size(shape).numel()) for shape in size.prunable.values())
+    per_individual = weights * (1 + 3 * 4)  # a bool mask and three float32 traits per prunable weight
+    live = 2 * s.population + min(_LIVE_RESULTS, s.population * s.generations)  # parents, children, cache
+    need = driver_model + live * per_individual
+    if need > ram:
+        fit = max(1, (int((ram - driver_model) / per_individual) - _LIVE_RESULTS) // 2)
+        raise EvoPaiError(
+            f"search.population: {s.population:,} individuals keep a mask and traits of {weights:,} weights each: "
+            f"about {_gb(need)}, but {_gb(ram)} of RAM is available; lower search.population (about {fit:,} fit)")
+
+
+def check_model(cfg: Config, data: DataSplits) -> torch.nn.Module:
+    """Estimate first (meta device), then build θ0 for real: the backends' checks need a real model."""
+    size = model_size(cfg, data)
+    if size is not None:
+        check_memory(cfg, size)
+    try:
+        return initial_model(cfg, data)
+    except EvoPaiError:
+        raise
+    except Exception as exc:  # a model function that fails on these options
+        raise EvoPaiError(f"model.params: model '{cfg.model.name}' cannot be built with {cfg.model.params or 'its defaults'} "
+                          f"({brief(exc)})") from exc
+
+
+def check_backend(cfg: Config, data: DataSplits, model: torch.nn.Module) -> None:
+    """The backend's own `preflight(cfg, data, model)`: devices, actors, batchable models, memory plans."""
+    hook = getattr(BACKEND.get(cfg.evaluation.backend), "preflight", None)
+    if hook is None:
+        return
+    takes = len(inspect.signature(hook).parameters)
+    hook(cfg, data, model) if takes >= 3 else hook(cfg)  # a plugin backend's hook may take the config only
+
+
+def preflight(cfg: Config) -> DataSplits:
+    """Everything that can reject the input, done before a run folder exists; returns the loaded data."""
+    check_config(cfg)
+    data = load_data(cfg.data)
+    model = check_model(cfg, data)
+    check_backend(cfg, data, model)
+    return data
+
+
+def expected_shapes(cfg: Config, data: DataSplits) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """(prunable layer -> shape, state_dict entry -> shape) of the config's model: what a checkpoint must hold."""
+    model = meta_model(cfg, data) or initial_model(cfg, data)
+    m = cfg.masks
+    params = dict(model.named_parameters())
+    prunable = {k: tuple(params[k].shape) for k in prunable_names(model, m.include_output, m.include_bias)}
+    return prunable, {k: tuple(v.shape) for k, v in model.state_dict().items()}

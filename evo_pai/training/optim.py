@@ -1,0 +1,128 @@
+"""Optimizers, learning-rate schedules, and optimizer state that travels between training runs.
+
+An optimizer state (`OptState`) is plain data: parameter name -> {torch's state key -> tensor}
+(SGD: `momentum_buffer`; Adam: `step`, `exp_avg`, `exp_avg_sq`), on CPU, so it pickles into Ray
+workers and checkpoints. Loading one zeroes the per-weight entries of every masked weight: a
+pruned weight then has zero weight, zero gradient and zero optimizer state, so SGD and Adam keep
+it exactly 0 without re-masking after each step.
+
+A learning-rate schedule is a function of (step, horizon): a training run that continues a
+lineage (inheritance, the gradual loops) passes how many steps the lineage has taken (`offset`)
+and how long its schedule is (`horizon`), so one schedule spans the whole lineage.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from ..config import TrainConfig
+
+OptState = dict[str, dict[str, torch.Tensor]]
+
+
+def make_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def make_stacked_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
+    # fused: one pass over the stacked tensors instead of ~7 elementwise kernels (measured
+    # 1.5x -> 2.4x on K=16 LeNet-300-100); same update math as make_optimizer.
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=fused)
+    return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
+
+
+# -- optimizer state ---------------------------------------------------------------------------
+def export_state(opt: torch.optim.Optimizer, params: Mapping[str, torch.Tensor]) -> OptState:
+    """The optimizer's state by parameter name, copied to CPU (parameters without state are left out)."""
+    out: OptState = {}
+    for name, p in params.items():
+        st = opt.state.get(p)
+        if st:
+            out[name] = {k: v.detach().to("cpu").clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+    return out
+
+
+def masked_state(state: OptState, masks: Mapping[str, torch.Tensor]) -> OptState:
+    """`state` with every per-weight entry zeroed where the weight is masked (scalars such as Adam's step kept)."""
+    out: OptState = {}
+    for name, entries in state.items():
+        m = masks.get(name)
+        out[name] = {k: v * m.to(v.device, v.dtype) if m is not None and v.shape == m.shape else v
+                     for k, v in entries.items()}
+    return out
+
+
+def load_state(opt: torch.optim.Optimizer, params: Mapping[str, torch.Tensor], state: OptState | None) -> None:
+    """Give `opt` the state `state` (by parameter name); torch casts it to each parameter's device and dtype."""
+    if not state:
+        return
+    index = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+    unknown = set(state) - set(params)
+    if unknown:
+        raise KeyError(f"optimizer state for unknown parameters: {sorted(unknown)[:3]}")
+    sd = opt.state_dict()
+    # Copies: torch keeps tensors that already have the right dtype and device and then updates them
+    # in place, which would change the caller's state (a parent's, shared by its children).
+    sd["state"] = {index[id(params[n])]: {k: v.clone() for k, v in entries.items()} for n, entries in state.items()}
+    opt.load_state_dict(sd)
+
+
+def adam_step(state: OptState | None) -> int:
+    """Optimizer steps a state has taken (Adam's bias correction depends on it); 0 for none or SGD."""
+    for entries in (state or {}).values():
+        if "step" in entries:
+            return int(entries["step"])
+    return 0
+
+
+def stack_states(states: list[OptState | None], shapes: Mapping[str, torch.Size]) -> OptState | None:
+    """K models' states as one stacked state (a missing state is zeros: SGD's first step and a zero
+    momentum buffer agree exactly; Adam models are grouped by step, so they share it)."""
+    if not any(states):
+        return None
+    template = next(s for s in states if s)
+    out: OptState = {}
+    for name, entries in template.items():
+        out[name] = {}
+        for key, v in entries.items():
+            if key == "step":
+                out[name][key] = v.clone()
+                continue
+            parts = [s[name][key] if s and name in s else torch.zeros(shapes[name], dtype=v.dtype) for s in states]
+            out[name][key] = torch.stack(parts)
+    return out
+
+
+def unstack_state(state: OptState, i: int) -> OptState:
+    """Model i's own state from a stacked one (contiguous copies: slices would drag the whole stack along)."""
+    return {name: {k: v.clone() if k == "step" else v[i].clone(memory_format=torch.contiguous_format)
+                   for k, v in entries.items()} for name, entries in state.items()}
+
+
+# -- learning-rate schedules ---------------------------------------------------------------------
+def lr_factor(hp: TrainConfig, step: int, horizon: int, steps_per_epoch: int) -> float:
+    """Multiplier of `train.lr` at `step` (0-based) of a schedule `horizon` steps long."""
+    warm = int(round(hp.lr_warmup_epochs * steps_per_epoch))
+    factor = 1.0
+    if hp.lr_schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(step, horizon) / max(1, horizon)))
+    elif hp.lr_schedule == "step":
+        factor = hp.lr_gamma ** sum(step >= m * horizon for m in hp.lr_milestones)
+    if warm > 0 and step < warm:
+        factor *= (step + 1) / warm
+    return factor
+
+
+def constant_lr(hp: TrainConfig) -> bool:
+    return hp.lr_schedule == "constant" and hp.lr_warmup_epochs == 0
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
