@@ -128,8 +128,11 @@ def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fr
             flat[free[torch.randperm(len(free), generator=generator)[:n]]] = True
         out[k] = flat.reshape(m.shape)
     mask = MaskSet(out, ind.mask.output_layer)
-    return fix_fan_in(mask, {k: torch.rand(m.shape, generator=generator) for k, m in mask.items()}, step) \
-        if mask.output_layer and step.min_output_fan_in > 0 else mask
+    o = mask.output_layer
+    if o and step.min_output_fan_in > 0:  # random scores for the output layer only: main's random stream, unchanged
+        mask = mask.with_layers({o: _ensure_fan_in(mask[o], torch.rand(mask[o].shape, generator=generator),
+                                                   step.min_output_fan_in)})
+    return mask
 
 
 def _random_swap_in_pattern(mask: MaskSet, step: PruneStep, generator: torch.Generator, fraction: float) -> MaskSet:
