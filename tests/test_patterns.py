@@ -65,7 +65,7 @@ def test_created_masks_hold_the_pattern_with_exact_counts(pattern, budget, gen):
     assert mask[out].reshape(10, -1).sum(1).min() >= 1  # every class keeps an input
 
 
-def test_every_registered_mutation_keeps_the_pattern(gen):
+def test_every_built_in_mutation_keeps_the_pattern(gen):
     model, shapes, out = lenet()
     chain = links(model)
     for pattern in PATTERNS:
@@ -73,6 +73,8 @@ def test_every_registered_mutation_keeps_the_pattern(gen):
         dense = MaskSet.dense(shapes, out, pattern)  # dissipating and gmp start dense
         for name in MUTATION.names():
             fn = MUTATION.get(name)
+            if not fn.__module__.startswith("evo_pai."):
+                continue  # other tests register deliberately broken mutations
             params = {"links": chain} if name in ("neuron", "grow_alive") else {}
             for start, target in ((base, 0.95), (base, 0.8), (dense, 0.9)):
                 if name in ("grow", "grow_alive") and target > start.sparsity():
