@@ -10,6 +10,7 @@ from .registry import (
     register_mutation,
     register_pruner,
     register_selection,
+    register_unit_criterion,
 )
 
 __version__ = "0.1.0"
@@ -28,9 +29,39 @@ def load_mask(run_dir):
     from .runs.mask_file import load_mask as _load
 
     return _load(run_dir)
+def load_compact(path):
+    """The smaller dense network `evo-pai export --format compact` wrote (evo_pai/compact.py)."""
+    from .compact import load_compact as _load
+
+    return _load(path)
+
+
+def load_csr(path):
+    """The module with torch.sparse_csr Linear weights `evo-pai export --format csr` wrote."""
+    from .sparse import load_csr as _load
+
+    return _load(path)
+
+
+def load_torch_prune(path):
+    """The model with torch.nn.utils.prune masks `evo-pai export --format torch-prune` wrote."""
+    from .runs.export import load_torch_prune as _load
+
+    return _load(path)
+
+
+def load_semi_structured(path):
+    """A `--format semi-structured` export on CUDA: (module, converted layer names)."""
+    from .runs.export import load_semi_structured as _load
+
+    return _load(path)
 
 
 __all__ = [
+    "load_compact",
+    "load_csr",
+    "load_torch_prune",
+    "load_semi_structured",
     "EvoPaiError",
     "load_mask",
     "run",
@@ -43,4 +74,5 @@ __all__ = [
     "register_mutation",
     "register_pruner",
     "register_selection",
+    "register_unit_criterion",
 ]

@@ -141,6 +141,33 @@ def resume(
     print_summary(summary, run_dir)
 
 
+LOADERS = {"compact": "evo_pai.load_compact", "csr": "evo_pai.load_csr", "torch-prune": "evo_pai.load_torch_prune",
+           "npz": "numpy.load", "semi-structured": "evo_pai.load_semi_structured"}
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run folder written by `evo-pai run`"),
+    fmt: str = typer.Option("compact", "--format", help="compact | csr | torch-prune | npz | semi-structured"),
+    member: Optional[int] = typer.Option(None, "--member", help="nsga2: the front member (front.csv's `member`)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN_DIR/export/FORMAT...)"),
+) -> None:
+    """Turn a run's mask into a deployable network: smaller (compact), sparse (csr), or torch/numpy files."""
+    from .runs.export import export as write_export
+
+    info = write_export(run_dir, fmt, member, out)
+    out_console.print(f"wrote {info['path']} ({info['format']}, {info['source']}, sparsity {100 * info['sparsity']:.2f} %)",
+                      markup=False, highlight=False, soft_wrap=True)
+    if "widths" in info:
+        out_console.print(f"units per layer after compaction: {info['widths']}", markup=False, highlight=False, soft_wrap=True)
+    if "converted" in info:
+        out_console.print(f"2:4 semi-structured layers: {', '.join(info['converted']) or 'none (shapes refused)'}", markup=False, soft_wrap=True)
+    if "max_abs_diff" in info:
+        out_console.print(f"outputs vs the masked network (64 random inputs): max |diff| = {info['max_abs_diff']:.3g}",
+                          markup=False, highlight=False, soft_wrap=True)
+    out_console.print(f"load it with {LOADERS[info['format']]}(\"{info['path']}\")", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("list")
 def list_components(
     plugin: List[str] = typer.Option([], "--plugin", help="also import this plugin module (repeatable)"),

@@ -43,6 +43,19 @@ class MaskConfig(_Section):
     include_bias: bool = False
     min_output_fan_in: int = Field(1, ge=0)  # every output class keeps at least this many inputs
     allow_empty_layers: bool = False
+    # "N:M": at most N kept of every M consecutive weights along the input dimension (2:4 = sparse tensor cores)
+    pattern: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        from .patterns import parse_pattern
+
+        try:
+            parse_pattern(v)
+        except EvoPaiError as exc:
+            raise ValueError(str(exc).split(": ", 1)[1]) from None
+        return v
 
 
 class TrainConfig(_Section):
@@ -98,6 +111,52 @@ class DGConfig(_Section):
     epochs: int = Field(4, ge=1)  # dissipating method: pruning epochs to reach the target
 
 
+class NSGA2Config(_Section):
+    """`search.method: nsga2` — one population over many densities (docs/config.md)."""
+
+    # Density (1 - sparsity) of any member: min, max. 0.005-0.2 = 80 %-99.5 % sparse.
+    density_range: tuple[float, float] = (0.005, 0.2)
+    # The density grid members live on: a list of sparsities (each inside density_range), or an
+    # int N = N log-spaced densities spanning density_range. A prune/grow step moves 1..max_move levels.
+    levels: int | list[float] = [0.8, 0.9, 0.95, 0.98, 0.99, 0.995]
+    max_move: int = Field(1, ge=1)
+    # How a child is made from its parent: prune (denser -> sparser), grow (sparser -> denser),
+    # swap (same density). Relative weights; 0 switches a move off.
+    moves: dict[Literal["prune", "grow", "swap"], float] = {"prune": 0.4, "grow": 0.3, "swap": 0.3}
+    # Which mutation prunes (name -> relative weight: mix structured and unstructured ones), grows, swaps.
+    prune_mutations: dict[str, float] = {"magnitude": 1.0}
+    grow_mutation: str = "grow"
+    swap_mutation: str = "regrow"  # RigL's drop-smallest-|w| / grow-largest-|g| swap, density kept
+    mutation_params: dict[str, dict[str, Any]] = {}  # per mutation name, e.g. {neuron: {fraction: 0.2}}
+    # First: a registered fitness (maximised); then 1-2 costs (minimised): kept_weights, flops
+    # (sparse forward FLOPs), compact_flops (dense FLOPs of the compacted network), latency
+    # (measured seconds of the compacted network at latency_batch; noisy: not reproducible).
+    objectives: list[str] = Field(["val_accuracy", "kept_weights"], min_length=2, max_length=3)
+    # Generation 0: "gradual" = one network trained init_epochs and pruned in init_steps steps on a cubic
+    # schedule down to the sparsest level (gmp's loop), a mask kept as it passes each level;
+    # "magnitude" = the prune mutations applied to one dense burst of init_epochs;
+    # "random" = random masks (pure pruning at initialisation, usually worse).
+    init: Literal["gradual", "magnitude", "random"] = "gradual"
+    init_epochs: float = Field(4.0, gt=0)
+    init_steps: int = Field(4, ge=1)
+    latency_batch: int = Field(1, ge=1)
+
+    @field_validator("density_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError("must be [min, max] densities with 0 < min <= max <= 1, e.g. [0.005, 0.2]")
+        return v
+
+    @field_validator("moves", "prune_mutations")
+    @classmethod
+    def _weights(cls, v: dict) -> dict:
+        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 with at least one > 0")
+        return v
+
+
 class InitialSparsityRule(_Section):
     fraction: float = Field(gt=0, le=1)  # p = fraction * target
 
@@ -148,6 +207,7 @@ class SearchConfig(_Section):
     explore_params: dict[str, Any] = {}
     dg: DGConfig = DGConfig()
     dst: DSTConfig = DSTConfig()
+    nsga2: NSGA2Config = NSGA2Config()
     params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
     # combined: a child trains from its parent's trained weights and optimizer state (parent) or
     # from θ0 (rewind, the paper's loop).
@@ -163,6 +223,15 @@ class SearchConfig(_Section):
 class FinalConfig(_Section):
     epochs: int = Field(10, ge=0)
     init: Literal["rewind", "continue"] = "rewind"
+    # nsga2: which front members get the final training: all, or the member nearest each sparsity.
+    members: Literal["all"] | list[float] = "all"
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, v):
+        if isinstance(v, list) and (not v or not all(0.0 <= x < 1.0 for x in v)):
+            raise ValueError("must be 'all' or a non-empty list of sparsities in [0, 1), e.g. [0.9, 0.95, 0.98]")
+        return v
 
 
 class EvaluationConfig(_Section):

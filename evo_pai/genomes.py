@@ -82,13 +82,13 @@ def realise(ind: Individual, counts: Mapping[str, int], score: str, step: PruneS
             s = SCORES[score](traits, k).to(torch.float64).masked_fill(~m, -math.inf)
         else:  # every kept weight stays; the growth goes by gradient among the pruned ones
             s = traits["grad_accum"][k].to(torch.float64).masked_fill(m, math.inf)
-        out[k] = _topk_mask(s, counts[k])
-    mask = MaskSet(out, ind.mask.output_layer)
+        out[k] = _topk_mask(s, counts[k], ind.mask.pattern)  # an N:M pattern caps what a layer can keep
+    mask = MaskSet(out, ind.mask.output_layer, ind.mask.pattern)
     o = mask.output_layer
     if o and step.min_output_fan_in > 0:
-        fixed = dict(mask)
-        fixed[o] = _ensure_fan_in(mask[o], traits["grad_accum"][o] + SCORES[score](traits, o), step.min_output_fan_in)
-        mask = MaskSet(fixed, o)
+        fan = _ensure_fan_in(mask[o], traits["grad_accum"][o] + SCORES[score](traits, o), step.min_output_fan_in,
+                             mask.pattern)
+        mask = mask.with_layers({o: fan})
     return mask
 
 

@@ -20,12 +20,27 @@ class Fitness(base.Fitness):
     weights = (1.0,)
 
 
+class ParetoFitness2(base.Fitness):
+    """Two objectives for NSGA-II: a fitness (maximised) and a cost (minimised)."""
+
+    weights = (1.0, -1.0)
+
+
+class ParetoFitness3(base.Fitness):
+    """Three objectives: a fitness (maximised) and two costs (minimised), e.g. kept weights and latency."""
+
+    weights = (1.0, -1.0, -1.0)
+
+
+FITNESS_CLASSES = {1: Fitness, 2: ParetoFitness2, 3: ParetoFitness3}
+
+
 class Individual:
     """A candidate mask. `traits` maps trait name -> layer -> tensor (e.g. rel_change, grad_accum)."""
 
-    def __init__(self, mask: MaskSet, traits: dict[str, dict[str, torch.Tensor]] | None = None):
+    def __init__(self, mask: MaskSet, traits: dict[str, dict[str, torch.Tensor]] | None = None, objectives: int = 1):
         self.mask = mask
-        self.fitness = Fitness()
+        self.fitness = FITNESS_CLASSES[objectives]()
         self.traits = traits
         self.metrics: dict[str, Any] = {}
         self.origin = "init"  # how it was made: init, elite, crossover, mutation
@@ -34,12 +49,16 @@ class Individual:
         self.carry: Any = None
 
     @property
+    def objectives(self) -> int:
+        return len(self.fitness.weights)
+
+    @property
     def key(self) -> str:
         return self.mask.hash()
 
     def clone(self) -> "Individual":
         """Copy with shared (read-only) tensors; operators build new masks, never edit in place."""
-        other = Individual(self.mask, self.traits)
+        other = Individual(self.mask, self.traits, self.objectives)
         other.fitness.values = self.fitness.values if self.fitness.valid else ()
         other.metrics = dict(self.metrics)
         other.origin = self.origin

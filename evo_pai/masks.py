@@ -3,7 +3,8 @@
 Masks are created by ranking scores (random scores give random masks), so random,
 one-shot and mutation-based masks share one code path and one set of invariants:
 exact per-layer counts, no empty layer unless allowed, every output class keeps at
-least `min_output_fan_in` inputs.
+least `min_output_fan_in` inputs. A mask may carry an N:M `pattern` (patterns.py): every
+ranking then keeps only pattern-eligible weights, so the pattern holds after every operator.
 """
 from __future__ import annotations
 
@@ -19,14 +20,17 @@ from torch import nn
 
 from .budgets import layer_counts, numel, total_keep
 from .errors import EvoPaiError
+from .patterns import Pattern, eligible, holds, max_keep, parse_pattern, room
 
 
 class MaskSet(Mapping):
     """Immutable-by-convention mapping of parameter name -> bool tensor (on CPU)."""
 
-    def __init__(self, masks: Mapping[str, torch.Tensor], output_layer: str | None = None):
+    def __init__(self, masks: Mapping[str, torch.Tensor], output_layer: str | None = None,
+                 pattern: Pattern | None = None):
         self._m = {k: v.detach().to("cpu", torch.bool).contiguous() for k, v in masks.items()}
         self.output_layer = output_layer if output_layer in self._m else None
+        self.pattern = tuple(pattern) if pattern else None  # N:M constraint honoured by every ranking
         self._hash: str | None = None
 
     # -- mapping protocol ---------------------------------------------------------
@@ -54,6 +58,7 @@ class MaskSet(Mapping):
             "shapes": {k: tuple(v.shape) for k, v in self._m.items()},
             "bits": {k: np.packbits(v.numpy().ravel()) for k, v in self._m.items()},
             "output_layer": self.output_layer,
+            "pattern": self.pattern,
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -62,12 +67,14 @@ class MaskSet(Mapping):
             for k, s in state["shapes"].items()
         }
         self.output_layer = state["output_layer"]
+        self.pattern = state.get("pattern")
         self._hash = None
 
     # -- construction -------------------------------------------------------------
     @classmethod
-    def dense(cls, shapes: Mapping[str, tuple], output_layer: str | None = None) -> "MaskSet":
-        return cls({k: torch.ones(s, dtype=torch.bool) for k, s in shapes.items()}, output_layer)
+    def dense(cls, shapes: Mapping[str, tuple], output_layer: str | None = None, pattern: Pattern | None = None) -> "MaskSet":
+        """All weights kept (a pattern, if given, applies from the first pruning on)."""
+        return cls({k: torch.ones(s, dtype=torch.bool) for k, s in shapes.items()}, output_layer, pattern)
 
     @classmethod
     def from_scores(
@@ -79,18 +86,23 @@ class MaskSet(Mapping):
         min_output_fan_in: int = 1,
         allow_empty_layers: bool = False,
         counts: Mapping[str, int] | None = None,
+        pattern: Pattern | None = None,
     ) -> "MaskSet":
-        """Keep the highest-scoring weights. -inf scores are never kept unless a layer needs them."""
+        """Keep the highest-scoring weights. -inf scores are never kept unless a layer needs them
+        (under a pattern, never: only eligible weights are kept)."""
         shapes = {k: tuple(v.shape) for k, v in scores.items()}
         min_keep = 0 if allow_empty_layers else 1
+        if pattern:  # ineligible weights leave every ranking, the global one included
+            scores = {k: v.detach().to("cpu", torch.float64).masked_fill(~eligible(v, pattern), float("-inf"))
+                      for k, v in scores.items()}
         if counts is None:
-            counts = layer_counts(shapes, sparsity, budget, min_keep)
+            counts = layer_counts(shapes, sparsity, budget, min_keep, pattern_caps(shapes, pattern))
         if counts is None:  # global budget: one ranking over all layers
             counts = _global_counts(scores, total_keep(shapes, sparsity), min_keep)
-        masks = {k: _topk_mask(scores[k], counts[k]) for k in scores}
+        masks = {k: _topk_mask(scores[k], counts[k], pattern) for k in scores}
         if output_layer in masks and min_output_fan_in > 0:
-            masks[output_layer] = _ensure_fan_in(masks[output_layer], scores[output_layer], min_output_fan_in)
-        return cls(masks, output_layer)
+            masks[output_layer] = _ensure_fan_in(masks[output_layer], scores[output_layer], min_output_fan_in, pattern)
+        return cls(masks, output_layer, pattern)
 
     @classmethod
     def random(
@@ -102,20 +114,37 @@ class MaskSet(Mapping):
         output_layer: str | None = None,
         min_output_fan_in: int = 1,
         allow_empty_layers: bool = False,
+        pattern: Pattern | None = None,
     ) -> "MaskSet":
         scores = {k: torch.rand(s, generator=generator) for k, s in shapes.items()}
-        return cls.from_scores(scores, sparsity, budget, output_layer, min_output_fan_in, allow_empty_layers)
+        return cls.from_scores(scores, sparsity, budget, output_layer, min_output_fan_in, allow_empty_layers,
+                               pattern=pattern)
 
     def prune(self, scores: Mapping[str, torch.Tensor], counts: Mapping[str, int]) -> "MaskSet":
         """Keep the `counts[layer]` best-scoring weights among those already kept (never regrows)."""
         out = {}
         for k, m in self._m.items():
             s = scores[k].detach().to("cpu", torch.float64).masked_fill(~m, float("-inf"))
-            out[k] = _topk_mask(s, min(int(counts[k]), int(m.sum())))
-        return MaskSet(out, self.output_layer)
+            out[k] = _topk_mask(s, min(int(counts[k]), int(m.sum())), self.pattern)
+        return MaskSet(out, self.output_layer, self.pattern)
+
+    def grow(self, scores: Mapping[str, torch.Tensor], counts: Mapping[str, int]) -> "MaskSet":
+        """Keep every kept weight and add the best-scoring pruned ones up to `counts[layer]` (never prunes)."""
+        out = {}
+        for k, m in self._m.items():
+            s = torch.nan_to_num(scores[k].detach().to("cpu", torch.float64), nan=float("-inf"))
+            out[k] = _topk_mask(s.masked_fill(m, float("inf")), max(int(counts[k]), int(m.sum())), self.pattern)
+        return MaskSet(out, self.output_layer, self.pattern)
+
+    def with_layers(self, masks: Mapping[str, torch.Tensor]) -> "MaskSet":
+        """The same kind of mask (output layer, pattern) with some layers replaced."""
+        return MaskSet({**self._m, **masks}, self.output_layer, self.pattern)
+
+    def pattern_holds(self) -> bool:
+        return self.pattern is None or all(holds(m, self.pattern) for m in self._m.values())
 
     def copy(self) -> "MaskSet":
-        return MaskSet({k: v.clone() for k, v in self._m.items()}, self.output_layer)
+        return MaskSet({k: v.clone() for k, v in self._m.items()}, self.output_layer, self.pattern)
 
     # -- measurements ---------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -192,6 +221,7 @@ class MaskSet(Mapping):
         meta = {
             "format": "evo_pai.maskset/1",
             "output_layer": self.output_layer or "",
+            "pattern": f"{self.pattern[0]}:{self.pattern[1]}" if self.pattern else "",
             "sparsity": json.dumps({"total": self.sparsity(), **self.layer_sparsity()}),
         }
         path = Path(path)
@@ -237,14 +267,26 @@ class MaskSet(Mapping):
         for k, t in tensors.items():
             if t.dtype != torch.uint8 or bool((t > 1).any()):
                 raise EvoPaiError(f"mask file '{path}': layer '{k}' is not a 0/1 uint8 tensor")
-        return cls({k: t.bool() for k, t in tensors.items()}, meta.get("output_layer") or None)
+        return cls({k: t.bool() for k, t in tensors.items()}, meta.get("output_layer") or None,
+                   parse_pattern(meta.get("pattern") or None))
 
 
-def _topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+def pattern_caps(shapes: Mapping[str, tuple], pattern: Pattern | None) -> dict[str, int] | None:
+    """Per layer, the most weights the pattern lets it keep (None: no pattern)."""
+    return {k: max_keep(tuple(s), pattern) for k, s in shapes.items()} if pattern else None
+
+
+def _topk_mask(scores: torch.Tensor, k: int, pattern: Pattern | None = None) -> torch.Tensor:
+    """The k best scores; under an N:M pattern only among eligible positions (so at most k)."""
     flat = scores.detach().reshape(-1).to("cpu", torch.float64)
     mask = torch.zeros(flat.numel(), dtype=torch.bool)
     k = max(0, min(int(k), flat.numel()))
-    if k:
+    if pattern:
+        allowed = eligible(scores, pattern).reshape(-1).nonzero().squeeze(1)
+        k = min(k, allowed.numel())
+        order = allowed[torch.sort(flat[allowed], descending=True, stable=True).indices[:k]]
+        mask[order] = True
+    elif k:
         # stable sort: ties go to the lower index, so equal scores give one answer everywhere
         order = torch.sort(flat, descending=True, stable=True).indices[:k]
         mask[order] = True
@@ -263,7 +305,7 @@ def _global_counts(scores: Mapping[str, torch.Tensor], keep: int, min_keep: int)
     return counts
 
 
-def _ensure_fan_in(mask: torch.Tensor, scores: torch.Tensor, min_fan_in: int) -> torch.Tensor:
+def _ensure_fan_in(mask: torch.Tensor, scores: torch.Tensor, min_fan_in: int, pattern: Pattern | None = None) -> torch.Tensor:
     """Give every output row at least `min_fan_in` kept weights without changing the layer's count.
 
     A starved row takes its best-scored pruned weight; the row with the most kept weights
@@ -277,7 +319,11 @@ def _ensure_fan_in(mask: torch.Tensor, scores: torch.Tensor, min_fan_in: int) ->
         return mask  # not enough weights in the layer to satisfy every row
     for row in range(m.shape[0]):
         while int(m[row].sum()) < need:
-            cand = s[row].masked_fill(m[row], float("-inf"))
+            free = ~m[row] if pattern is None else room(m[row : row + 1], pattern)[0]
+            if not free.any():
+                break  # the pattern leaves this row no slot
+            cand = s[row].masked_fill(~free, float("-inf"))
+            cand[free & (cand == float("-inf"))] = -1e300  # a free slot beats a taken one, whatever its score
             m[row, int(torch.argmax(cand))] = True
             donor = int(torch.argmax(m.sum(1)))
             give = s[donor].masked_fill(~m[donor], float("inf"))

@@ -18,7 +18,7 @@ from deap import tools
 from .budgets import layer_counts, total_keep
 from .errors import EvoPaiError
 from .individual import Individual
-from .masks import MaskSet, _ensure_fan_in, _global_counts
+from .masks import MaskSet, _ensure_fan_in, _global_counts, pattern_caps
 from .registry import register_crossover, register_mutation, register_selection
 from .training.carry import compose
 
@@ -45,7 +45,7 @@ def keep_counts(mask: MaskSet, sparsity: float, step: PruneStep, scope: str) -> 
     """Per-layer kept counts at `sparsity` (layer scope), or the total (global scope / budget)."""
     if scope == "global" or step.budget == "global":
         return total_keep(mask.shapes(), sparsity)
-    return layer_counts(mask.shapes(), sparsity, step.budget, step.min_keep)
+    return layer_counts(mask.shapes(), sparsity, step.budget, step.min_keep, pattern_caps(mask.shapes(), mask.pattern))
 
 
 def prune_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, int] | int, step: PruneStep) -> MaskSet:
@@ -54,12 +54,23 @@ def prune_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, 
         masked = {k: scores[k].to(torch.float64).masked_fill(~mask[k], -INF) for k in mask}
         keep = _global_counts(masked, keep, step.min_keep)
     pruned = mask.prune(scores, {k: min(int(keep[k]), c) for k, c in mask.counts().items()})
+    return fix_fan_in(pruned, scores, step)
+
+
+def fix_fan_in(mask: MaskSet, scores: Mapping[str, torch.Tensor], step: PruneStep) -> MaskSet:
+    """Every output class keeps `step.min_output_fan_in` inputs (the layer's count unchanged)."""
     out = mask.output_layer
-    if out and step.min_output_fan_in > 0:
-        fixed = dict(pruned)
-        fixed[out] = _ensure_fan_in(pruned[out], scores[out], step.min_output_fan_in)
-        pruned = MaskSet(fixed, out)
-    return pruned
+    if not out or step.min_output_fan_in <= 0:
+        return mask
+    return mask.with_layers({out: _ensure_fan_in(mask[out], scores[out], step.min_output_fan_in, mask.pattern)})
+
+
+def grow_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, int] | int, step: PruneStep) -> MaskSet:
+    """Add the best-scoring pruned weights: up to `keep` per layer, or in total ranked globally."""
+    if isinstance(keep, int):
+        ranked = {k: scores[k].to(torch.float64).masked_fill(mask[k], INF) for k in mask}
+        keep = _global_counts(ranked, keep, step.min_keep)
+    return mask.grow(scores, {k: max(int(keep[k]), c) for k, c in mask.counts().items()})
 
 
 def _threshold_keep(mask: MaskSet, rel: Mapping[str, torch.Tensor], step: PruneStep, scope: str, tau: float, frac: float):
@@ -105,6 +116,8 @@ def magnitude(ind: Individual, step: PruneStep, generator: torch.Generator, scop
 
 @register_mutation("random_swap", "prune n random kept weights per layer and regrow n pruned ones (density kept)")
 def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fraction: float = 0.05, **_: object) -> MaskSet:
+    if ind.mask.pattern:
+        return _random_swap_in_pattern(ind.mask, step, generator, fraction)
     out = {}
     for k, m in ind.mask.items():
         flat = m.reshape(-1).clone()
@@ -116,11 +129,26 @@ def random_swap(ind: Individual, step: PruneStep, generator: torch.Generator, fr
         out[k] = flat.reshape(m.shape)
     mask = MaskSet(out, ind.mask.output_layer)
     o = mask.output_layer
-    if o and step.min_output_fan_in > 0:
-        fixed = dict(mask)
-        fixed[o] = _ensure_fan_in(mask[o], torch.rand(mask[o].shape, generator=generator), step.min_output_fan_in)
-        mask = MaskSet(fixed, o)
+    if o and step.min_output_fan_in > 0:  # random scores for the output layer only: main's random stream, unchanged
+        mask = mask.with_layers({o: _ensure_fan_in(mask[o], torch.rand(mask[o].shape, generator=generator),
+                                                   step.min_output_fan_in)})
     return mask
+
+
+def _random_swap_in_pattern(mask: MaskSet, step: PruneStep, generator: torch.Generator, fraction: float) -> MaskSet:
+    """random_swap through the one ranking every mask uses (random scores), so an N:M pattern holds."""
+    counts = mask.counts()
+    drop = {k: max(0, min(max(1, int(fraction * c)), mask[k].numel() - c, c - step.min_keep)) for k, c in counts.items()}
+    pruned = mask.prune({k: torch.rand(m.shape, generator=generator) for k, m in mask.items()},
+                        {k: c - drop[k] for k, c in counts.items()})
+    grow = {k: torch.rand(m.shape, generator=generator, dtype=torch.float64).masked_fill(m, -INF) for k, m in mask.items()}
+    return fix_fan_in(pruned.grow(grow, counts), {k: torch.rand(m.shape, generator=generator) for k, m in mask.items()}, step)
+
+
+@register_mutation("grow", "grow to step.sparsity (denser): regrow the pruned weights with the largest accumulated |gradient| (RigL's grow rule)")
+def grow(ind: Individual, step: PruneStep, generator: torch.Generator, scope: str = "layer") -> MaskSet:
+    # grad_accum is recorded before masking, so pruned weights carry the gradient they would have had.
+    return grow_to(ind.mask, ind.traits["grad_accum"], keep_counts(ind.mask, step.sparsity, step, scope), step)
 
 
 @register_mutation("regrow", "RigL-style swap: prune the n kept weights of smallest |w|, regrow the n pruned "
@@ -132,6 +160,8 @@ def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, fractio
     inheritance (it was pruned, hence 0, in the parent) and at θ0 under rewind."""
     if not 0.0 <= fraction <= 1.0:
         raise EvoPaiError(f"search.mutation_params.fraction: must be in [0, 1], got {fraction}")
+    if ind.mask.pattern:
+        return _regrow_in_pattern(ind, step, fraction)
     w, g = ind.traits["weight"], ind.traits["grad_accum"]
     out = {}
     for k, m in ind.mask.items():
@@ -156,8 +186,19 @@ def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, fractio
     return mask
 
 
+def _regrow_in_pattern(ind: Individual, step: PruneStep, fraction: float) -> MaskSet:
+    """`regrow` through the one ranking every mask uses, so an N:M pattern holds."""
+    w, g, counts = ind.traits["weight"], ind.traits["grad_accum"], ind.mask.counts()
+    drop = {k: max(0, min(int(round(fraction * c)), ind.mask[k].numel() - c, c - step.min_keep)) for k, c in counts.items()}
+    pruned = ind.mask.prune({k: v.abs() for k, v in w.items()}, {k: c - drop[k] for k, c in counts.items()})
+    # A weight dropped now ranks below every other candidate for regrowth.
+    scores = {k: g[k].to(torch.float64).masked_fill(ind.mask[k], -INF) for k in g}
+    return fix_fan_in(pruned.grow(scores, counts), {k: g[k] + w[k].abs() for k in g}, step)
+
+
 def _child(parts: dict[str, tuple[Individual, str]], output_layer: str | None) -> Individual:
-    mask = MaskSet({k: p.mask[k] for k, (p, _) in parts.items()}, output_layer)
+    first = next(iter(parts.values()))[0].mask
+    mask = MaskSet({k: p.mask[k] for k, (p, _) in parts.items()}, output_layer, first.pattern)
     names = next(iter(parts.values()))[0].traits or {}
     traits = {t: {k: p.traits[t][k] for k, (p, _) in parts.items()} for t in names}
     child = Individual(mask, traits or None)
@@ -191,7 +232,7 @@ def _match_total(ind: Individual, total: int) -> Individual:
     else:  # regrow the pruned weights with the largest accumulated gradient
         g = ind.traits["grad_accum"]
         scores = {k: g[k].to(torch.float64).masked_fill(mask[k], INF) for k in mask}
-        mask = MaskSet.from_scores(scores, 0.0, counts=_global_counts(scores, total, 1), output_layer=mask.output_layer, min_output_fan_in=0)
+        mask = mask.grow(g, _global_counts(scores, total, 1))
     fixed = Individual(mask, ind.traits)
     fixed.origin, fixed.carry = ind.origin, ind.carry
     return fixed

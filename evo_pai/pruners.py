@@ -171,5 +171,6 @@ def prune(
             raise EvoPaiError(f"pruner '{name}' does not accept the configured search.params: {exc}") from exc
         # Pruned weights score -inf: an iterative pruner never brings back what it removed.
         scores = {k: torch.nan_to_num(v, nan=float("-inf")).masked_fill(~mask[k], float("-inf")) for k, v in scores.items()}
-        mask = MaskSet.from_scores(scores, s, budget, out, min_output_fan_in, allow_empty_layers)
+        mask = MaskSet.from_scores(scores, s, budget, out, min_output_fan_in, allow_empty_layers,
+                                   pattern=shapes_mask.pattern)
     return mask

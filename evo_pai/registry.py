@@ -61,8 +61,10 @@ MODEL: Registry = Registry("model")
 DATASET: Registry = Registry("dataset")
 BACKEND: Registry = Registry("backend")
 PRUNER: Registry = Registry("pruner")
+UNIT_CRITERION: Registry = Registry("unit criterion")  # scores whole units for the structured `neuron` mutation
 
-ALL = {r.kind: r for r in (FITNESS, MUTATION, CROSSOVER, SELECTION, METHOD, MODEL, DATASET, BACKEND, PRUNER)}
+ALL = {r.kind: r for r in (FITNESS, MUTATION, CROSSOVER, SELECTION, METHOD, MODEL, DATASET, BACKEND, PRUNER,
+                           UNIT_CRITERION)}
 
 register_fitness = FITNESS.register
 register_mutation = MUTATION.register
@@ -73,6 +75,7 @@ register_model = MODEL.register
 register_dataset = DATASET.register
 register_backend = BACKEND.register
 register_pruner = PRUNER.register
+register_unit_criterion = UNIT_CRITERION.register
 
 PLUGIN_GROUP = "evo_pai.plugins"
 

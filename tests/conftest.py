@@ -68,3 +68,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+def crash_after(monkeypatch, n: int) -> None:
+    """Fault injection: the process 'dies' (KeyboardInterrupt) right after the n-th checkpoint write."""
+    import evo_pai.runs.runner as runner
+
+    real, calls = runner.save_checkpoint, []
+
+    def save_then_crash(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "save_checkpoint", save_then_crash)

@@ -18,6 +18,7 @@ EXPECTED = {
     "efficiency.py": r"ratio efficiency vectorized K=16: \d+%",
     "overhead.py": r"ratio overhead framework/hand_loop: \d+\.\d+",
     "threads.py": r"ratio default/best loaded quickstart \(digits, LeNet-300-100\): \d+\.\d+",
+    "inference.py": r"ratio speedup compact/dense structured 0\.98 b1: \d+\.\d+x",
 }
 
 

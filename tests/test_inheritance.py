@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import evo_pai.runs.runner as runner
-from conftest import tiny_raw
+from conftest import crash_after, tiny_raw
 from evo_pai.config import build_config
 from evo_pai.data import load_data
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
@@ -173,16 +172,8 @@ def test_inheriting_search_resumes_to_the_uninterrupted_result(tmp_path, monkeyp
     for name in ("whole", "run"):
         (tmp_path / name).mkdir()
     whole = run_experiment(cfg, tmp_path / "whole")
-    real, calls = runner.save_checkpoint, []
-
-    def save_then_crash(*args, **kwargs):
-        real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as m:
-        m.setattr(runner, "save_checkpoint", save_then_crash)
+        crash_after(m, 1)
         with pytest.raises(KeyboardInterrupt):
             run_experiment(cfg, tmp_path / "run")
     ckpt = load_checkpoint(tmp_path / "run" / FILENAME, cfg)

@@ -17,11 +17,11 @@ MAX_LINES = 400
 
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = [
-    ("core", ["evo_pai.errors", "evo_pai.config", "evo_pai.registry", "evo_pai.budgets", "evo_pai.masks",
-              "evo_pai.individual", "evo_pai.mask_export"]),
-    ("components", ["evo_pai.data", "evo_pai.models"]),
+    ("core", ["evo_pai.errors", "evo_pai.config", "evo_pai.registry", "evo_pai.budgets", "evo_pai.patterns",
+              "evo_pai.masks", "evo_pai.individual", "evo_pai.mask_export", "evo_pai.tensor_files"]),
+    ("components", ["evo_pai.data", "evo_pai.models", "evo_pai.units", "evo_pai.compact", "evo_pai.sparse"]),
     ("training", ["evo_pai.training"]),
-    ("operators", ["evo_pai.fitness", "evo_pai.operators", "evo_pai.pruners", "evo_pai.genomes"]),
+    ("operators", ["evo_pai.fitness", "evo_pai.operators", "evo_pai.pruners", "evo_pai.genomes", "evo_pai.structured"]),
     ("search", ["evo_pai.search"]),
     ("evaluation", ["evo_pai.evaluation"]),
     ("runs", ["evo_pai.runs"]),

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import evo_pai.runs.runner as runner
-from conftest import ROOT, tiny_raw
+from conftest import ROOT, crash_after, tiny_raw
 from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
 from evo_pai.config import build_config
 from evo_pai.errors import EvoPaiError
@@ -86,19 +85,6 @@ def test_killed_driver_then_resume_matches_uninterrupted_run(config_file, tmp_pa
     assert without_timing(a) == without_timing(b)
     assert records(whole) == records(broken)
     assert MaskSet.load(whole / "mask.safetensors") == MaskSet.load(broken / "mask.safetensors")
-
-
-def crash_after(monkeypatch, n: int) -> None:
-    """Fault injection: the process 'dies' (KeyboardInterrupt) right after the n-th checkpoint write."""
-    real, calls = runner.save_checkpoint, []
-
-    def save_then_crash(*args, **kwargs):
-        real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == n:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "save_checkpoint", save_then_crash)
 
 
 @pytest.fixture

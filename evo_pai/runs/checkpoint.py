@@ -23,6 +23,7 @@ from ..config import Config, to_dict
 from ..errors import EvoPaiError
 from ..individual import Individual
 from ..masks import MaskSet
+from ..tensor_files import read_tagged
 from ..training.carry import Carry
 from .folder import write_atomic
 
@@ -47,12 +48,14 @@ def encode(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
     if isinstance(value, MaskSet):
         for j, (k, m) in enumerate(value.items()):
             tensors[f"{prefix}/{j}"] = _tensor(m.to(torch.uint8))
-        return {"type": "mask", "layers": list(value), "output_layer": value.output_layer}
+        return {"type": "mask", "layers": list(value), "output_layer": value.output_layer,
+                "pattern": list(value.pattern) if value.pattern else None}
     if isinstance(value, Individual):
         return {
             "type": "individual",
             "mask": encode(value.mask, f"{prefix}/mask", tensors),
             "fitness": list(value.fitness.values) if value.fitness.valid else None,
+            "objectives": value.objectives,
             "traits": encode(value.traits, f"{prefix}/traits", tensors) if value.traits else None,
             "metrics": value.metrics,
             "origin": value.origin,
@@ -78,10 +81,11 @@ def encode(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
 def decode(desc: dict, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     kind = desc["type"]
     if kind == "mask":
-        return MaskSet({k: tensors[f"{prefix}/{j}"].bool() for j, k in enumerate(desc["layers"])}, desc["output_layer"])
+        return MaskSet({k: tensors[f"{prefix}/{j}"].bool() for j, k in enumerate(desc["layers"])}, desc["output_layer"],
+                       desc.get("pattern"))
     if kind == "individual":
         traits = decode(desc["traits"], f"{prefix}/traits", tensors) if desc["traits"] else None
-        ind = Individual(decode(desc["mask"], f"{prefix}/mask", tensors), traits)
+        ind = Individual(decode(desc["mask"], f"{prefix}/mask", tensors), traits, int(desc.get("objectives", 1)))
         if desc["fitness"] is not None:
             ind.fitness.values = tuple(desc["fitness"])
         ind.metrics, ind.origin = dict(desc["metrics"]), desc["origin"]
@@ -222,15 +226,9 @@ def load_checkpoint(path: Path, cfg: Config, shapes: tuple[dict, dict] | None = 
     `shapes`: (prunable layer -> shape, state_dict entry -> shape) of the config's model
     (runs/preflight.py: expected_shapes); every tensor of the search state is checked against them.
     """
-    from safetensors import safe_open
-
     fix = FIX
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise EvoPaiError(f"checkpoint '{path}' is not an evo-pai checkpoint (no {FORMAT} header); {fix}")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = read_tagged(path, FORMAT, f"checkpoint '{path}' is not an evo-pai checkpoint (no {FORMAT} header); {fix}")
         header = json.loads(meta["header"])
         if header["search_hash"] != search_hash(cfg):
             raise EvoPaiError(f"checkpoint '{path}' was written for a different config than the run folder's "

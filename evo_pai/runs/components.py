@@ -7,7 +7,7 @@ from ..registry import import_plugins
 
 def load_builtins() -> None:
     """Import every module whose decorators fill the registries (idempotent: Python caches modules)."""
-    from .. import data, fitness, genomes, models, operators, pruners  # noqa: F401
+    from .. import data, fitness, genomes, models, operators, pruners, structured  # noqa: F401
     from ..evaluation import local, vectorized  # noqa: F401
     from ..evaluation import ray as _ray_backend  # noqa: F401  (imports ray itself only when used)
     from ..search import methods  # noqa: F401

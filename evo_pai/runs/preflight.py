@@ -18,6 +18,7 @@ from ..data import DataSplits, load_data
 from ..errors import EvoPaiError, brief
 from ..fitness import check_params as check_fitness_params
 from ..models import build_model, prunable_names
+from ..patterns import parse_pattern
 from ..registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION
 from ..search.experiment import check_mutation_params, mutation_params
 from ..training.batched import bytes_per_model
@@ -53,9 +54,17 @@ def check_params(cfg: Config) -> None:
     if s.explore_mutation:
         check_mutation_params(s.explore_mutation, s.explore_params, "search.explore_params")
     extra_epochs(cfg)
-    method_check = getattr(METHOD.get(s.method), "preflight", None)
+    method = METHOD.get(s.method)
+    method_check = getattr(method, "preflight", None)
     if method_check:
-        method_check(cfg)
+        method_check(cfg)  # e.g. nsga2: objectives, density grid, mutation names
+    if cfg.final.members != "all" and not getattr(method, "multi_member", False):
+        raise EvoPaiError(f"final.members: only a method with several answers (nsga2) picks members; "
+                          f"'{s.method}' has one winner — remove final.members")
+    pattern = parse_pattern(cfg.masks.pattern)
+    if pattern and s.method not in ("dense", "nsga2") and 1.0 - s.sparsity > pattern[0] / pattern[1] + 1e-9:
+        raise EvoPaiError(f"search.sparsity: masks.pattern {cfg.masks.pattern} keeps at most {pattern[0]} of every "
+                          f"{pattern[1]} weights; use a sparsity >= {1 - pattern[0] / pattern[1]:g}")
 
 
 def extra_epochs(cfg: Config) -> float:

@@ -16,6 +16,7 @@ from ..errors import EvoPaiError
 from ..training.tasks import BurstTask, initial_model
 from ..evaluation.base import make_evaluator
 from ..search.experiment import Experiment, SearchOutcome
+from ..search.nsga2_init import init_tasks
 from ..individual import derive_seed
 from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from ..training.cost import search_flops
@@ -26,6 +27,8 @@ from ..registry import METHOD
 from .components import load_components
 from .loggers import open_loggers
 from .preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
+from .front_plot import plot_front
+from .members import headline, member_rows, pick_members, train_members, write_members
 from .report import plot_fitness, plot_layers
 from .folder import GenerationLog, write_atomic, write_config, write_json
 from .progress import RunProgress
@@ -54,7 +57,8 @@ def search_plan(cfg: Config) -> tuple[int | None, int | None]:
         return rounds + (1 if float(s.params.get("rewind_epochs", 0)) > 0 else 0), rounds
     plans = {"kstarts": (s.population, 1), "combined": (s.population * s.generations, s.generations),
              "dissipating": (s.dg.epochs, s.dg.epochs), "gmp": (s.dg.epochs, s.dg.epochs), "dense": (0, None),
-             "random": (0, None), "rigl": (0, None), "set": (0, None)}
+             "random": (0, None), "rigl": (0, None), "set": (0, None),
+             "nsga2": (s.population * s.generations + init_tasks(cfg), s.generations)}
     return plans.get(s.method, (None, None))
 
 
@@ -146,12 +150,21 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         flops = search_flops(exp.model, data.input_shape, data.n_train, search_epochs, dict(getattr(evaluator, "kept_epochs", {})))
         t1 = time.perf_counter()
         exp.progress = None  # the final training is not search work
-        epochs = math.ceil(cfg.final.epochs + extra_epochs(cfg))
-        progress.phase("final training", epochs)
-        heard: list[int] = []
-        final, replayed = final_training(exp, outcome, lambda done, total: (heard.append(done), on_epoch(done, total)))
-        if not heard:  # a backend that cannot report epochs (Ray actors): done at once
-            progress.epoch(epochs, epochs)
+        trained: dict = {}
+        if outcome.members is not None:  # several answers: train the picked front members
+            picks = len(pick_members(outcome.members, cfg.final.members))
+            progress.phase("final training", picks)
+            trained, replayed = train_members(exp, outcome, extra_epochs(cfg), progress.advance)
+            head = headline(outcome, trained, cfg.search.sparsity)
+            outcome.mask, final = outcome.members[head].mask, trained[head]
+            outcome.extra["headline_member"] = head
+        else:
+            epochs = math.ceil(cfg.final.epochs + extra_epochs(cfg))
+            progress.phase("final training", epochs)
+            heard: list[int] = []
+            final, replayed = final_training(exp, outcome, lambda done, total: (heard.append(done), on_epoch(done, total)))
+            if not heard:  # a backend that cannot report epochs (Ray actors): done at once
+                progress.epoch(epochs, epochs)
         final_seconds = time.perf_counter() - t1
         mask = final.mask if final.mask is not None else outcome.mask  # dynamic training: its last mask
         backend, device = cfg.evaluation.backend, str(getattr(evaluator, "device_name", cfg.evaluation.device))
@@ -179,6 +192,8 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         # torch intra-op threads (training/threads.py); auto may lower them while other processes load the CPUs
         "threads": {"count": threads.threads, "reason": threads.reason, "adjusted": governor.changes},
         "flops": count_flops(exp.model, data.input_shape, dict(mask)),
+        "input_shape": list(data.input_shape),  # what `evo-pai export` rebuilds the model with
+        "num_classes": data.num_classes,
         "dead_units": mask.dead_units(),
         "layer_sparsity": mask.layer_sparsity(),
         "cache_hits": evaluator.cache_hits,
@@ -188,7 +203,14 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         **({"mask_updates": int(final.metrics["mask_updates"]), "mask_turnover": final.metrics["mask_turnover"]}
            if final.mask is not None else {}),
     }
+    rows = None
+    if outcome.members is not None:
+        rows = member_rows(outcome, trained, list(cfg.search.nsga2.objectives[1:]))
+        summary["members"] = rows
     if out:
+        if rows is not None:
+            write_members(out, outcome, trained, rows)
+            plot_front(log.records, rows, out / "front.png", f"{cfg.search.method} on {cfg.data.name} ({cfg.model.name})")
         save_artifacts(out, mask, final.state, log.records, summary)
     return summary
 

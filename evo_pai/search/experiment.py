@@ -23,6 +23,8 @@ from ..individual import Individual, derive_seed
 from ..masks import MaskSet
 from ..models import output_layer_name, prunable_names
 from ..operators import PruneStep
+from ..patterns import parse_pattern
+from ..units import links
 from ..registry import MUTATION
 from ..training.burst import BurstResult, steps_for
 from ..training.carry import Carry
@@ -46,6 +48,9 @@ class SearchOutcome:
     replay: BurstTask | None = None
     dynamic: DynamicSpec | None = None  # the final run updates the mask as it trains (rigl, set)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts for summary.json
+    # Several answers (nsga2's non-dominated front): the runner trains the picked members (final.members);
+    # `mask` is then the headline member's, the one nearest search.sparsity.
+    members: list[Individual] | None = None
 
 
 def mutation_params(cfg: Config, name: str) -> dict:
@@ -84,6 +89,8 @@ class Experiment:
         self.shapes = {k: tuple(params[k].shape) for k in names}
         out = output_layer_name(self.model)
         self.output_layer = out if out in self.shapes else None
+        self.pattern = parse_pattern(cfg.masks.pattern)
+        self._links: list | None = None
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._log = log or (lambda record: None)
         self.started = time.perf_counter()
@@ -97,15 +104,18 @@ class Experiment:
         m = self.cfg.masks
         return MaskSet.random(
             self.shapes, sparsity, torch.Generator().manual_seed(seed), m.budget,
-            self.output_layer, m.min_output_fan_in, m.allow_empty_layers,
+            self.output_layer, m.min_output_fan_in, m.allow_empty_layers, self.pattern,
         )
 
     def dense_mask(self) -> MaskSet:
-        return MaskSet.dense(self.shapes, self.output_layer)
+        """All weights kept; carries masks.pattern, which every later pruning honours."""
+        return MaskSet.dense(self.shapes, self.output_layer, self.pattern)
 
-    def prune_step(self, sparsity: float, final: bool) -> PruneStep:
+    def prune_step(self, sparsity: float, final: bool, target: float | None = None) -> PruneStep:
+        """Where a mutation takes a mask; `target` defaults to search.sparsity (nsga2 moves to any level)."""
         m = self.cfg.masks
-        return PruneStep(sparsity, self.cfg.search.sparsity, final, m.budget, m.min_output_fan_in, m.allow_empty_layers)
+        target = self.cfg.search.sparsity if target is None else target
+        return PruneStep(sparsity, target, final, m.budget, m.min_output_fan_in, m.allow_empty_layers)
 
     def mutate(self, ind: Individual, step: PruneStep, name: str | None = None, params: dict | None = None) -> MaskSet:
         """The one place mutations are called: every result is checked against `step` (mutation_check.py)."""
@@ -123,7 +133,14 @@ class Experiment:
         return check_mutation(name, ind.mask, child, step)
 
     def mutation_params(self, name: str) -> dict:
+        if name in ("neuron", "grow_alive"):  # structured: the model's unit chain (sequential models)
+            return {"links": self.unit_links(), **mutation_params(self.cfg, name)}
         return mutation_params(self.cfg, name)
+
+    def unit_links(self) -> list:
+        if self._links is None:
+            self._links = links(self.model)  # refuses a non-sequential model in one line
+        return self._links
 
     # -- evaluation -------------------------------------------------------------------
     def task_seed(self, ind: Individual) -> int:
@@ -157,14 +174,17 @@ class Experiment:
                          opt_state=c.opt_state if keep else None, offset=c.steps if keep else 0,
                          horizon=horizon if keep else None)
 
-    def assign(self, ind: Individual, res: BurstResult) -> None:
+    def assign(self, ind: Individual, res: BurstResult, fitness: str | None = None,
+               costs: Callable[[Individual], tuple[float, ...]] | None = None) -> None:
+        """Traits, metrics and fitness of the burst (search.fitness unless named), then any costs (nsga2)."""
         s = self.cfg.search
-        value, why = score(s.fitness, res, ind.mask, s.fitness_params)
+        name = fitness or s.fitness
+        value, why = score(name, res, ind.mask, s.fitness_params if name == s.fitness else {})
         if why:
             self.fitness_failures.append({"individual": ind.key[:12], "reason": why})
-        ind.fitness.values = (value,)
         ind.traits = res.traits
         ind.metrics = dict(res.metrics)
+        ind.fitness.values = (value, *(costs(ind) if costs else ()))
 
     def run_task(self, task: BurstTask, on_epoch: Callable[[int, int], None] | None = None) -> BurstResult:
         """One training run (a DG epoch, an IMP round, the final training), counted on the search's

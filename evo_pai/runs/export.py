@@ -1,0 +1,182 @@
+"""`evo-pai export RUN_DIR --format F [--member N]`: turn a found mask into a deployable network.
+
+Formats (written to RUN_DIR/export/ unless --out says otherwise):
+- `compact`: dead units removed, a smaller dense network (evo_pai/compact.py) -> `evo_pai.load_compact(path)`
+- `csr`: Linear weights as torch.sparse_csr tensors (evo_pai/sparse.py) -> `evo_pai.load_csr(path)`
+- `torch-prune`: the model with torch.nn.utils.prune masks (weight_orig + weight_mask) -> `evo_pai.load_torch_prune(path)`
+- `npz`: the mask alone, one bool array per layer (numpy) -> `numpy.load(path)`
+- `semi-structured`: 2:4 masks for NVIDIA sparse tensor cores (CUDA only) -> `evo_pai.load_semi_structured(path)`
+Every export that carries weights is checked after writing: the file is read back and its outputs are
+compared with the masked network's on a seeded random batch; the largest difference is reported.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..compact import compact_model, load_compact, save_compact, widths
+from ..config import Config, load_config, to_dict
+from ..errors import EvoPaiError
+from ..masks import MaskSet
+from ..models import build_model
+from ..sparse import csr_model, load_csr, masked_copy, save_csr, semi_structured_model, semi_structured_supported
+from ..training.tasks import dtype_of
+from .members import mask_file, model_file
+
+FORMATS = ("compact", "csr", "torch-prune", "npz", "semi-structured")
+SUFFIX = {"compact": ".safetensors", "csr": ".safetensors", "torch-prune": ".pt", "npz": ".npz",
+          "semi-structured": ".safetensors"}
+PRUNE_FORMAT = "evo_pai.torch_prune/1"
+
+
+@dataclass
+class Source:
+    """What an export reads from a run folder: the config, one mask and (if trained) its weights."""
+
+    cfg: Config
+    mask: MaskSet
+    state: dict[str, torch.Tensor] | None
+    input_shape: tuple[int, ...]
+    num_classes: int
+    label: str  # "run" or "member-NN"
+
+    def model(self) -> nn.Module:
+        torch.manual_seed(self.cfg.seed)  # θ0 when no trained weights exist
+        net = build_model(self.cfg.model, self.input_shape, self.num_classes).to(dtype_of(self.cfg))
+        if self.state is not None:
+            net.load_state_dict(self.state)
+        return net.eval()
+
+
+def load_mask(run_dir: Path, member: int | None = None) -> MaskSet:
+    """The run's mask (or front member N's), with a one-line error when there is none."""
+    path = run_dir / (mask_file(member) if member is not None else "mask.safetensors")
+    if not path.is_file():
+        if member is not None:
+            have = sorted(p.name.split(".")[0] for p in (run_dir / "members").glob("*.safetensors")
+                          if not p.name.endswith(".model.safetensors")) if (run_dir / "members").is_dir() else []
+            raise EvoPaiError(f"{run_dir}: no front member {member} (members: {', '.join(have) or 'none; not an nsga2 run'})")
+        raise EvoPaiError(f"{run_dir}: no mask.safetensors; export needs a finished run folder (written by `evo-pai run`)")
+    return MaskSet.load(path)
+
+
+def load_source(run_dir: Path, member: int | None = None) -> Source:
+    from safetensors.torch import load_file
+
+    if not (run_dir / "config.yaml").is_file():
+        raise EvoPaiError(f"{run_dir}: not a run folder (no config.yaml); pass a folder written by `evo-pai run`")
+    cfg = load_config(run_dir / "config.yaml")
+    mask = load_mask(run_dir, member)
+    weights = run_dir / (model_file(member) if member is not None else "model.safetensors")
+    state = load_file(str(weights)) if weights.is_file() else None
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    if "input_shape" in summary:
+        shape, classes = tuple(summary["input_shape"]), int(summary["num_classes"])
+    else:  # an older run folder: the dataset says
+        from ..data import load_data
+
+        data = load_data(cfg.data)
+        shape, classes = tuple(data.input_shape), data.num_classes
+    return Source(cfg, mask, state, shape, classes, f"member-{member:02d}" if member is not None else "run")
+
+
+def check_outputs(reference: nn.Module, exported: nn.Module, input_shape, dtype, device="cpu") -> float:
+    """Largest |difference| of the two networks' outputs on a seeded random batch of 64."""
+    x = torch.randn(64, *input_shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    with torch.no_grad():
+        return float((reference(x) - exported(x)).abs().max())
+
+
+def export(run_dir: Path, fmt: str, member: int | None = None, out: Path | None = None) -> dict:
+    """Write one export; returns facts for the CLI to print (path, sizes, output check)."""
+    if fmt not in FORMATS:
+        raise EvoPaiError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    src = load_source(run_dir, member)
+    if fmt == "semi-structured" and semi_structured_supported():
+        raise EvoPaiError(f"--format semi-structured {semi_structured_supported()}")
+    if fmt not in ("npz",) and src.state is None:
+        raise EvoPaiError(f"{run_dir}: {src.label} has no trained weights (untrained front member? see final.members); "
+                          "export its mask with --format npz, or train it")
+    path = out or run_dir / "export" / f"{fmt.replace('-', '_')}{'' if member is None else f'-{src.label}'}{SUFFIX[fmt]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"path": str(path), "format": fmt, "source": src.label, "sparsity": src.mask.sparsity()}
+    if fmt == "npz":
+        np.savez_compressed(path, **{k: v.numpy() for k, v in src.mask.items()})
+        return info
+    model = src.model()
+    reference = masked_copy(model, src.mask)
+    dtype = dtype_of(src.cfg)
+    if fmt == "compact":
+        net = compact_model(model, src.mask)
+        save_compact(net, path, {"source": src.label, "run": str(run_dir), "input_shape": list(src.input_shape)})
+        info["widths"] = widths(net)
+        info["max_abs_diff"] = check_outputs(reference, load_compact(path), src.input_shape, dtype)
+    elif fmt == "csr":
+        save_csr(csr_model(model, src.mask), path, to_dict(src.cfg)["model"], src.input_shape, src.num_classes)
+        info["max_abs_diff"] = check_outputs(reference, load_csr(path), src.input_shape, dtype)
+    elif fmt == "torch-prune":
+        pruned = src.mask.to_torch_prune(src.model())
+        torch.save({"format": PRUNE_FORMAT, "model": to_dict(src.cfg)["model"], "input_shape": list(src.input_shape),
+                    "num_classes": src.num_classes, "state_dict": pruned.state_dict()}, path)
+        info["max_abs_diff"] = check_outputs(reference, load_torch_prune(path), src.input_shape, dtype)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path),
+                  metadata={"format": "evo_pai.semi_structured/1", "model": json.dumps(to_dict(src.cfg)["model"]),
+                            "input_shape": json.dumps(list(src.input_shape)), "num_classes": str(src.num_classes),
+                            "pattern": "2:4" if src.mask.pattern == (2, 4) else ""})
+        net, converted = load_semi_structured(path, src.mask)
+        info["converted"] = converted
+        info["max_abs_diff"] = check_outputs(reference.to("cuda", torch.float16), net, src.input_shape, torch.float16, "cuda")
+    return info
+
+
+def load_torch_prune(path) -> nn.Module:
+    """The model `evo-pai export --format torch-prune` wrote, with its torch.nn.utils.prune masks attached."""
+    from torch.nn.utils import prune
+
+    from ..config import ModelConfig
+
+    try:
+        blob = torch.load(str(path), weights_only=True)  # never unpickle code from a file a user hands in
+        if not isinstance(blob, dict) or blob.get("format") != PRUNE_FORMAT:
+            raise EvoPaiError(f"'{path}' is not a torch-prune export written by `evo-pai export --format torch-prune`")
+        net = build_model(ModelConfig(**blob["model"]), tuple(blob["input_shape"]), int(blob["num_classes"]))
+        state = blob["state_dict"]
+    except EvoPaiError:
+        raise
+    except Exception as exc:
+        raise EvoPaiError(f"cannot read torch-prune export '{path}': {exc}") from exc
+    modules = dict(net.named_modules())
+    for key in state:
+        if key.endswith("_mask"):
+            mod, _, pname = key[: -len("_mask")].rpartition(".")
+            prune.identity(modules[mod], pname)  # creates weight_orig / weight_mask to load into
+    net = net.to(next(iter(state.values())).dtype)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def load_semi_structured(path, mask: MaskSet | None = None) -> tuple[nn.Module, list[str]]:
+    """A `--format semi-structured` export on CUDA (fp16), 2:4 Linear layers converted where the kernels accept them."""
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    from ..config import ModelConfig
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "evo_pai.semi_structured/1":
+        raise EvoPaiError(f"'{path}' is not a semi-structured export written by `evo-pai export`")
+    state = load_file(str(path))
+    net = build_model(ModelConfig(**json.loads(meta["model"])), tuple(json.loads(meta["input_shape"])),
+                      int(meta["num_classes"]))
+    net.load_state_dict(state)
+    mask = mask or MaskSet({k: v != 0 for k, v in state.items() if k.endswith("weight")}, None, (2, 4))
+    return semi_structured_model(net, mask)

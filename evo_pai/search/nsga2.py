@@ -1,0 +1,151 @@
+"""NSGA-II over masks of many densities: the accuracy–sparsity front in one search.
+
+Generation 0 spreads `search.population` members over the density grid (`search.nsga2.levels`),
+by default from one gradual-magnitude trajectory that passes every level (search/nsga2_init.py).
+Every later generation makes one child per member: a parent picked by a crowded binary tournament
+(lower non-domination rank, then larger crowding distance) is moved on the grid by one mutation —
+prune (1..max_move levels sparser, a mutation drawn from `prune_mutations`, e.g. magnitude and the
+structured `neuron` mixed), grow (denser, `grow_mutation`) or swap (same density,
+`swap_mutation`). Children are burst-trained from θ0 and scored exactly as in the single-objective
+methods (fitness of the burst through the evaluator); parents and children together (each mask
+once) are cut back to the population size by DEAP's `selNSGA2` (non-dominated sorting, crowding
+distance). The answer is the last population's non-dominated front; the runner trains the
+members `final.members` picks.
+"""
+from __future__ import annotations
+
+import torch
+from deap import tools
+
+from ..individual import Individual
+from ..registry import register_method
+from ..training.tasks import BurstTask
+from .experiment import Experiment, SearchOutcome
+from .nsga2_init import draw, initial_population, prune_to_level
+from .objectives import Costs, density_levels, preflight
+
+
+def burst_tasks(exp: Experiment, individuals: list[Individual]) -> list[BurstTask]:
+    """Every member trains a burst from θ0 (pruning at initialisation), as in kstarts and combined.
+
+    Inheritance (a child continuing from its parent's trained weights and optimizer state) plugs in
+    here: give each child's task `start=` its parent's state once the evaluator can carry it.
+    """
+    return [BurstTask(ind.mask, exp.cfg.search.burst_epochs, exp.task_seed(ind)) for ind in individuals]
+
+
+def evaluate(exp: Experiment, individuals: list[Individual], costs: Costs) -> None:
+    todo = [ind for ind in individuals if not ind.fitness.valid]
+    fitness = exp.cfg.search.nsga2.objectives[0]
+    results = exp.evaluator.evaluate(burst_tasks(exp, todo), getattr(exp, "progress", None))
+    for ind, res in zip(todo, results):
+        exp.assign(ind, res, fitness=fitness, costs=costs)
+
+
+def rank_and_crowd(population: list[Individual]) -> dict[int, int]:
+    """Non-domination rank per individual (by id), and DEAP's crowding distance on its fitness."""
+    rank: dict[int, int] = {}
+    for r, front in enumerate(tools.sortNondominated(population, len(population))):
+        tools.emo.assignCrowdingDist(front)
+        for ind in front:
+            rank[id(ind)] = r
+    return rank
+
+
+def _tournament(population: list[Individual], rank: dict[int, int], generator: torch.Generator) -> Individual:
+    i, j = torch.randint(len(population), (2,), generator=generator).tolist()
+    order = lambda k: (rank[id(population[k])], -population[k].fitness.crowding_dist, k)  # noqa: E731
+    return population[min(i, j, key=order)]
+
+
+def nearest_level(levels: list[float], sparsity: float) -> int:
+    return min(range(len(levels)), key=lambda i: (abs(levels[i] - sparsity), i))
+
+
+def move(exp: Experiment, parent: Individual, levels: list[float], how: str | None = None) -> tuple[str, str, float]:
+    """(move, mutation name, target sparsity) for one child; a move off the grid's end turns around."""
+    n, gen = exp.cfg.search.nsga2, exp.generator
+    how = how or draw(n.moves, gen)
+    at = nearest_level(levels, parent.mask.sparsity())
+    step = 1 + int(torch.randint(n.max_move, (1,), generator=gen))
+    if how == "prune" and at == len(levels) - 1 or how == "grow" and at == 0:
+        flipped = "grow" if how == "prune" else "prune"
+        how = flipped if n.moves.get(flipped, 0) > 0 and len(levels) > 1 else "swap"
+    if how == "prune":
+        return how, draw(n.prune_mutations, gen), levels[min(len(levels) - 1, at + step)]
+    if how == "grow":
+        return how, n.grow_mutation, levels[max(0, at - step)]
+    return how, n.swap_mutation, levels[at]
+
+
+def make_child(exp: Experiment, parent: Individual, levels: list[float], seen: set[str], how: str | None = None) -> Individual:
+    kind, name, sparsity = move(exp, parent, levels, how)
+    child = Individual(prune_to_level(exp, parent, name, sparsity), objectives=parent.objectives)
+    child.origin = f"{kind}:{name}"
+    if child.key in seen:  # deterministic operators repeat themselves: a random swap makes it new
+        child = Individual(exp.mutate(parent if kind == "swap" else Individual(child.mask, parent.traits),
+                                      exp.prune_step(sparsity, True, sparsity), "random_swap", {"fraction": 0.05}),
+                           objectives=parent.objectives)
+        child.origin = f"{kind}:{name}+explore"
+    seen.add(child.key)
+    return child
+
+
+def final_front(population: list[Individual]) -> list[Individual]:
+    """The non-dominated members by sparsity; of members with equal objectives (neither dominates) one is kept."""
+    front = tools.sortNondominated(population, len(population), first_front_only=True)[0]
+    unique: dict[tuple, Individual] = {}
+    for ind in sorted(front, key=lambda i: (i.mask.sparsity(), i.key)):
+        unique.setdefault(tuple(ind.fitness.values), ind)
+    return list(unique.values())
+
+
+def front_record(front: list[Individual], names: list[str]) -> list[dict]:
+    rows = []
+    for ind in sorted(front, key=lambda i: i.mask.sparsity()):
+        row = {"sparsity": round(ind.mask.sparsity(), 6), "val_accuracy": ind.metrics.get("val_accuracy")}
+        row.update({n: ind.metrics.get(n) for n in names[1:]})
+        rows.append(row)
+    return rows
+
+
+@register_method("nsga2", "NSGA-II over many densities: the accuracy-sparsity front in one search (search.nsga2)")
+def nsga2(exp: Experiment) -> SearchOutcome:
+    s = exp.cfg.search
+    names = list(s.nsga2.objectives)
+    levels = density_levels(exp.cfg)
+    costs = Costs(exp, names[1:])
+    state = exp.resume_state
+    if state is None:
+        population, start = initial_population(exp, levels, len(names)), 0
+        evaluate(exp, population, costs)
+    else:
+        population, start = state["population"], state["generation"] + 1
+    if start == 0:
+        rank_and_crowd(population)
+        _log(exp, 0, population, names, evaluated=len(population))
+        exp.checkpoint({"population": population, "generation": 0})
+        start = 1
+    for g in range(start, s.generations):
+        rank = rank_and_crowd(population)
+        seen = {ind.key for ind in population}
+        children = [make_child(exp, _tournament(population, rank, exp.generator), levels, seen) for _ in population]
+        evaluate(exp, children, costs)
+        population = tools.selNSGA2(population + children, s.population)
+        rank_and_crowd(population)
+        _log(exp, g, population, names, evaluated=len(children),
+             moves={k: sum(c.origin.startswith(k) for c in children) for k in ("prune", "grow", "swap")})
+        exp.checkpoint({"population": population, "generation": g})
+    front = final_front(population)
+    head = min(front, key=lambda i: (abs(i.mask.sparsity() - s.sparsity), i.mask.sparsity()))
+    extra = {"objectives": names, "levels": levels, "front_size": len(front)}
+    return SearchOutcome(head.mask, members=front, extra=extra)
+
+
+def _log(exp: Experiment, g: int, population: list[Individual], names: list[str], **extra) -> None:
+    front = tools.sortNondominated(population, len(population), first_front_only=True)[0]
+    exp.log_generation(g, population, front=front_record(front, names), **extra)
+
+
+nsga2.preflight = preflight  # type: ignore[attr-defined]  # checked before a run folder exists
+nsga2.multi_member = True  # type: ignore[attr-defined]  # the runner trains several members
