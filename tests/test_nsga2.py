@@ -19,6 +19,7 @@ from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
 from evo_pai.runs.members import pick_members
 from evo_pai.runs.runner import preflight, run_experiment
 from evo_pai.search.objectives import density_levels
+from evo_pai.training.burst import steps_for
 
 LEVELS = [0.5, 0.7, 0.8, 0.9]
 
@@ -138,8 +139,11 @@ def test_final_members_refused_for_single_winner_methods(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_nsga2_resumes_to_the_uninterrupted_summary(tmp_path, monkeypatch):
-    cfg = build_config(nsga2_raw())
+@pytest.mark.parametrize("inherit", ["rewind", "parent"])
+def test_nsga2_resumes_to_the_uninterrupted_summary(tmp_path, monkeypatch, inherit):
+    raw = nsga2_raw()
+    raw["search"]["inherit"] = inherit
+    cfg = build_config(raw)
     for name in ("whole", "run"):
         (tmp_path / name).mkdir()
     whole = run_experiment(cfg, tmp_path / "whole")
@@ -152,3 +156,19 @@ def test_nsga2_resumes_to_the_uninterrupted_summary(tmp_path, monkeypatch):
     resumed = run_experiment(cfg, tmp_path / "run", resume=ckpt)
     timing = {"search_seconds", "final_seconds", "wall_seconds"}
     assert {k: v for k, v in whole.items() if k not in timing} == {k: v for k, v in resumed.items() if k not in timing}
+
+
+def test_nsga2_children_continue_their_parents_training(tmp_path, monkeypatch):
+    """inherit: parent: a child's burst starts where its parent's ended, so lineages accumulate steps."""
+    raw = nsga2_raw()
+    raw["search"].update(inherit="parent", generations=3)
+    cfg = build_config(raw)
+    with monkeypatch.context() as m:
+        crash_after(m, 3)  # stop after the last generation's checkpoint: the population with its carries
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, tmp_path)
+    ckpt = load_checkpoint(tmp_path / FILENAME, cfg)
+    burst = steps_for(1.0, 360, 32)  # tiny_raw: 400 examples less 10 % validation, batch 32
+    steps = [ind.carry.steps for ind in ckpt.state["population"]]
+    assert all(s > 0 and s % burst == 0 for s in steps), steps
+    assert max(steps) >= 2 * burst, steps  # a child trained on from its parent (rewind would give 1 burst each)

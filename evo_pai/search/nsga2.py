@@ -6,8 +6,8 @@ Every later generation makes one child per member: a parent picked by a crowded 
 (lower non-domination rank, then larger crowding distance) is moved on the grid by one mutation —
 prune (1..max_move levels sparser, a mutation drawn from `prune_mutations`, e.g. magnitude and the
 structured `neuron` mixed), grow (denser, `grow_mutation`) or swap (same density,
-`swap_mutation`). Children are burst-trained from θ0 and scored exactly as in the single-objective
-methods (fitness of the burst through the evaluator); parents and children together (each mask
+`swap_mutation`). Children are burst-trained (from θ0, or with `search.inherit: parent` from their
+parent's trained state) and scored exactly as in the single-objective methods (fitness of the burst through the evaluator); parents and children together (each mask
 once) are cut back to the population size by DEAP's `selNSGA2` (non-dominated sorting, crowding
 distance). The answer is the last population's non-dominated front; the runner trains the
 members `final.members` picks.
@@ -19,27 +19,37 @@ from deap import tools
 
 from ..individual import Individual
 from ..registry import register_method
+from ..training.carry import Carry
 from ..training.tasks import BurstTask
 from .experiment import Experiment, SearchOutcome
 from .nsga2_init import draw, initial_population, prune_to_level
 from .objectives import Costs, density_levels, preflight
 
 
-def burst_tasks(exp: Experiment, individuals: list[Individual]) -> list[BurstTask]:
-    """Every member trains a burst from θ0 (pruning at initialisation), as in kstarts and combined.
+def inherits(exp: Experiment) -> bool:
+    return exp.cfg.search.inherit == "parent"
 
-    Inheritance (a child continuing from its parent's trained weights and optimizer state) plugs in
-    here: give each child's task `start=` its parent's state once the evaluator can carry it.
-    """
-    return [BurstTask(ind.mask, exp.cfg.search.burst_epochs, exp.task_seed(ind)) for ind in individuals]
+
+def burst_tasks(exp: Experiment, individuals: list[Individual]) -> list[BurstTask]:
+    """`inherit: rewind`: every member trains a burst from θ0 (pruning at initialisation), as in kstarts
+    and combined. `parent`: a child continues its parent's trained weights and optimizer state under
+    its own mask (generation 0 starts from θ0); the learning-rate schedule spans the generations."""
+    s = exp.cfg.search
+    if not inherits(exp):
+        return [BurstTask(ind.mask, s.burst_epochs, exp.task_seed(ind)) for ind in individuals]
+    horizon = s.generations * exp.steps(s.burst_epochs)
+    return [exp.inherited_task(ind, s.burst_epochs, horizon) for ind in individuals]
 
 
 def evaluate(exp: Experiment, individuals: list[Individual], costs: Costs) -> None:
     todo = [ind for ind in individuals if not ind.fitness.valid]
     fitness = exp.cfg.search.nsga2.objectives[0]
-    results = exp.evaluator.evaluate(burst_tasks(exp, todo), getattr(exp, "progress", None))
-    for ind, res in zip(todo, results):
+    tasks = burst_tasks(exp, todo)
+    results = exp.evaluator.evaluate(tasks, getattr(exp, "progress", None))
+    for ind, task, res in zip(todo, tasks, results):
         exp.assign(ind, res, fitness=fitness, costs=costs)
+        if inherits(exp):
+            ind.carry = None if res.state is None else Carry(res.state, res.opt_state, task.offset + res.steps)
 
 
 def rank_and_crowd(population: list[Individual]) -> dict[int, int]:
@@ -82,11 +92,13 @@ def make_child(exp: Experiment, parent: Individual, levels: list[float], seen: s
     kind, name, sparsity = move(exp, parent, levels, how)
     child = Individual(prune_to_level(exp, parent, name, sparsity), objectives=parent.objectives)
     child.origin = f"{kind}:{name}"
+    child.carry = parent.carry  # used only under inheritance: the parent's trained state
     if child.key in seen:  # deterministic operators repeat themselves: a random swap makes it new
         child = Individual(exp.mutate(parent if kind == "swap" else Individual(child.mask, parent.traits),
                                       exp.prune_step(sparsity, True, sparsity), "random_swap", {"fraction": 0.05}),
                            objectives=parent.objectives)
         child.origin = f"{kind}:{name}+explore"
+        child.carry = parent.carry
     seen.add(child.key)
     return child
 

@@ -65,9 +65,6 @@ def preflight(cfg: Config) -> None:
     if pattern and 1.0 - min(density_levels(cfg)) > pattern[0] / pattern[1] + 1e-9:
         raise EvoPaiError(f"search.nsga2.levels: masks.pattern {cfg.masks.pattern} keeps at most "
                           f"{pattern[0]}/{pattern[1]} of the weights; every level must be >= {1 - pattern[0] / pattern[1]:g} sparse")
-    if cfg.search.inherit != "rewind":  # the hook is search/nsga2.py::burst_tasks; not wired yet
-        raise EvoPaiError("search.inherit: nsga2 trains every member's burst from θ0 (rewind) for now; "
-                          "remove search.inherit or use method combined for inheritance")
     if cfg.search.population < 2:
         raise EvoPaiError("search.population: nsga2 needs at least 2 members (a front of one is a single search)")
 
