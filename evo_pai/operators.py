@@ -53,8 +53,26 @@ def prune_to(mask: MaskSet, scores: Mapping[str, torch.Tensor], keep: dict[str, 
     if isinstance(keep, int):
         masked = {k: scores[k].to(torch.float64).masked_fill(~mask[k], -INF) for k in mask}
         keep = _global_counts(masked, keep, step.min_keep)
-    pruned = mask.prune(scores, {k: min(int(keep[k]), c) for k, c in mask.counts().items()})
+    pruned = mask.prune(scores, _land_on_total(mask.counts(), keep))
     return fix_fan_in(pruned, scores, step)
+
+
+def _land_on_total(counts: Mapping[str, int], keep: Mapping[str, int]) -> dict[str, int]:
+    """Per-layer counts for a prune-only step: a layer already below its count (a crossover child whose
+    total was repaired across layers) keeps what it has, and its shortfall is kept in the other layers
+    in proportion to what they could still give (largest remainder), so the total lands on sum(keep)."""
+    out = {k: min(int(keep[k]), c) for k, c in counts.items()}
+    short = sum(int(keep[k]) for k in counts) - sum(out.values())
+    spare = {k: c - out[k] for k, c in counts.items() if c > out[k]}
+    if short <= 0 or not spare:
+        return out
+    short = min(short, sum(spare.values()))
+    total = sum(spare.values())
+    share = {k: short * v / total for k, v in spare.items()}
+    add = {k: int(math.floor(x)) for k, x in share.items()}
+    for k in sorted(share, key=lambda k: (add[k] - share[k], k))[: short - sum(add.values())]:
+        add[k] += 1
+    return {k: out[k] + add.get(k, 0) for k in out}
 
 
 def fix_fan_in(mask: MaskSet, scores: Mapping[str, torch.Tensor], step: PruneStep) -> MaskSet:

@@ -108,3 +108,20 @@ def test_layerwise_crossover_repairs_total_under_global_budget():
     for _ in range(4):
         for c in layerwise(a, b, gen):
             assert sum(c.mask.counts().values()) == total
+
+
+def test_final_step_lands_on_the_total_when_a_layer_is_already_below_its_count():
+    """A crossover child whose total was repaired across layers can hold fewer weights in a layer than
+    the final budget gives it; a prune-only final step keeps that layer and lands the total elsewhere."""
+    step = PruneStep(sparsity=0.8, target=0.8, final=True, budget="uniform", min_output_fan_in=0)
+    budget = layer_counts({k: s for k, s in SHAPES.items()}, 0.8, "uniform", 1)  # a: 12, b: 5 (uniform 20 %)
+    mask = MaskSet.dense(SHAPES)
+    b = torch.zeros(24, dtype=torch.bool)
+    b[:3] = True  # layer b holds 3, under its 5
+    mask = mask.with_layers({"b": b.reshape(SHAPES["b"])})
+    for op in (dissipating_gradients, magnitude):
+        out = op(_ind(mask), step, torch.Generator())
+        counts = out.counts()
+        assert counts["b"] == 3 and (out["b"] == mask["b"]).all()  # nothing regrown, nothing more pruned
+        assert sum(counts.values()) == sum(budget.values())  # a keeps b's shortfall: 12 + 2
+        assert counts["a"] == budget["a"] + budget["b"] - 3
