@@ -22,7 +22,7 @@ from ..registry import register_method
 from ..training.carry import Carry
 from ..training.tasks import BurstTask
 from .experiment import Experiment, SearchOutcome
-from .nsga2_init import draw, initial_population, prune_to_level
+from .nsga2_init import draw, initial_population, lineage_horizon, prune_to_level
 from .objectives import Costs, density_levels, preflight
 
 
@@ -32,13 +32,13 @@ def inherits(exp: Experiment) -> bool:
 
 def burst_tasks(exp: Experiment, individuals: list[Individual]) -> list[BurstTask]:
     """`inherit: rewind`: every member trains a burst from θ0 (pruning at initialisation), as in kstarts
-    and combined. `parent`: a child continues its parent's trained weights and optimizer state under
-    its own mask (generation 0 starts from θ0); the learning-rate schedule spans the generations."""
+    and combined. `parent`: a member continues its parent's trained weights and optimizer state under
+    its own mask (generation 0: the init trajectory's state where it passed the member's level); the
+    learning-rate schedule spans the trajectory and the generations."""
     s = exp.cfg.search
     if not inherits(exp):
         return [BurstTask(ind.mask, s.burst_epochs, exp.task_seed(ind)) for ind in individuals]
-    horizon = s.generations * exp.steps(s.burst_epochs)
-    return [exp.inherited_task(ind, s.burst_epochs, horizon) for ind in individuals]
+    return [exp.inherited_task(ind, s.burst_epochs, lineage_horizon(exp)) for ind in individuals]
 
 
 def evaluate(exp: Experiment, individuals: list[Individual], costs: Costs) -> None:

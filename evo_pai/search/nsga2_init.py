@@ -15,6 +15,7 @@ import torch
 from ..budgets import cubic_schedule
 from ..individual import Individual, derive_seed
 from ..masks import MaskSet
+from ..training.carry import Carry
 from ..training.tasks import BurstTask
 from .experiment import Experiment
 
@@ -30,29 +31,52 @@ def prune_to_level(exp: Experiment, parent: Individual, name: str, sparsity: flo
     return exp.mutate(parent, exp.prune_step(sparsity, final=True, target=sparsity), name, params)
 
 
-def gradual_masks(exp: Experiment, levels: list[float]) -> dict[float, MaskSet]:
+def trunk_steps(exp: Experiment) -> int:
+    """Optimizer steps of generation 0's training before the members' bursts."""
     n = exp.cfg.search.nsga2
+    if n.init == "random":
+        return 0
+    return exp.steps(n.init_epochs) if n.init == "magnitude" else n.init_steps * exp.steps(n.init_epochs / n.init_steps)
+
+
+def lineage_horizon(exp: Experiment) -> int:
+    """The learning-rate schedule's length: the trunk, and with inheritance the generations' bursts on it."""
+    s = exp.cfg.search
+    return trunk_steps(exp) + (s.generations * exp.steps(s.burst_epochs) if s.inherit == "parent" else 0)
+
+
+def gradual_masks(exp: Experiment, levels: list[float]) -> tuple[dict[float, MaskSet], dict[float, Carry]]:
+    """(mask per level, the trajectory's trained state when it passed that level)."""
+    n, keep = exp.cfg.search.nsga2, exp.cfg.search.optimizer_state == "keep"
     ramp = cubic_schedule(0.0, levels[-1], n.init_steps)
-    mask, state, out, passed = exp.dense_mask(), None, {}, 0
+    chunk = n.init_epochs / n.init_steps
+    mask, state, opt, steps, out, carries, passed = exp.dense_mask(), None, None, 0, {}, {}, 0
     for e, s in enumerate(ramp):
-        res = exp.run_task(BurstTask(mask, n.init_epochs / n.init_steps, derive_seed(exp.cfg.seed, "nsga2-gradual", e),
-                                     start=state, keep_state=True))
-        ind, state = Individual(mask, res.traits), res.state
+        # As gmp: one network and (optimizer_state: keep) one optimizer across the pruning steps.
+        task = BurstTask(mask, chunk, derive_seed(exp.cfg.seed, "nsga2-gradual", e), start=state, keep_state=True,
+                         opt_state=opt if keep else None, offset=steps if keep else 0,
+                         horizon=lineage_horizon(exp) if keep else None)
+        res = exp.run_task(task)
+        ind, state, opt, steps = Individual(mask, res.traits), res.state, res.opt_state, task.offset + res.steps
         last = e == len(ramp) - 1
         while passed < len(levels) and (levels[passed] <= s + 1e-12 or last):
             out[levels[passed]] = prune_to_level(exp, ind, draw(n.prune_mutations, exp.generator), levels[passed])
+            carries[levels[passed]] = Carry(state, opt if keep else None, steps if keep else 0)
             passed += 1
         # Carry on from the deepest level passed, or prune to the schedule when none was passed here.
         mask = out[levels[passed - 1]] if passed and levels[passed - 1] >= s - 1e-12 else \
             prune_to_level(exp, ind, draw(n.prune_mutations, exp.generator), s)
-    return out
+    return out, carries
 
 
-def magnitude_masks(exp: Experiment, levels: list[float]) -> dict[float, MaskSet]:
+def magnitude_masks(exp: Experiment, levels: list[float]) -> tuple[dict[float, MaskSet], dict[float, Carry]]:
     n = exp.cfg.search.nsga2
     dense = Individual(exp.dense_mask())
-    dense.traits = exp.run_task(BurstTask(dense.mask, n.init_epochs, derive_seed(exp.cfg.seed, "nsga2-dense"))).traits
-    return {s: prune_to_level(exp, dense, draw(n.prune_mutations, exp.generator), s) for s in levels}
+    res = exp.run_task(BurstTask(dense.mask, n.init_epochs, derive_seed(exp.cfg.seed, "nsga2-dense"), keep_state=True))
+    dense.traits = res.traits
+    carry = Carry(res.state, res.opt_state, res.steps)
+    return {s: prune_to_level(exp, dense, draw(n.prune_mutations, exp.generator), s) for s in levels}, \
+        {s: carry for s in levels}
 
 
 def initial_population(exp: Experiment, levels: list[float], objectives: int) -> list[Individual]:
@@ -61,7 +85,7 @@ def initial_population(exp: Experiment, levels: list[float], objectives: int) ->
     if s.nsga2.init == "random":
         masks = [exp.random_mask(t, derive_seed(exp.cfg.seed, "nsga2", i)) for i, t in enumerate(targets)]
     else:
-        by_level = gradual_masks(exp, levels) if s.nsga2.init == "gradual" else magnitude_masks(exp, levels)
+        by_level, carries = gradual_masks(exp, levels) if s.nsga2.init == "gradual" else magnitude_masks(exp, levels)
         masks, seen = [], set()
         for t in targets:
             m = by_level[t]
@@ -70,8 +94,10 @@ def initial_population(exp: Experiment, levels: list[float], objectives: int) ->
             seen.add(m.hash())
             masks.append(m)
     pop = [Individual(m, objectives=objectives) for m in masks]
-    for ind in pop:
+    for ind, t in zip(pop, targets):
         ind.origin = "init"
+        if s.inherit == "parent" and s.nsga2.init != "random":  # members train on from the trajectory
+            ind.carry = carries[t]
     return pop
 
 
