@@ -10,7 +10,9 @@ weights' values do not change the timings; the sparsity structure does). Every v
 thread, torch.inference_mode: batch 1 (latency) and batch 256 (throughput).
 - dense: the unpruned nn.Module as built; masked: the same module with masked weights (zeros
   cost the same); compact: `evo-pai export --format compact` (dead units removed); csr: Linear
-  weights as torch.sparse_csr (`--format csr`).
+  weights as torch.sparse_csr (`--format csr`); dense_plan: the unpruned network through the same
+  inference code as compact (CompactNet of an all-kept mask), so compact / dense_plan is what removing
+  units buys with the layout and dispatch savings taken out.
 Ratios are dense time / variant time (> 1: faster than dense), from each variant's best round.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
 
 from evo_pai.compact import compact_model, widths  # noqa: E402
 from evo_pai.config import build_config  # noqa: E402
+from evo_pai.masks import MaskSet  # noqa: E402
 from evo_pai.runs.components import load_components  # noqa: E402
 from evo_pai.runs.export import load_source  # noqa: E402
 from evo_pai.runs.runner import run_experiment  # noqa: E402
@@ -88,21 +91,23 @@ def main() -> None:
     for kind, run in runs.items():
         for s, src in cells(run):
             model = src.model()
+            every = MaskSet.dense(src.mask.shapes(), src.mask.output_layer)
             nets = {"dense": model, "masked": masked_copy(model, src.mask), "compact": compact_model(model, src.mask),
-                    "csr": csr_model(model, src.mask)}
+                    "csr": csr_model(model, src.mask), "dense_plan": compact_model(model, every)}
             for batch in (1, 256):
                 x = torch.randn(batch, *src.input_shape, generator=torch.Generator().manual_seed(0))
                 t = interleaved({n: timed(net, x, calls[batch]) for n, net in nets.items()}, args.repeats)
                 us = {n: 1e6 * t.best(n) / calls[batch] for n in nets}
                 rows.append([kind, f"{100 * src.mask.sparsity():.1f}", str(widths(nets["compact"])[:-1]), batch,
-                             us["dense"], us["masked"], us["compact"], us["csr"],
+                             us["dense"], us["masked"], us["compact"], us["csr"], us["dense_plan"],
                              f"{t.ratio('dense', 'masked'):.2f}x", f"{t.ratio('dense', 'compact'):.2f}x",
-                             f"{t.ratio('dense', 'csr'):.2f}x"])
+                             f"{t.ratio('dense', 'csr'):.2f}x", f"{t.ratio('dense_plan', 'compact'):.2f}x"])
                 print(f"ratio speedup compact/dense {kind} {s:g} b{batch}: {t.ratio('dense', 'compact'):.2f}x "
-                      f"(csr {t.ratio('dense', 'csr'):.2f}x, masked {t.ratio('dense', 'masked'):.2f}x)", flush=True)
+                      f"(csr {t.ratio('dense', 'csr'):.2f}x, masked {t.ratio('dense', 'masked'):.2f}x, "
+                      f"compact/dense_plan {t.ratio('dense_plan', 'compact'):.2f}x)", flush=True)
     print()
     print(table(["mask", "sparsity %", "hidden units", "batch", "dense_us", "masked_us", "compact_us", "csr_us",
-                 "masked", "compact", "csr"], rows))
+                 "dense_plan_us", "masked", "compact", "csr", "compact/dense_plan"], rows))
 
 
 if __name__ == "__main__":

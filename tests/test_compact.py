@@ -174,3 +174,32 @@ def test_semi_structured_export_on_cuda():
 def test_summary_records_shapes_for_export(finished_run):
     summary = json.loads((finished_run / "summary.json").read_text())
     assert summary["input_shape"] == [1, 8, 8] and summary["num_classes"] == 10
+
+
+def test_inference_plan_sees_changed_weights():
+    """CompactNet's prepared forward follows in-place updates, reassigned parameters, loaded state dicts
+    and .to(): it equals nn.Sequential's forward over the same layers every time."""
+    model, mask = model_and_mask("mlp", (1, 28, 28), 0.9)
+    net = compact_model(model, mask)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    x0 = x.clone()
+
+    def both():
+        with torch.no_grad():
+            fast, slow = net(x), net.layers(x)
+        assert torch.allclose(fast, slow, atol=1e-5), float((fast - slow).abs().max())
+        assert torch.equal(x, x0)
+        return fast
+
+    before = both()
+    first = next(m for m in net.layers if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        first.weight.mul_(2.0)  # in place: version counter
+    assert not torch.allclose(both(), before)
+    first.weight = torch.nn.Parameter(first.weight.detach() * 0.5)  # a new tensor
+    assert torch.allclose(both(), before, atol=1e-5)
+    net.load_state_dict({k: v * 0 for k, v in net.state_dict().items()})
+    assert float(both().abs().max()) == 0.0
+    net.double()
+    with torch.no_grad():
+        assert net(x.double()).dtype == torch.float64
