@@ -83,3 +83,36 @@ def crash_after(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "save_checkpoint", save_then_crash)
+
+
+TIMING = {"search_seconds", "final_seconds", "wall_seconds"}
+
+
+def without_timing(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in TIMING}
+
+
+def whole_and_interrupted(cfg, tmp_path: Path, monkeypatch, n: int):
+    """(summary of an uninterrupted run in tmp_path/whole, checkpoint of the same run killed right after
+    its n-th checkpoint in tmp_path/run): the two halves of every resume-equals-uninterrupted test."""
+    from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
+    from evo_pai.runs.runner import run_experiment
+
+    for name in ("whole", "run"):
+        (tmp_path / name).mkdir()
+    whole = run_experiment(cfg, tmp_path / "whole")
+    with monkeypatch.context() as m:
+        crash_after(m, n)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, tmp_path / "run")
+    return whole, load_checkpoint(tmp_path / "run" / FILENAME, cfg)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny models on a shared 2-core machine run much faster on one,
+    and it is what a 1-CPU Ray actor uses (identical floats)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

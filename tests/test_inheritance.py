@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import crash_after, tiny_raw
+from conftest import tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.config import build_config
 from evo_pai.data import load_data
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
@@ -14,19 +14,13 @@ from evo_pai.individual import Individual
 from evo_pai.masks import MaskSet
 from evo_pai.operators import layerwise
 from evo_pai.registry import METHOD
-from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
 from evo_pai.runs.runner import run_experiment, seed_everything
 from evo_pai.search.experiment import Experiment
 from evo_pai.training.carry import Carry
 from evo_pai.training.tasks import BurstTask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def raw64(optimizer: str = "sgd", schedule: str = "constant", **search) -> dict:
@@ -169,18 +163,10 @@ def test_inheritance_accumulates_training():
 
 def test_inheriting_search_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     cfg = build_config(inherit_raw())
-    for name in ("whole", "run"):
-        (tmp_path / name).mkdir()
-    whole = run_experiment(cfg, tmp_path / "whole")
-    with monkeypatch.context() as m:
-        crash_after(m, 1)
-        with pytest.raises(KeyboardInterrupt):
-            run_experiment(cfg, tmp_path / "run")
-    ckpt = load_checkpoint(tmp_path / "run" / FILENAME, cfg)
+    whole, ckpt = whole_and_interrupted(cfg, tmp_path, monkeypatch, 1)
     assert all(ind.carry is not None for ind in ckpt.state["population"])
     resumed = run_experiment(cfg, tmp_path / "run", resume=ckpt)
-    timing = {"search_seconds", "final_seconds", "wall_seconds"}
-    assert {k: v for k, v in whole.items() if k not in timing} == {k: v for k, v in resumed.items() if k not in timing}
+    assert without_timing(whole) == without_timing(resumed)
 
 
 def test_continue_without_kept_state_replays_and_counts_the_burst():

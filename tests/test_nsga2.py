@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_inproc, crash_after, tiny_raw
+from conftest import cli_inproc, crash_after, tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.config import build_config
 from evo_pai.errors import EvoPaiError
 from evo_pai.individual import Individual
@@ -144,18 +144,10 @@ def test_nsga2_resumes_to_the_uninterrupted_summary(tmp_path, monkeypatch, inher
     raw = nsga2_raw()
     raw["search"]["inherit"] = inherit
     cfg = build_config(raw)
-    for name in ("whole", "run"):
-        (tmp_path / name).mkdir()
-    whole = run_experiment(cfg, tmp_path / "whole")
-    with monkeypatch.context() as m:
-        crash_after(m, 2)
-        with pytest.raises(KeyboardInterrupt):
-            run_experiment(cfg, tmp_path / "run")
-    ckpt = load_checkpoint(tmp_path / "run" / FILENAME, cfg)
+    whole, ckpt = whole_and_interrupted(cfg, tmp_path, monkeypatch, 2)
     assert ckpt.generation == 1 and ckpt.state["population"][0].objectives == 2
     resumed = run_experiment(cfg, tmp_path / "run", resume=ckpt)
-    timing = {"search_seconds", "final_seconds", "wall_seconds"}
-    assert {k: v for k, v in whole.items() if k not in timing} == {k: v for k, v in resumed.items() if k not in timing}
+    assert without_timing(whole) == without_timing(resumed)
 
 
 def test_nsga2_children_continue_their_parents_training(tmp_path, monkeypatch):

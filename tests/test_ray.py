@@ -55,14 +55,6 @@ def local_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # what a 1-CPU actor uses
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def reference(one_thread, tmp_path_factory):
     """The undisturbed local run: summary and winning mask."""
     out = tmp_path_factory.mktemp("local")

@@ -13,35 +13,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, crash_after, tiny_raw
+from conftest import ROOT, crash_after, tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
 from evo_pai.config import build_config
 from evo_pai.errors import EvoPaiError
 from evo_pai.masks import MaskSet
 from evo_pai.runs.runner import run_experiment
 
-TIMING = {"search_seconds", "final_seconds", "wall_seconds"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process: identical floats
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run much faster on one torch thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "evo_pai.cli", *args, "--quiet"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=300)
-
-
-def without_timing(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if k not in TIMING}
 
 
 def records(run: Path) -> list[dict]:
@@ -134,14 +121,7 @@ def test_resume_in_process_equals_uninterrupted(interrupted_run, tmp_path):
 
 def test_dissipating_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
     cfg = build_config(tiny_raw("dissipating", dg={"epochs": 3}))
-    for name in ("whole", "run"):
-        (tmp_path / name).mkdir()
-    whole = run_experiment(cfg, tmp_path / "whole")
-    with monkeypatch.context() as m:
-        crash_after(m, 2)
-        with pytest.raises(KeyboardInterrupt):
-            run_experiment(cfg, tmp_path / "run")
-    ckpt = load_checkpoint(tmp_path / "run" / FILENAME, cfg)
+    whole, ckpt = whole_and_interrupted(cfg, tmp_path, monkeypatch, 2)
     assert ckpt.generation == 1 and ckpt.state["state"] is not None
     resumed = run_experiment(cfg, tmp_path / "run", resume=ckpt)
     assert without_timing(whole) == without_timing(resumed)

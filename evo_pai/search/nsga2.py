@@ -38,17 +38,18 @@ def burst_tasks(exp: Experiment, individuals: list[Individual]) -> list[BurstTas
     s = exp.cfg.search
     if not inherits(exp):
         return [BurstTask(ind.mask, s.burst_epochs, exp.task_seed(ind)) for ind in individuals]
-    return [exp.inherited_task(ind, s.burst_epochs, lineage_horizon(exp)) for ind in individuals]
+    horizon = lineage_horizon(exp)
+    return [exp.inherited_task(ind, s.burst_epochs, horizon) for ind in individuals]
 
 
 def evaluate(exp: Experiment, individuals: list[Individual], costs: Costs) -> None:
     todo = [ind for ind in individuals if not ind.fitness.valid]
     fitness = exp.cfg.search.nsga2.objectives[0]
-    tasks = burst_tasks(exp, todo)
+    tasks, inherit = burst_tasks(exp, todo), inherits(exp)
     results = exp.evaluator.evaluate(tasks, getattr(exp, "progress", None))
     for ind, task, res in zip(todo, tasks, results):
         exp.assign(ind, res, fitness=fitness, costs=costs)
-        if inherits(exp):
+        if inherit:
             ind.carry = None if res.state is None else Carry(res.state, res.opt_state, task.offset + res.steps)
 
 
