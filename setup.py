@@ -1,7 +1,7 @@
 """Everything is in pyproject.toml; this only ships configs/ inside the wheel as evo_pai/configs.
 
 configs/ stays the one copy in git (README and docs use `configs/quickstart.yaml`); an installed
-evo-pai finds them by name (`evo-pai run quickstart`, `evo-pai init`) through evo_pai.config.shipped_configs.
+evo-pai finds them by name (`evo-pai run quickstart`, `evo-pai init`) through evo_pai.core.config.shipped_configs.
 """
 from pathlib import Path
 

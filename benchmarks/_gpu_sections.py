@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from evo_pai.config import build_config, load_config
-from evo_pai.data import load_data
+from evo_pai.core.config import build_config, load_config
+from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
 from evo_pai.evaluation.local import LocalEvaluator
 from evo_pai.evaluation.vectorized import VectorizedEvaluator
-from evo_pai.models import count_flops
+from evo_pai.models.networks import count_flops
 from evo_pai.runs.api import run
 from evo_pai.search.experiment import Experiment
 from evo_pai.training.compiled import CompiledForward, compiled_update

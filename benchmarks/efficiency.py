@@ -28,8 +28,8 @@ from torch import nn  # noqa: E402
 from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
 
 from evo_pai.training.batched import eval_rows  # noqa: E402
-from evo_pai.config import build_config  # noqa: E402
-from evo_pai.data import load_data  # noqa: E402
+from evo_pai.core.config import build_config  # noqa: E402
+from evo_pai.data.datasets import load_data  # noqa: E402
 from evo_pai.training.tasks import BurstTask
 from evo_pai.evaluation.base import WorkerContext  # noqa: E402
 from evo_pai.evaluation.vectorized import BatchedTrainer  # noqa: E402

@@ -28,13 +28,13 @@ import torch  # noqa: E402
 
 from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
 
-from evo_pai.compact import compact_model, widths  # noqa: E402
-from evo_pai.config import build_config  # noqa: E402
-from evo_pai.masks import MaskSet  # noqa: E402
+from evo_pai.deploy.compact import compact_model, widths  # noqa: E402
+from evo_pai.core.config import build_config  # noqa: E402
+from evo_pai.core.masks import MaskSet  # noqa: E402
 from evo_pai.runs.components import load_components  # noqa: E402
 from evo_pai.runs.export import load_source  # noqa: E402
 from evo_pai.runs.runner import run_experiment  # noqa: E402
-from evo_pai.sparse import csr_model, masked_copy  # noqa: E402
+from evo_pai.deploy.csr import csr_model, masked_copy  # noqa: E402
 
 SPARSITIES = [0.9, 0.95, 0.98, 0.99]
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
 
-from evo_pai.config import build_config  # noqa: E402
-from evo_pai.data import load_data  # noqa: E402
+from evo_pai.core.config import build_config  # noqa: E402
+from evo_pai.data.datasets import load_data  # noqa: E402
 from evo_pai.training.tasks import BurstTask  # noqa: E402
 from evo_pai.evaluation.local import LocalEvaluator  # noqa: E402
 from evo_pai.search.experiment import Experiment  # noqa: E402

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
 from _vmap import VmapForward  # noqa: E402
 
-from evo_pai.config import build_config  # noqa: E402
-from evo_pai.data import load_data  # noqa: E402
+from evo_pai.core.config import build_config  # noqa: E402
+from evo_pai.data.datasets import load_data  # noqa: E402
 from evo_pai.training.tasks import BurstTask  # noqa: E402
 from evo_pai.evaluation.local import LocalEvaluator  # noqa: E402
 from evo_pai.evaluation.vectorized import BatchedTrainer, VectorizedEvaluator  # noqa: E402

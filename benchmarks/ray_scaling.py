@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, table  # noqa: E402
 
-from evo_pai.config import load_config  # noqa: E402
-from evo_pai.data import load_data  # noqa: E402
+from evo_pai.core.config import load_config  # noqa: E402
+from evo_pai.data.datasets import load_data  # noqa: E402
 from evo_pai.evaluation.base import make_evaluator  # noqa: E402
 from evo_pai.search.experiment import Experiment  # noqa: E402
-from evo_pai.registry import METHOD
+from evo_pai.core.registry import METHOD
 from evo_pai.runs.components import load_components  # noqa: E402
 from evo_pai.runs.runner import seed_everything  # noqa: E402
 

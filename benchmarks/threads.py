@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, parse, table  # noqa: E402
 
-from evo_pai.config import load_config  # noqa: E402
-from evo_pai.data import load_data  # noqa: E402
+from evo_pai.core.config import load_config  # noqa: E402
+from evo_pai.data.datasets import load_data  # noqa: E402
 from evo_pai.runs.components import load_components  # noqa: E402
 from evo_pai.runs.runner import run_experiment, thread_choice  # noqa: E402
 from evo_pai.training.threads import step_flops, usable_cpus  # noqa: E402

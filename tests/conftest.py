@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evo_pai.config import build_config
+from evo_pai.core.config import build_config
 from evo_pai.runs.components import load_components
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,13 +34,13 @@ def tiny_cfg():
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evo_pai.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "evo_pai", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 
 def cli_inproc(capsys, *args: str) -> tuple[int, str, str]:
     """The CLI's `main()` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
-    from evo_pai.cli import main
+    from evo_pai.cli.app import main
 
     old = sys.argv
     sys.argv = ["evo-pai", *args]

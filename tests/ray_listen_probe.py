@@ -7,7 +7,7 @@ import json
 import sys
 import urllib.request
 
-from evo_pai.config import build_config
+from evo_pai.core.config import build_config
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.runs.components import load_components
 

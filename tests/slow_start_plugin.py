@@ -8,7 +8,7 @@ import os
 import time
 
 from evo_pai import register_dataset
-from evo_pai.data import load_synthetic
+from evo_pai.data.datasets import load_synthetic
 
 SLOW_START_SECONDS = float(os.environ.get("SLOW_START_SECONDS", "8"))
 

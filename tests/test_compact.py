@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from conftest import cli_inproc
-from evo_pai.compact import compact_flops, compact_model, load_compact, save_compact, widths
-from evo_pai.config import ModelConfig, build_config
-from evo_pai.errors import EvoPaiError
-from evo_pai.masks import MaskSet
-from evo_pai.models import build_model, count_flops, output_layer_name, prunable_names
+from evo_pai.deploy.compact import compact_flops, compact_model, load_compact, save_compact, widths
+from evo_pai.core.config import ModelConfig, build_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import build_model, count_flops, output_layer_name, prunable_names
 from evo_pai.runs.export import export, load_torch_prune
 from evo_pai.runs.runner import run_experiment
-from evo_pai.sparse import csr_model, load_csr, semi_structured_model
-from evo_pai.units import links
+from evo_pai.deploy.csr import csr_model, load_csr, semi_structured_model
+from evo_pai.models.units import links
 
 CASES = [("mlp", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("lenet5", (3, 32, 32)), ("conv4", (3, 16, 16))]
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evo_pai.config import load_config
-from evo_pai.errors import EvoPaiError
+from evo_pai.core.config import load_config
+from evo_pai.core.errors import EvoPaiError
 
 from conftest import ROOT, cli_inproc, run_cli
 

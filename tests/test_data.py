@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from evo_pai.config import DataConfig
-from evo_pai.data import DATASET, DataSplits, load_data, read_idx
-from evo_pai.errors import EvoPaiError
+from evo_pai.core.config import DataConfig
+from evo_pai.data.datasets import DATASET, DataSplits, load_data, read_idx
+from evo_pai.core.errors import EvoPaiError
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist/")
 

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from evo_pai.config import build_config
-from evo_pai.data import load_data
-from evo_pai.errors import EvoPaiError
-from evo_pai.masks import MaskSet
+from evo_pai.core.config import build_config
+from evo_pai.data.datasets import load_data
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
 from evo_pai.runs.runner import run_experiment
 from evo_pai.training.burst import train_masked
-from evo_pai.training.dynamic import (DynamicSpec, MaskUpdater, drop_and_grow, drop_fraction_at, end_step,
+from evo_pai.training.drop_grow import (DynamicSpec, MaskUpdater, drop_and_grow, drop_fraction_at, end_step,
                                       interval_steps, is_update_step, protected_fan_in)
 from evo_pai.training.tasks import initial_model
 

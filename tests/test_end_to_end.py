@@ -7,13 +7,13 @@ import torch
 import yaml
 
 import evo_pai
-from evo_pai.config import build_config
-from evo_pai.data import load_data
+from evo_pai.core.config import build_config
+from evo_pai.data.datasets import load_data
 from evo_pai.evaluation import make_evaluator
 from evo_pai.search.experiment import Experiment
-from evo_pai.individual import Individual
-from evo_pai.masks import MaskSet
-from evo_pai.registry import METHOD
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.core.registry import METHOD
 
 from conftest import ROOT, run_cli, tiny_raw
 
@@ -132,6 +132,6 @@ def test_plugin_module_listed_in_yaml(tmp_path):
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "examples")}
-    r = subprocess.run([sys.executable, "-m", "evo_pai.cli", "run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"],
+    r = subprocess.run([sys.executable, "-m", "evo_pai", "run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""Every error is one line on stderr, exit code 2, no traceback — through the real `python -m evo_pai.cli`.
+"""Every error is one line on stderr, exit code 2, no traceback — through the real `python -m evo_pai.cli.app`.
 
 One table of inputs nobody should see a traceback for (usage errors from typer's own click, files,
 plugins, reports, values refused before any work), each checked in a subprocess; then the in-process
@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import ROOT, cli_inproc, tiny_raw
-from evo_pai.errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 
 QUICK = str(ROOT / "configs/quickstart.yaml")
 
@@ -41,7 +41,7 @@ def files(tmp_path_factory):
 
 
 def cli(*args: str, env: dict | None = None, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evo_pai.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "evo_pai", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env={**os.environ, **(env or {})})
 
 
@@ -95,7 +95,7 @@ def test_version_and_bare_program():
 # -- a user's fitness function or mutation that misbehaves -------------------------------------------
 def _register_misbehaving():
     from evo_pai import register_fitness, register_mutation
-    from evo_pai.masks import MaskSet
+    from evo_pai.core.masks import MaskSet
 
     @register_fitness("test_raises")
     def raises(result, mask):
@@ -152,9 +152,9 @@ def test_misbehaving_user_function_is_named_in_one_line(tmp_path, capsys, search
 
 def test_mutation_check_rules():
     """The check itself: the built-ins' results pass, wrong layers, shapes and sparsities do not."""
-    from evo_pai.individual import Individual
-    from evo_pai.masks import MaskSet
-    from evo_pai.operators import PruneStep, dissipating_gradients, random_swap
+    from evo_pai.core.individual import Individual
+    from evo_pai.core.masks import MaskSet
+    from evo_pai.operators.variation import PruneStep, dissipating_gradients, random_swap
     from evo_pai.search.mutation_check import check_mutation
 
     shapes = {"a": (20, 30), "b": (10, 20), "out": (4, 10)}
@@ -185,8 +185,8 @@ def test_mutation_check_rules():
 # -- refused before any work: the values whose cost is known up front ----------------------------------
 def test_memory_estimates_use_no_memory():
     """The model is sized on the meta device: a 7.5e9-parameter MLP is refused without allocating it."""
-    from evo_pai.config import build_config
-    from evo_pai.data import load_data
+    from evo_pai.core.config import build_config
+    from evo_pai.data.datasets import load_data
     from evo_pai.runs.preflight import check_memory, model_size
 
     cfg = build_config({"model": {"name": "mlp", "params": {"hidden": [100_000_000]}}})

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from evo_pai.config import TrainConfig, build_config
-from evo_pai.data import load_data
+from evo_pai.core.config import TrainConfig, build_config
+from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import WorkerContext
 from evo_pai.training.tasks import BurstTask
-from evo_pai.fitness import WORST, score
-from evo_pai.masks import MaskSet
+from evo_pai.operators.fitness import WORST, score
+from evo_pai.core.masks import MaskSet
 from evo_pai.training.burst import BurstResult
 
 from conftest import tiny_raw
@@ -52,7 +52,7 @@ def ctx():
 
 
 def _mask(ctx, sparsity=0.7, seed=0):
-    from evo_pai.models import prunable_names
+    from evo_pai.models.networks import prunable_names
 
     params = dict(ctx.model.named_parameters())
     shapes = {k: tuple(params[k].shape) for k in prunable_names(ctx.model)}

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from conftest import tiny_raw
-from evo_pai.budgets import erk_counts, fit_counts, total_keep
-from evo_pai.config import build_config
-from evo_pai.genomes import budget_blend, deviation_of, layer_budget
-from evo_pai.individual import Individual
-from evo_pai.masks import MaskSet
-from evo_pai.operators import PruneStep, regrow
+from evo_pai.core.budgets import erk_counts, fit_counts, total_keep
+from evo_pai.core.config import build_config
+from evo_pai.operators.genomes import budget_blend, deviation_of, layer_budget
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.operators.variation import PruneStep, regrow
 from evo_pai.runs.runner import run_experiment
 from evo_pai.training.carry import Carry
 
@@ -117,7 +117,7 @@ def test_budget_genome_and_regrow_from_yaml():
 
 
 def test_unknown_mutation_params_are_refused():
-    from evo_pai.errors import EvoPaiError
+    from evo_pai.core.errors import EvoPaiError
 
     raw = tiny_raw("combined", explore_mutation="regrow", explore_params={"fraction:0.1": None}, explore_prob=1.0)
     with pytest.raises(EvoPaiError, match="regrow"):

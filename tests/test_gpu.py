@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evo_pai.config import build_config
-from evo_pai.data import load_data
+from evo_pai.core.config import build_config
+from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
-from evo_pai.masks import MaskSet
-from evo_pai.pruners import ScoreContext, prune
+from evo_pai.core.masks import MaskSet
+from evo_pai.operators.pruners import ScoreContext, prune
 from evo_pai.runs.runner import run_experiment
 from evo_pai.search.experiment import Experiment
 from evo_pai.training.stacked import StackedForward

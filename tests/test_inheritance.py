@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import tiny_raw, whole_and_interrupted, without_timing
-from evo_pai.config import build_config
-from evo_pai.data import load_data
+from evo_pai.core.config import build_config
+from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
-from evo_pai.individual import Individual
-from evo_pai.masks import MaskSet
-from evo_pai.operators import layerwise
-from evo_pai.registry import METHOD
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.operators.variation import layerwise
+from evo_pai.core.registry import METHOD
 from evo_pai.runs.runner import run_experiment, seed_everything
 from evo_pai.search.experiment import Experiment
 from evo_pai.training.carry import Carry

@@ -31,12 +31,12 @@ def long_config(tmp_path: Path, generations: int = 60, **search) -> Path:
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "evo_pai.cli", *args], cwd=ROOT, env=ENV, text=True,
+    return subprocess.Popen([sys.executable, "-m", "evo_pai", *args], cwd=ROOT, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evo_pai.cli", *args], cwd=ROOT, env=ENV, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "evo_pai", *args], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -72,7 +72,7 @@ def test_a_second_ctrl_c_during_the_clean_up_prints_no_traceback(tmp_path):
     script.write_text(
         "import os, signal, sys, time\n"
         "import typer\n"
-        "from evo_pai.cli_errors import resumable, run_app\n"
+        "from evo_pai.cli.one_line import resumable, run_app\n"
         "app = typer.Typer()\n"
         "@app.command()\n"
         "def slow():\n"
@@ -199,7 +199,7 @@ def test_read_only_folder_mid_run_is_one_line_and_what_was_written_stays(small_d
     assert "Read-only file system (EROFS)" in lines[0] and "resume with" in lines[0], err
     records = assert_intact(run)
     assert len(records) >= 2
-    from evo_pai.config import load_config
+    from evo_pai.core.config import load_config
     from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
 
     ckpt = load_checkpoint(run / FILENAME, load_config(run / "config.yaml"))  # the last checkpoint is whole

@@ -17,18 +17,18 @@ MAX_LINES = 400
 
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = [
-    ("core", ["evo_pai.errors", "evo_pai.config", "evo_pai.registry", "evo_pai.budgets", "evo_pai.patterns",
-              "evo_pai.masks", "evo_pai.individual", "evo_pai.mask_export", "evo_pai.tensor_files"]),
-    ("components", ["evo_pai.data", "evo_pai.models", "evo_pai.units", "evo_pai.compact", "evo_pai.sparse"]),
+    ("core", ["evo_pai.core"]),
+    ("data", ["evo_pai.data"]),
+    ("models", ["evo_pai.models"]),
+    ("deploy", ["evo_pai.deploy"]),
     ("training", ["evo_pai.training"]),
-    ("operators", ["evo_pai.fitness", "evo_pai.operators", "evo_pai.pruners", "evo_pai.genomes", "evo_pai.structured"]),
+    ("operators", ["evo_pai.operators"]),
     ("search", ["evo_pai.search"]),
     ("evaluation", ["evo_pai.evaluation"]),
     ("runs", ["evo_pai.runs"]),
     ("study", ["evo_pai.study"]),
-    ("cli", ["evo_pai.cli", "evo_pai.cli_errors", "evo_pai"]),
+    ("cli", ["evo_pai.cli", "evo_pai"]),
 ]
-
 
 def module_name(path: Path) -> str:
     rel = path.relative_to(PACKAGE.parent).with_suffix("")
@@ -132,9 +132,23 @@ def test_search_never_imports_ray_or_cuda():
 
 def test_importing_the_core_pulls_in_nothing_above_it():
     """A module that only needs a MaskSet must not import Ray, the searches or the evaluators."""
-    code = ("import sys, evo_pai.masks, evo_pai.individual, evo_pai.registry; "
+    code = ("import sys, evo_pai.core.masks, evo_pai.core.individual, evo_pai.core.registry; "
             "print(' '.join(sorted(m for m in sys.modules if m.startswith(('evo_pai', 'ray')))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out, "the probe printed nothing"
     above = [m for m in out if m.startswith("ray") or layer_of(m)[0] > 0 and m != "evo_pai"]
     assert not above, f"importing the core also imported {above}"
+
+
+def test_the_folders_are_the_layers():
+    """`ls evo_pai` names the layers: no loose modules, every layer a folder, no two modules sharing a name."""
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert not loose, f"modules outside a layer folder: {loose}"
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert set(folders) == {name for name, _ in LAYERS}, f"folders {folders} are not the layers in LAYERS"
+    seen: dict[str, Path] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        assert path.name not in seen, f"{path.relative_to(PACKAGE)} and {seen[path.name].relative_to(PACKAGE)} share a file name"
+        seen[path.name] = path

@@ -9,9 +9,9 @@ from torch import nn
 
 import evo_pai
 from conftest import tiny_raw
-from evo_pai.config import build_config
-from evo_pai.errors import EvoPaiError
-from evo_pai.masks import MaskSet
+from evo_pai.core.config import build_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
 from evo_pai.runs.mask_file import export_mask
 from evo_pai.runs.runner import run_experiment
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from evo_pai.budgets import cubic_schedule, erk_counts, layer_counts, uniform_counts
-from evo_pai.errors import EvoPaiError
-from evo_pai.masks import MaskSet
-from evo_pai.models import output_layer_name, prunable_names
+from evo_pai.core.budgets import cubic_schedule, erk_counts, layer_counts, uniform_counts
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import output_layer_name, prunable_names
 
 LENET = {"l0.weight": (300, 784), "l1.weight": (100, 300), "l2.weight": (10, 100)}
 

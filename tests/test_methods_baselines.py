@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from evo_pai.budgets import cubic_schedule
-from evo_pai.config import build_config
-from evo_pai.errors import EvoPaiError
-from evo_pai.masks import MaskSet
+from evo_pai.core.budgets import cubic_schedule
+from evo_pai.core.config import build_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
 from evo_pai.runs.runner import run_experiment
 from evo_pai.search.imp import imp_schedule
 from evo_pai.search.kstarts_sh import rung_budgets
@@ -48,10 +48,10 @@ def test_equal_epoch_controls_train_longer(tmp_path):
 def test_gmp_follows_dgs_schedule_exactly_with_magnitude(tmp_path):
     raw = tiny_raw("gmp", dg={"epochs": 3})
     records = []
-    from evo_pai.data import load_data
+    from evo_pai.data.datasets import load_data
     from evo_pai.evaluation import make_evaluator
     from evo_pai.search.experiment import Experiment
-    from evo_pai.registry import METHOD
+    from evo_pai.core.registry import METHOD
 
     cfg = build_config(raw)
     data = load_data(cfg.data)

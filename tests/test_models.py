@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from evo_pai.config import ModelConfig
-from evo_pai.errors import EvoPaiError
-from evo_pai.models import MODEL, build_model, count_flops, output_layer_name, prunable_names
+from evo_pai.core.config import ModelConfig
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.models.networks import MODEL, build_model, count_flops, output_layer_name, prunable_names
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import cli_inproc, crash_after, tiny_raw, whole_and_interrupted, without_timing
-from evo_pai.config import build_config
-from evo_pai.errors import EvoPaiError
-from evo_pai.individual import Individual
-from evo_pai.masks import MaskSet
-from evo_pai.operators import PruneStep, grow, regrow
+from evo_pai.core.config import build_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.operators.variation import PruneStep, grow, regrow
 from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
 from evo_pai.runs.members import pick_members
 from evo_pai.runs.runner import preflight, run_experiment

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from evo_pai.budgets import layer_counts
-from evo_pai.individual import Individual
-from evo_pai.masks import MaskSet
-from evo_pai.operators import PruneStep, dissipating_gradients, layerwise, magnitude, random_swap
+from evo_pai.core.budgets import layer_counts
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.operators.variation import PruneStep, dissipating_gradients, layerwise, magnitude, random_swap
 
 SHAPES = {"a": (6, 10), "b": (4, 6)}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, cli_inproc, tiny_raw
-from evo_pai.config import load_config, resolve_config, shipped_configs
+from evo_pai.core.config import load_config, resolve_config, shipped_configs
 
 CONFIG_NAMES = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 
@@ -36,7 +36,7 @@ def test_a_bare_name_finds_a_shipped_config(tmp_path, monkeypatch):
     assert load_config("quickstart").search.method == "combined"
     (tmp_path / "quickstart").mkdir()  # a path that exists is always taken as given
     assert resolve_config("quickstart") == Path("quickstart")
-    from evo_pai.errors import EvoPaiError
+    from evo_pai.core.errors import EvoPaiError
 
     with pytest.raises(EvoPaiError, match="or a shipped config by name: .*quickstart"):
         load_config("no_such_config")

@@ -5,17 +5,17 @@ import pytest
 import torch
 
 from conftest import tiny_raw
-from evo_pai.config import ModelConfig, build_config
-from evo_pai.errors import EvoPaiError
-from evo_pai.individual import Individual
-from evo_pai.masks import MaskSet
-from evo_pai.models import build_model, output_layer_name, prunable_names
-from evo_pai.operators import PruneStep, layerwise
-from evo_pai.patterns import eligible, holds, max_keep, parse_pattern, room
-from evo_pai.pruners import ScoreContext, prune
-from evo_pai.registry import MUTATION, PRUNER
+from evo_pai.core.config import ModelConfig, build_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import build_model, output_layer_name, prunable_names
+from evo_pai.operators.variation import PruneStep, layerwise
+from evo_pai.core.patterns import eligible, holds, max_keep, parse_pattern, room
+from evo_pai.operators.pruners import ScoreContext, prune
+from evo_pai.core.registry import MUTATION, PRUNER
 from evo_pai.runs.runner import preflight, run_experiment
-from evo_pai.units import links
+from evo_pai.models.units import links
 
 PATTERNS = [(2, 4), (1, 4), (3, 8)]
 

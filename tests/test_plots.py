@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_raw
-from evo_pai.config import build_config
-from evo_pai.runs.report import plot_fitness, plot_layers
+from evo_pai.core.config import build_config
+from evo_pai.runs.plots import plot_fitness, plot_layers
 from evo_pai.runs.runner import run_experiment
 
 
@@ -62,7 +62,7 @@ def test_summary_prints_the_whole_run_folder_and_explains_dead_units(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny_raw("random")))
     out = tmp_path / "a-rather-long-folder-name-that-a-narrow-table-would-cut" / "run"
-    proc = subprocess.run([sys.executable, "-m", "evo_pai.cli", "run", str(cfg), "--out", str(out), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "evo_pai", "run", str(cfg), "--out", str(out), "--quiet"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "60"})
     assert proc.returncode == 0, proc.stderr
     assert f"run folder: {out.resolve()}" in proc.stdout.splitlines(), proc.stdout

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evo_pai.config import build_config
-from evo_pai.errors import EvoPaiError
+from evo_pai.core.config import build_config
+from evo_pai.core.errors import EvoPaiError
 from evo_pai.training.precision import autocast_forward, numerics
 from evo_pai.training.stacked import _StackedLinear
 

@@ -13,7 +13,7 @@ import yaml
 
 import evo_pai.runs.runner as runner
 from conftest import ROOT, cli_inproc, tiny_raw
-from evo_pai.config import build_config
+from evo_pai.core.config import build_config
 from evo_pai.runs.checkpoint import FILENAME
 from evo_pai.runs.runner import run_experiment
 
@@ -103,7 +103,7 @@ def test_study_where_every_cell_fails_says_why_and_writes_errors_txt(tmp_path):
     raw["base"]["plugins"] = ["broken_method"]
     path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "s"
-    r = subprocess.run([sys.executable, "-m", "evo_pai.cli", "study", str(path), "--out", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "evo_pai", "study", str(path), "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"})
     lines = r.stderr.strip().splitlines()

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny_raw
-from evo_pai.config import build_config
-from evo_pai.data import load_data
+from evo_pai.core.config import build_config
+from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import WorkerContext
-from evo_pai.masks import MaskSet
+from evo_pai.core.masks import MaskSet
 from evo_pai.runs.progress import RunProgress, describe
 from evo_pai.runs.runner import run_experiment, search_plan
 from evo_pai.training.batched import train_batched

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from evo_pai.errors import EvoPaiError
-from evo_pai.masks import MaskSet
-from evo_pai.pruners import ScoreContext, exponential_schedule, prune
-from evo_pai.registry import PRUNER
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.operators.pruners import ScoreContext, exponential_schedule, prune
+from evo_pai.core.registry import PRUNER
 
 NAMES = ["0.weight", "1.weight"]
 

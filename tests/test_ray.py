@@ -25,13 +25,13 @@ import torch
 import yaml
 
 from conftest import ROOT, tiny_raw
-from evo_pai.config import build_config
-from evo_pai.data import load_data
+from evo_pai.core.config import build_config
+from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.search.experiment import Experiment
-from evo_pai.errors import EvoPaiError
-from evo_pai.masks import MaskSet
-from evo_pai.registry import METHOD
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.core.registry import METHOD
 from evo_pai.training.tasks import BurstTask
 from evo_pai.runs.runner import run_experiment, seed_everything
 
@@ -239,7 +239,7 @@ def test_cli_refuses_gpu_requests_before_a_run_folder_exists(tmp_path, setting, 
     if setting.startswith("evaluation.gpus") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: Ray would use it")
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "evo_pai.cli", "run", "configs/quickstart.yaml", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "evo_pai", "run", "configs/quickstart.yaml", "--out", str(out),
                            "--quiet", "--set", "evaluation.backend=ray", "--set", setting],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -323,7 +323,7 @@ def test_two_node_cluster_survives_losing_the_worker_node(reference, tmp_path):
         cfg.write_text(yaml.safe_dump(raw_config(address=f"127.0.0.1:{port}")))
         out = tmp_path / "run"
         err = open(tmp_path / "run.err", "w")
-        run = subprocess.Popen([sys.executable, "-m", "evo_pai.cli", "run", str(cfg), "--out", str(out), "--quiet"],
+        run = subprocess.Popen([sys.executable, "-m", "evo_pai", "run", str(cfg), "--out", str(out), "--quiet"],
                                cwd=ROOT, env=nodes.env, stdout=subprocess.DEVNULL, stderr=err)
         log = out / "log.jsonl"
         while not (log.exists() and log.read_text().strip()) and run.poll() is None:
@@ -363,7 +363,7 @@ def test_worker_node_raylet_killed_while_actors_start(tmp_path):
         cfg.write_text(yaml.safe_dump(raw))
         out = tmp_path / "run"
         err = open(tmp_path / "run.err", "w")
-        run = subprocess.Popen([sys.executable, "-m", "evo_pai.cli", "run", str(cfg), "--out", str(out), "--quiet"],
+        run = subprocess.Popen([sys.executable, "-m", "evo_pai", "run", str(cfg), "--out", str(out), "--quiet"],
                                cwd=ROOT, env=nodes.env, stdout=subprocess.DEVNULL, stderr=err)
         worker = nodes.procs[1].pid
         deadline = time.time() + 120

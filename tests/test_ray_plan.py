@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evo_pai.config import EvaluationConfig
-from evo_pai.errors import EvoPaiError
+from evo_pai.core.config import EvaluationConfig
+from evo_pai.core.errors import EvoPaiError
 from evo_pai.evaluation.ray_plan import plan_actors
 
 GPU_NODE = {"CPU": 16.0, "GPU": 1.0}

@@ -49,7 +49,7 @@ def run_cli(tmp_path: Path, raw: dict, during=None) -> tuple[subprocess.Popen, s
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out, err = open(tmp_path / "out.txt", "w"), open(tmp_path / "err.txt", "w")
-    run = subprocess.Popen([sys.executable, "-m", "evo_pai.cli", "run", str(cfg), "--out", str(tmp_path / "run"),
+    run = subprocess.Popen([sys.executable, "-m", "evo_pai", "run", str(cfg), "--out", str(tmp_path / "run"),
                             "--quiet"], cwd=ROOT, env=ENV, stdout=out, stderr=err)
     if during:
         during(run)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import tiny_raw
-from evo_pai.budgets import sparsity_schedule
-from evo_pai.config import TrainConfig, build_config
-from evo_pai.errors import EvoPaiError
-from evo_pai.models import build_model
+from evo_pai.core.budgets import sparsity_schedule
+from evo_pai.core.config import TrainConfig, build_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.models.networks import build_model
 from evo_pai.runs.runner import run_experiment
 from evo_pai.search.combined import initial_sparsity
 from evo_pai.training.optim import lr_factor

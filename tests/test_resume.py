@@ -15,9 +15,9 @@ import yaml
 
 from conftest import ROOT, crash_after, tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
-from evo_pai.config import build_config
-from evo_pai.errors import EvoPaiError
-from evo_pai.masks import MaskSet
+from evo_pai.core.config import build_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
 from evo_pai.runs.runner import run_experiment
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process: identical floats
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evo_pai.cli", *args, "--quiet"], cwd=ROOT, env=ENV,
+    return subprocess.run([sys.executable, "-m", "evo_pai", *args, "--quiet"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -52,7 +52,7 @@ def config_file(tmp_path_factory) -> Path:
 def test_killed_driver_then_resume_matches_uninterrupted_run(config_file, tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert cli("run", str(config_file), "--out", str(whole)).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "evo_pai.cli", "run", str(config_file), "--out", str(broken),
+    proc = subprocess.Popen([sys.executable, "-m", "evo_pai", "run", str(config_file), "--out", str(broken),
                              "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = broken / "log.jsonl"
     deadline = time.time() + 240

@@ -8,17 +8,17 @@ import torch
 
 from conftest import tiny_raw
 from evo_pai import register_unit_criterion
-from evo_pai.budgets import total_keep
-from evo_pai.compact import compact_model, widths
-from evo_pai.config import ModelConfig, build_config
-from evo_pai.errors import EvoPaiError
-from evo_pai.individual import Individual
-from evo_pai.masks import MaskSet
-from evo_pai.models import build_model, output_layer_name, prunable_names
-from evo_pai.operators import PruneStep
+from evo_pai.core.budgets import total_keep
+from evo_pai.deploy.compact import compact_model, widths
+from evo_pai.core.config import ModelConfig, build_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import build_model, output_layer_name, prunable_names
+from evo_pai.operators.variation import PruneStep
 from evo_pai.runs.runner import run_experiment
-from evo_pai.structured import grow_alive, neuron
-from evo_pai.units import alive_units, links
+from evo_pai.operators.structured import grow_alive, neuron
+from evo_pai.models.units import alive_units, links
 
 
 def setup(gen, sparsity=0.8):
@@ -42,7 +42,7 @@ def test_neuron_removes_units_and_lands_on_the_count(gen):
 
 
 def test_unstructured_magnitude_leaves_units_alive_where_neuron_removes_them(gen):
-    from evo_pai.operators import magnitude
+    from evo_pai.operators.variation import magnitude
 
     model, ind, chain = setup(gen)
     step = PruneStep(0.9, 0.9, True, "erk")

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from evo_pai.errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 from evo_pai.study.predictiveness import spearman_table
 from evo_pai.study.grid import grid, load_study
 

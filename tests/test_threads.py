@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from conftest import ROOT, run_cli, tiny_raw
-from evo_pai.config import build_config
-from evo_pai.errors import EvoPaiError
+from evo_pai.core.config import build_config
+from evo_pai.core.errors import EvoPaiError
 from evo_pai.runs.runner import run_experiment
 from evo_pai.training.threads import (ThreadChoice, ThreadGovernor, auto_threads, cgroup_cpu_quota, choose_threads,
                                       fit_threads, usable_cpus)

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from evo_pai.config import build_config
-from evo_pai.data import load_data
-from evo_pai.errors import EvoPaiError
+from evo_pai.core.config import build_config
+from evo_pai.data.datasets import load_data
+from evo_pai.core.errors import EvoPaiError
 from evo_pai.training.tasks import BurstTask
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
 from evo_pai.evaluation.vectorized import BatchedTrainer, plan_chunk
 from evo_pai.search.experiment import Experiment
-from evo_pai.masks import MaskSet
+from evo_pai.core.masks import MaskSet
 from evo_pai.runs.runner import run_experiment
 from evo_pai.training.stacked import StackedForward
 

@@ -1,5 +1,5 @@
 """Evaluators: the only code that knows about devices, processes and Ray."""
-from ..training.tasks import BurstTask, Evaluator
-from .base import WorkerContext, make_evaluator, resolve_device
+from evo_pai.training.tasks import BurstTask, Evaluator
+from evo_pai.evaluation.base import WorkerContext, make_evaluator, resolve_device
 
 __all__ = ["BurstTask", "Evaluator", "WorkerContext", "make_evaluator", "resolve_device"]

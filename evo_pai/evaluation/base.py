@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config
-from ..data import DataSplits, load_data
-from ..errors import EvoPaiError
-from ..registry import BACKEND
-from ..training.burst import BurstResult, train_masked
-from ..training.precision import numerics
-from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
+from evo_pai.core.config import Config
+from evo_pai.data.datasets import DataSplits, load_data
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.registry import BACKEND
+from evo_pai.training.burst import BurstResult, train_masked
+from evo_pai.training.precision import numerics
+from evo_pai.training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
 
 __all__ = ["BurstTask", "Evaluator", "Progress", "WorkerContext", "dtype_of", "initial_model", "make_evaluator",
            "resolve_device"]

@@ -1,12 +1,12 @@
 """Sequential evaluation in this process, on cpu, cuda, cuda:N or auto."""
 from __future__ import annotations
 
-from ..config import Config
-from ..data import DataSplits
-from ..registry import register_backend
-from ..training.burst import BurstResult
-from ..training.tasks import BurstTask, Evaluator, Progress
-from .base import WorkerContext, resolve_device
+from evo_pai.core.config import Config
+from evo_pai.data.datasets import DataSplits
+from evo_pai.core.registry import register_backend
+from evo_pai.training.burst import BurstResult
+from evo_pai.training.tasks import BurstTask, Evaluator, Progress
+from evo_pai.evaluation.base import WorkerContext, resolve_device
 
 
 @register_backend("local", "one process, one device, one individual after another")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..training.tasks import BurstTask
+from evo_pai.training.tasks import BurstTask
 
 
 def on_cpu(task: BurstTask) -> BurstTask:

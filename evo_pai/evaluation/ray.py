@@ -20,18 +20,18 @@ from typing import Any
 
 import torch
 
-from ..config import Config, to_dict
-from ..data import DataSplits, load_data
-from ..errors import EvoPaiError
-from ..registry import register_backend
-from ..training.burst import BurstResult
-from ..training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
-from .payload import split_payload
-from .ray_actors import dead_nodes, log, start_actors, stop_actor
-from .ray_checks import local_plan_check
-from .ray_cluster import RaylineFilter, connect, one_line, preserved_rng, reachable
-from .ray_plan import check_device, plan_actors
-from .ray_worker import BurstWorker, actor_trainer, failed_result, on_cpu
+from evo_pai.core.config import Config, to_dict
+from evo_pai.data.datasets import DataSplits, load_data
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.registry import register_backend
+from evo_pai.training.burst import BurstResult
+from evo_pai.training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
+from evo_pai.evaluation.payload import split_payload
+from evo_pai.evaluation.ray_actors import dead_nodes, log, start_actors, stop_actor
+from evo_pai.evaluation.ray_checks import local_plan_check
+from evo_pai.evaluation.ray_cluster import RaylineFilter, connect, one_line, preserved_rng, reachable
+from evo_pai.evaluation.ray_plan import check_device, plan_actors
+from evo_pai.evaluation.ray_worker import BurstWorker, actor_trainer, failed_result, on_cpu
 
 __all__ = ["BurstWorker", "RayEvaluator", "actor_trainer", "failed_result", "on_cpu", "one_line", "plan_actors",
            "reachable"]

@@ -14,8 +14,8 @@ import logging
 import time
 from typing import Any, Callable
 
-from ..errors import EvoPaiError
-from .ray_cluster import one_line
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.evaluation.ray_cluster import one_line
 
 log = logging.getLogger("evo_pai.evaluation.ray")
 

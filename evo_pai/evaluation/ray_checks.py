@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from ..config import Config
-from ..errors import EvoPaiError
+from evo_pai.core.config import Config
+from evo_pai.core.errors import EvoPaiError
 
 
 def local_cpus() -> int:

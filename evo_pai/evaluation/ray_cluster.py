@@ -32,8 +32,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..config import Config
-from ..errors import EvoPaiError
+from evo_pai.core.config import Config
+from evo_pai.core.errors import EvoPaiError
 
 LOCAL_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single-machine mode: node IP 127.0.0.1

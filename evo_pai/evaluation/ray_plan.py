@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..config import EvaluationConfig
-from ..errors import EvoPaiError
+from evo_pai.core.config import EvaluationConfig
+from evo_pai.core.errors import EvoPaiError
 
 _SLACK = 1e-9  # Ray's resource sums are floats: 4 x 0.25 may be 0.9999999
 

@@ -12,16 +12,16 @@ import os
 
 import torch
 
-from ..config import Config, build_config
-from ..data import DataSplits, load_data
-from ..errors import EvoPaiError
-from ..registry import import_plugins
-from ..training.burst import BurstResult
-from ..training.stacked import StackedForward
-from ..training.tasks import BurstTask
-from .base import WorkerContext
-from .payload import on_cpu  # noqa: F401  (start weights and optimizer state: CPU before they cross)
-from .vectorized import BatchedTrainer
+from evo_pai.core.config import Config, build_config
+from evo_pai.data.datasets import DataSplits, load_data
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.registry import import_plugins
+from evo_pai.training.burst import BurstResult
+from evo_pai.training.stacked import StackedForward
+from evo_pai.training.tasks import BurstTask
+from evo_pai.evaluation.base import WorkerContext
+from evo_pai.evaluation.payload import on_cpu  # noqa: F401  (start weights and optimizer state: CPU before they cross)
+from evo_pai.evaluation.vectorized import BatchedTrainer
 
 
 def _describe(exc: Exception) -> str:

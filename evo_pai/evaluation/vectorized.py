@@ -10,20 +10,20 @@ from pathlib import Path
 
 import torch
 
-from ..training.batched import bytes_per_model, train_batched
-from ..config import Config
-from ..data import DataSplits
-from ..errors import EvoPaiError
-from ..models import prunable_names
-from ..registry import register_backend
-from ..training.compiled import CompiledForward, compiled_update, update_eager
-from ..training.precision import numerics
-from ..training.stacked import StackedForward
-from ..training.burst import BurstResult, steps_for
-from ..training.optim import adam_step
-from ..training.tasks import BurstTask, Progress
-from .base import WorkerContext, resolve_device
-from .local import LocalEvaluator
+from evo_pai.training.batched import bytes_per_model, train_batched
+from evo_pai.core.config import Config
+from evo_pai.data.datasets import DataSplits
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.models.networks import prunable_names
+from evo_pai.core.registry import register_backend
+from evo_pai.training.compiled import CompiledForward, compiled_update, update_eager
+from evo_pai.training.precision import numerics
+from evo_pai.training.stacked import StackedForward
+from evo_pai.training.burst import BurstResult, steps_for
+from evo_pai.training.optim import adam_step
+from evo_pai.training.tasks import BurstTask, Progress
+from evo_pai.evaluation.base import WorkerContext, resolve_device
+from evo_pai.evaluation.local import LocalEvaluator
 
 _GB = 2**30
 _CPU_SHARE = 0.5  # default budget on CPU: half of MemAvailable (the rest is the OS's and the data's)

@@ -5,7 +5,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Mapping
 
-from ..config import Config, apply_overrides, build_config, read_yaml
+from evo_pai.core.config import Config, apply_overrides, build_config, read_yaml
 
 
 def run(config: str | Path | Mapping | Config, out: str | Path | None = None, overrides: list[str] = (),
@@ -14,10 +14,10 @@ def run(config: str | Path | Mapping | Config, out: str | Path | None = None, ov
 
     Checked as the CLI checks (runs/preflight.py) before `out` is created; `out` is locked for the run.
     """
-    from .folder import prepare_run_dir, remove_if_unused
-    from .lock import FolderLock, check_unlocked
-    from .preflight import preflight
-    from .runner import run_experiment
+    from evo_pai.runs.folder import prepare_run_dir, remove_if_unused
+    from evo_pai.runs.lock import FolderLock, check_unlocked
+    from evo_pai.runs.preflight import preflight
+    from evo_pai.runs.runner import run_experiment
 
     if isinstance(config, Config):
         cfg = build_config(apply_overrides(config.model_dump(mode="json"), list(overrides)))

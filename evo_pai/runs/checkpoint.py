@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config, to_dict
-from ..errors import EvoPaiError
-from ..individual import Individual
-from ..masks import MaskSet
-from ..tensor_files import read_tagged
-from ..training.carry import Carry
-from .folder import write_atomic
+from evo_pai.core.config import Config, to_dict
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.core.tensor_files import read_tagged
+from evo_pai.training.carry import Carry
+from evo_pai.runs.folder import write_atomic
 
 FORMAT = "evo_pai.checkpoint/1"
 FILENAME = "checkpoint.safetensors"

@@ -2,15 +2,17 @@
 worker), never by the core. Importing a module registers what its decorators name."""
 from __future__ import annotations
 
-from ..registry import import_plugins
+from evo_pai.core.registry import import_plugins
 
 
 def load_builtins() -> None:
     """Import every module whose decorators fill the registries (idempotent: Python caches modules)."""
-    from .. import data, fitness, genomes, models, operators, pruners, structured  # noqa: F401
-    from ..evaluation import local, vectorized  # noqa: F401
-    from ..evaluation import ray as _ray_backend  # noqa: F401  (imports ray itself only when used)
-    from ..search import methods  # noqa: F401
+    from evo_pai.data import datasets  # noqa: F401
+    from evo_pai.models import networks  # noqa: F401
+    from evo_pai.operators import fitness, genomes, pruners, structured, variation  # noqa: F401
+    from evo_pai.evaluation import local, vectorized  # noqa: F401
+    from evo_pai.evaluation import ray as _ray_backend  # noqa: F401  (imports ray itself only when used)
+    from evo_pai.search import methods  # noqa: F401
 
 
 def load_components(plugins: list[str] | tuple[str, ...] = ()) -> None:

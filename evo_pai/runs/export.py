@@ -1,8 +1,8 @@
 """`evo-pai export RUN_DIR --format F [--member N]`: turn a found mask into a deployable network.
 
 Formats (written to RUN_DIR/export/ unless --out says otherwise):
-- `compact`: dead units removed, a smaller dense network (evo_pai/compact.py) -> `evo_pai.load_compact(path)`
-- `csr`: Linear weights as torch.sparse_csr tensors (evo_pai/sparse.py) -> `evo_pai.load_csr(path)`
+- `compact`: dead units removed, a smaller dense network (evo_pai/deploy/compact.py) -> `evo_pai.load_compact(path)`
+- `csr`: Linear weights as torch.sparse_csr tensors (evo_pai/deploy/csr.py) -> `evo_pai.load_csr(path)`
 - `torch-prune`: the model with torch.nn.utils.prune masks (weight_orig + weight_mask) -> `evo_pai.load_torch_prune(path)`
 - `npz`: the mask alone, one bool array per layer (numpy) -> `numpy.load(path)`
 - `semi-structured`: 2:4 masks for NVIDIA sparse tensor cores (CUDA only) -> `evo_pai.load_semi_structured(path)`
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..compact import compact_model, load_compact, save_compact, widths
-from ..config import Config, load_config, to_dict
-from ..errors import EvoPaiError
-from ..masks import MaskSet
-from ..models import build_model
-from ..sparse import csr_model, load_csr, masked_copy, save_csr, semi_structured_model, semi_structured_supported
-from ..training.tasks import dtype_of
-from .members import mask_file, model_file
+from evo_pai.deploy.compact import compact_model, load_compact, save_compact, widths
+from evo_pai.core.config import Config, load_config, to_dict
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import build_model
+from evo_pai.deploy.csr import csr_model, load_csr, masked_copy, save_csr, semi_structured_model, semi_structured_supported
+from evo_pai.training.tasks import dtype_of
+from evo_pai.runs.members import mask_file, model_file
 
 FORMATS = ("compact", "csr", "torch-prune", "npz", "semi-structured")
 SUFFIX = {"compact": ".safetensors", "csr": ".safetensors", "torch-prune": ".pt", "npz": ".npz",
@@ -78,7 +78,7 @@ def load_source(run_dir: Path, member: int | None = None) -> Source:
     if "input_shape" in summary:
         shape, classes = tuple(summary["input_shape"]), int(summary["num_classes"])
     else:  # an older run folder: the dataset says
-        from ..data import load_data
+        from evo_pai.data.datasets import load_data
 
         data = load_data(cfg.data)
         shape, classes = tuple(data.input_shape), data.num_classes
@@ -141,7 +141,7 @@ def load_torch_prune(path) -> nn.Module:
     """The model `evo-pai export --format torch-prune` wrote, with its torch.nn.utils.prune masks attached."""
     from torch.nn.utils import prune
 
-    from ..config import ModelConfig
+    from evo_pai.core.config import ModelConfig
 
     try:
         blob = torch.load(str(path), weights_only=True)  # never unpickle code from a file a user hands in
@@ -168,7 +168,7 @@ def load_semi_structured(path, mask: MaskSet | None = None) -> tuple[nn.Module, 
     from safetensors.torch import load_file
     from safetensors import safe_open
 
-    from ..config import ModelConfig
+    from evo_pai.core.config import ModelConfig
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, to_dict
-from ..errors import EvoPaiError
+from evo_pai.core.config import Config, to_dict
+from evo_pai.core.errors import EvoPaiError
 
 RUNS_ROOT = Path("runs")
 

@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ..errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 
 
 def _holder(folder: Path) -> str:

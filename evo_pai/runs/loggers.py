@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..config import Config
+from evo_pai.core.config import Config
 
 
 class TensorBoardLogger:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import EvoPaiError
-from ..masks import MaskSet
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
 
 MASK_FILE = "mask.safetensors"
 EXPORT_FORMATS = ("npz", "safetensors")

@@ -11,11 +11,11 @@ import csv
 import io
 from pathlib import Path
 
-from ..individual import Individual, derive_seed
-from ..search.experiment import Experiment, SearchOutcome
-from ..training.burst import BurstResult
-from ..training.tasks import BurstTask
-from .folder import write_atomic
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.training.burst import BurstResult
+from evo_pai.training.tasks import BurstTask
+from evo_pai.runs.folder import write_atomic
 
 MEMBERS_DIR = "members"
 

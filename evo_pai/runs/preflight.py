@@ -13,17 +13,17 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
-from ..data import DataSplits, load_data
-from ..errors import EvoPaiError, brief
-from ..fitness import check_params as check_fitness_params
-from ..models import build_model, prunable_names
-from ..patterns import parse_pattern
-from ..registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION
-from ..search.experiment import check_mutation_params, mutation_params
-from ..training.batched import bytes_per_model
-from ..training.tasks import dtype_of, initial_model
-from .components import load_components
+from evo_pai.core.config import Config
+from evo_pai.data.datasets import DataSplits, load_data
+from evo_pai.core.errors import EvoPaiError, brief
+from evo_pai.operators.fitness import check_params as check_fitness_params
+from evo_pai.models.networks import build_model, prunable_names
+from evo_pai.core.patterns import parse_pattern
+from evo_pai.core.registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION
+from evo_pai.search.experiment import check_mutation_params, mutation_params
+from evo_pai.training.batched import bytes_per_model
+from evo_pai.training.tasks import dtype_of, initial_model
+from evo_pai.runs.components import load_components
 
 _GB = 2**30
 _LIVE_RESULTS = 64  # the evaluator's LRU cache of burst results (training/tasks.py), traits included

@@ -10,28 +10,28 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import Config
-from ..data import DataSplits, load_data
-from ..errors import EvoPaiError
-from ..training.tasks import BurstTask, initial_model
-from ..evaluation.base import make_evaluator
-from ..search.experiment import Experiment, SearchOutcome
-from ..search.nsga2_init import init_tasks
-from ..individual import derive_seed
-from .checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
-from ..training.cost import search_flops
-from ..training.threads import ThreadChoice, ThreadGovernor, choose_threads, torch_threads
-from ..masks import MaskSet
-from ..models import count_flops
-from ..registry import METHOD
-from .components import load_components
-from .loggers import open_loggers
-from .preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
-from .front_plot import plot_front
-from .members import headline, member_rows, pick_members, train_members, write_members
-from .report import plot_fitness, plot_layers
-from .folder import GenerationLog, write_atomic, write_config, write_json
-from .progress import RunProgress
+from evo_pai.core.config import Config
+from evo_pai.data.datasets import DataSplits, load_data
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.training.tasks import BurstTask, initial_model
+from evo_pai.evaluation.base import make_evaluator
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.search.nsga2_init import init_tasks
+from evo_pai.core.individual import derive_seed
+from evo_pai.runs.checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
+from evo_pai.training.cost import search_flops
+from evo_pai.training.threads import ThreadChoice, ThreadGovernor, choose_threads, torch_threads
+from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import count_flops
+from evo_pai.core.registry import METHOD
+from evo_pai.runs.components import load_components
+from evo_pai.runs.loggers import open_loggers
+from evo_pai.runs.preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
+from evo_pai.runs.front_plot import plot_front
+from evo_pai.runs.members import headline, member_rows, pick_members, train_members, write_members
+from evo_pai.runs.plots import plot_fitness, plot_layers
+from evo_pai.runs.folder import GenerationLog, write_atomic, write_config, write_json
+from evo_pai.runs.progress import RunProgress
 
 ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # the older (label, total) -> advance
 
@@ -51,7 +51,7 @@ def search_plan(cfg: Config) -> tuple[int | None, int | None]:
     """(training tasks, generations) a method's search will log, for the progress display; None: unknown."""
     s = cfg.search
     if s.method in ("imp",):
-        from ..search.imp import imp_schedule
+        from evo_pai.search.imp import imp_schedule
 
         rounds = len(imp_schedule(s.sparsity, float(s.params.get("prune_fraction", 0.2))))
         return rounds + (1 if float(s.params.get("rewind_epochs", 0)) > 0 else 0), rounds

@@ -1,9 +1,9 @@
 """The trivial references: the dense network and a random mask at the target sparsity."""
 from __future__ import annotations
 
-from .experiment import Experiment, SearchOutcome
-from ..individual import derive_seed
-from ..registry import register_method
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.core.individual import derive_seed
+from evo_pai.core.registry import register_method
 
 
 @register_method("dense", "no pruning: the unpruned network trained with the final recipe")

@@ -17,11 +17,11 @@ import math
 import torch
 from deap import tools
 
-from ..budgets import sparsity_schedule
-from .experiment import Experiment, SearchOutcome
-from ..individual import Individual, derive_seed
-from ..registry import CROSSOVER, SELECTION, register_method
-from .kstarts import winner_outcome
+from evo_pai.core.budgets import sparsity_schedule
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.registry import CROSSOVER, SELECTION, register_method
+from evo_pai.search.kstarts import winner_outcome
 
 
 def initial_sparsity(exp: Experiment) -> float:

@@ -7,11 +7,11 @@ epoch (the v1 loop, kept to reproduce older results).
 """
 from __future__ import annotations
 
-from ..budgets import sparsity_schedule
-from ..training.tasks import BurstTask
-from .experiment import Experiment, SearchOutcome
-from ..individual import Individual, derive_seed
-from ..registry import register_method
+from evo_pai.core.budgets import sparsity_schedule
+from evo_pai.training.tasks import BurstTask
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.registry import register_method
 
 
 @register_method("dissipating", "train one network; after each epoch prune by search.mutation until the target")

@@ -14,23 +14,23 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import Config
-from ..data import DataSplits
-from ..errors import EvoPaiError, brief
-from ..training.tasks import BurstTask, Evaluator, initial_model
-from ..fitness import WORST, score
-from ..individual import Individual, derive_seed
-from ..masks import MaskSet
-from ..models import output_layer_name, prunable_names
-from ..operators import PruneStep
-from ..patterns import parse_pattern
-from ..units import links
-from ..registry import MUTATION
-from ..training.burst import BurstResult, steps_for
-from ..training.carry import Carry
-from ..training.optim import OptState
-from .mutation_check import check_mutation
-from ..training.dynamic import DynamicSpec
+from evo_pai.core.config import Config
+from evo_pai.data.datasets import DataSplits
+from evo_pai.core.errors import EvoPaiError, brief
+from evo_pai.training.tasks import BurstTask, Evaluator, initial_model
+from evo_pai.operators.fitness import WORST, score
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import output_layer_name, prunable_names
+from evo_pai.operators.variation import PruneStep
+from evo_pai.core.patterns import parse_pattern
+from evo_pai.models.units import links
+from evo_pai.core.registry import MUTATION
+from evo_pai.training.burst import BurstResult, steps_for
+from evo_pai.training.carry import Carry
+from evo_pai.training.optim import OptState
+from evo_pai.search.mutation_check import check_mutation
+from evo_pai.training.drop_grow import DynamicSpec
 
 Logger = Callable[[dict], None]
 

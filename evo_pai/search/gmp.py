@@ -7,9 +7,9 @@ A gain of DG over gmp is therefore the criterion's, not the schedule's.
 """
 from __future__ import annotations
 
-from .experiment import Experiment, SearchOutcome
-from ..registry import register_method
-from .dissipating import dissipating
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.core.registry import register_method
+from evo_pai.search.dissipating import dissipating
 
 
 @register_method("gmp", "control: the dissipating loop and schedule, pruning the smallest |w_t| (magnitude mutation)")

@@ -1,10 +1,10 @@
 """K-starts: k random p-sparse masks over one θ0, a short burst each, the fittest wins."""
 from __future__ import annotations
 
-from ..training.tasks import BurstTask
-from .experiment import Experiment, SearchOutcome
-from ..individual import Individual, derive_seed
-from ..registry import register_method
+from evo_pai.training.tasks import BurstTask
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.registry import register_method
 
 
 def candidate_table(population: list[Individual]) -> list[dict]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 
-from ..training.tasks import BurstTask
-from .experiment import Experiment, SearchOutcome
-from ..individual import Individual, derive_seed
-from ..registry import register_method
-from .kstarts import candidate_table
+from evo_pai.training.tasks import BurstTask
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.registry import register_method
+from evo_pai.search.kstarts import candidate_table
 
 
 def rung_budgets(k: int, burst: float) -> list[float]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..budgets import layer_counts, total_keep
-from ..errors import EvoPaiError
-from ..masks import MaskSet
-from ..operators import PruneStep
+from evo_pai.core.budgets import layer_counts, total_keep
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.operators.variation import PruneStep
 
 
 def exact_keeps(shapes: Mapping[str, tuple], sparsity: float, step: PruneStep) -> list[int]:

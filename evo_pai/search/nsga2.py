@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 from deap import tools
 
-from ..individual import Individual
-from ..registry import register_method
-from ..training.carry import Carry
-from ..training.tasks import BurstTask
-from .experiment import Experiment, SearchOutcome
-from .nsga2_init import draw, initial_population, lineage_horizon, prune_to_level
-from .objectives import Costs, density_levels, preflight
+from evo_pai.core.individual import Individual
+from evo_pai.core.registry import register_method
+from evo_pai.training.carry import Carry
+from evo_pai.training.tasks import BurstTask
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.search.nsga2_init import draw, initial_population, lineage_horizon, prune_to_level
+from evo_pai.search.objectives import Costs, density_levels, preflight
 
 
 def inherits(exp: Experiment) -> bool:

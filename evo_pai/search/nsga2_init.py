@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from ..budgets import cubic_schedule
-from ..individual import Individual, derive_seed
-from ..masks import MaskSet
-from ..training.carry import Carry
-from ..training.tasks import BurstTask
-from .experiment import Experiment
+from evo_pai.core.budgets import cubic_schedule
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.masks import MaskSet
+from evo_pai.training.carry import Carry
+from evo_pai.training.tasks import BurstTask
+from evo_pai.search.experiment import Experiment
 
 
 def draw(weights: dict[str, float], generator: torch.Generator) -> str:

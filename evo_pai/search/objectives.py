@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 
-from ..compact import compact_flops, compact_model, measure_latency
-from ..config import Config
-from ..errors import EvoPaiError
-from ..individual import Individual
-from ..models import count_flops
-from ..patterns import parse_pattern
-from ..registry import FITNESS, MUTATION
-from ..training.cost import flops_per_weight
+from evo_pai.deploy.compact import compact_flops, compact_model, measure_latency
+from evo_pai.core.config import Config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.individual import Individual
+from evo_pai.models.networks import count_flops
+from evo_pai.core.patterns import parse_pattern
+from evo_pai.core.registry import FITNESS, MUTATION
+from evo_pai.training.cost import flops_per_weight
 
 COSTS = ("kept_weights", "flops", "compact_flops", "latency")
 

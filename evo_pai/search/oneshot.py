@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import EvoPaiError
-from .experiment import Experiment, SearchOutcome
-from ..individual import derive_seed
-from ..pruners import ScoreContext, prune
-from ..registry import register_method
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.core.individual import derive_seed
+from evo_pai.operators.pruners import ScoreContext, prune
+from evo_pai.core.registry import register_method
 
 RUNNER_KEYS = ("extra_epochs",)  # search.params read by the runner, not by the scorer
 

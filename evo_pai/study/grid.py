@@ -19,11 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import Config, build_config, read_yaml
-from ..errors import EvoPaiError
-from ..registry import METHOD
-from ..runs.components import load_components
-from ..runs.folder import config_hash, write_atomic
+from evo_pai.core.config import Config, build_config, read_yaml
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.registry import METHOD
+from evo_pai.runs.components import load_components
+from evo_pai.runs.folder import config_hash, write_atomic
 
 CSV_FIELDS = [
     "label", "method", "target_sparsity", "seed", "sparsity", "test_accuracy", "val_accuracy",

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config
-from .grid import StudySpec, cell_config, methods_of, write_csv
+from evo_pai.core.config import Config
+from evo_pai.study.grid import StudySpec, cell_config, methods_of, write_csv
 
 GROUP_FIELDS = ["sparsity", "seed", "candidate", "burst_val_accuracy", "final_test_accuracy", "final_val_accuracy"]
 
@@ -28,14 +28,14 @@ class Group:
 
     @property
     def dirname(self) -> str:
-        from ..runs.folder import config_hash
+        from evo_pai.runs.folder import config_hash
 
         return f"predict-s{self.sparsity:g}-seed{self.seed}-{config_hash(self.cfg)}"
 
 
 def predictiveness_jobs(spec: StudySpec) -> list[Group]:
-    from ..errors import EvoPaiError
-    from ..registry import FITNESS
+    from evo_pai.core.errors import EvoPaiError
+    from evo_pai.core.registry import FITNESS
 
     p = spec.predictiveness
     if p is None or not p.sparsities or not p.seeds:
@@ -52,15 +52,15 @@ def predictiveness_jobs(spec: StudySpec) -> list[Group]:
 def run_predictiveness_group(group: Group, root: Path, threads: int) -> str | None:
     import torch
 
-    from ..data import load_data
-    from ..training.tasks import BurstTask
-    from ..evaluation.base import make_evaluator
-    from ..search.experiment import Experiment
-    from ..fitness import score
-    from ..individual import Individual, derive_seed
-    from ..runs.runner import extra_epochs, seed_everything
-    from ..runs.components import load_components
-    from ..runs.folder import write_json
+    from evo_pai.data.datasets import load_data
+    from evo_pai.training.tasks import BurstTask
+    from evo_pai.evaluation.base import make_evaluator
+    from evo_pai.search.experiment import Experiment
+    from evo_pai.operators.fitness import score
+    from evo_pai.core.individual import Individual, derive_seed
+    from evo_pai.runs.runner import extra_epochs, seed_everything
+    from evo_pai.runs.components import load_components
+    from evo_pai.runs.folder import write_json
 
     torch.set_num_threads(threads)
     load_components(group.cfg.plugins)  # a spawned worker starts with empty registries

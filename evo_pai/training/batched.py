@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
-from ..data import DataSplits
-from ..masks import MaskSet
-from .compiled import Update, update_eager
-from .precision import autocast_forward
-from .stacked import StackedForward
-from .burst import _EPS, BurstResult, EpochCallback, batch_order, batches_on, epoch_done, steps_for
-from .optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_stacked_optimizer, masked_state,
+from evo_pai.core.config import TrainConfig
+from evo_pai.data.datasets import DataSplits
+from evo_pai.core.masks import MaskSet
+from evo_pai.training.compiled import Update, update_eager
+from evo_pai.training.precision import autocast_forward
+from evo_pai.training.stacked import StackedForward
+from evo_pai.training.burst import _EPS, BurstResult, EpochCallback, batch_order, batches_on, epoch_done, steps_for
+from evo_pai.training.optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_stacked_optimizer, masked_state,
                     set_lr, stack_states, unstack_state)
 
 

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
-from ..data import DataSplits
-from ..masks import MaskSet
-from .optim import OptState, constant_lr, load_state, lr_factor, make_optimizer, masked_state, set_lr, export_state
-from .precision import autocast_forward
-from .dynamic import DynamicSpec, MaskUpdater
+from evo_pai.core.config import TrainConfig
+from evo_pai.data.datasets import DataSplits
+from evo_pai.core.masks import MaskSet
+from evo_pai.training.optim import OptState, constant_lr, load_state, lr_factor, make_optimizer, masked_state, set_lr, export_state
+from evo_pai.training.precision import autocast_forward
+from evo_pai.training.drop_grow import DynamicSpec, MaskUpdater
 
 EVAL_BATCH = 2048
 _EPS = 1e-12

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import torch
 
-from .optim import OptState
+from evo_pai.training.optim import OptState
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .stacked import StackedForward
+from evo_pai.training.stacked import StackedForward
 
 Update = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor]], None]
 

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..models import count_flops
+from evo_pai.models.networks import count_flops
 
 
 def flops_per_weight(model: nn.Module, input_shape: Sequence[int], names: Sequence[str]) -> dict[str, int]:

@@ -17,7 +17,7 @@ from typing import Mapping
 
 import torch
 
-from ..config import TrainConfig
+from evo_pai.core.config import TrainConfig
 
 OptState = dict[str, dict[str, torch.Tensor]]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 
 # Modules that act on each example (and, for images, each channel) independently: they run
 # unchanged on any layout, so K models cost one call ("list": K calls).

@@ -13,13 +13,13 @@ from typing import Callable
 
 import torch
 
-from ..config import Config
-from ..data import DataSplits
-from ..masks import MaskSet
-from ..models import build_model
-from .burst import BurstResult
-from .optim import OptState
-from .dynamic import DynamicSpec
+from evo_pai.core.config import Config
+from evo_pai.data.datasets import DataSplits
+from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import build_model
+from evo_pai.training.burst import BurstResult
+from evo_pai.training.optim import OptState
+from evo_pai.training.drop_grow import DynamicSpec
 
 Progress = Callable[[int], None]  # called with the number of tasks just finished
 

@@ -120,7 +120,7 @@ def _own_cpu_seconds() -> float:
 
 def step_flops(model: nn.Module, input_shape: Sequence[int], batch_size: int, models_per_step: int = 1) -> float:
     """Training FLOPs of one optimizer step: forward + backward (~3x forward) over a batch, K models at once."""
-    from ..models import count_flops
+    from evo_pai.models.networks import count_flops
 
     return 3.0 * count_flops(model, input_shape)["dense"] * batch_size * max(1, models_per_step)
 

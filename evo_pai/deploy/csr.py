@@ -15,9 +15,9 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import EvoPaiError
-from .masks import MaskSet
-from .tensor_files import read_tagged
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.core.tensor_files import read_tagged
 
 
 class CSRLinear(nn.Module):
@@ -138,8 +138,8 @@ def load_csr(path) -> nn.Module:
     """The module `evo-pai export --format csr` wrote: `evo_pai.load_csr("export/csr.safetensors")`."""
     import json
 
-    from .config import ModelConfig
-    from .models import build_model
+    from evo_pai.core.config import ModelConfig
+    from evo_pai.models.networks import build_model
 
     try:
         meta, tensors = read_tagged(path, CSR_FORMAT, f"'{path}' is not a CSR network written by `evo-pai export --format csr`")

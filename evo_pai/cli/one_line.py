@@ -20,7 +20,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Callable, Iterator, NoReturn
 
-from .errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 
 
 def _classes(name: str) -> tuple[type, ...]:

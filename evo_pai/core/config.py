@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 
 
 class _Section(BaseModel):
@@ -49,7 +49,7 @@ class MaskConfig(_Section):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, v: str | None) -> str | None:
-        from .patterns import parse_pattern
+        from evo_pai.core.patterns import parse_pattern
 
         try:
             parse_pattern(v)

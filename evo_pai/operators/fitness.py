@@ -10,10 +10,10 @@ import inspect
 import logging
 import math
 
-from .errors import EvoPaiError, brief
-from .masks import MaskSet
-from .registry import FITNESS, register_fitness
-from .training.burst import BurstResult
+from evo_pai.core.errors import EvoPaiError, brief
+from evo_pai.core.masks import MaskSet
+from evo_pai.core.registry import FITNESS, register_fitness
+from evo_pai.training.burst import BurstResult
 
 WORST = float("-inf")
 log = logging.getLogger(__name__)

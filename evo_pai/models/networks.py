@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .errors import EvoPaiError
-from .registry import MODEL, register_model
+from evo_pai.core.config import ModelConfig
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.registry import MODEL, register_model
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv2d)
 

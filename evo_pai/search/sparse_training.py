@@ -12,10 +12,10 @@ moot (as for `random`). The per-layer densities of the starting mask are kept ex
 """
 from __future__ import annotations
 
-from ..individual import derive_seed
-from ..registry import register_method
-from ..training.dynamic import DynamicSpec, Grow
-from .experiment import Experiment, SearchOutcome
+from evo_pai.core.individual import derive_seed
+from evo_pai.core.registry import register_method
+from evo_pai.training.drop_grow import DynamicSpec, Grow
+from evo_pai.search.experiment import Experiment, SearchOutcome
 
 
 def dynamic_outcome(exp: Experiment, grow: Grow) -> SearchOutcome:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 
 
 def read_tagged(path: str | Path, fmt: str, refusal: str) -> tuple[dict[str, str], dict]:

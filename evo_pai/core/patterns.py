@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 
 Pattern = tuple[int, int]
 

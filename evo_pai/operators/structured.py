@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from .budgets import total_keep
-from .errors import EvoPaiError
-from .individual import Individual
-from .masks import MaskSet
-from .operators import INF, PruneStep, grow_to, keep_counts, prune_to
-from .registry import UNIT_CRITERION, register_mutation, register_unit_criterion
-from .units import Link, alive_units, unit_columns, unit_rows
+from evo_pai.core.budgets import total_keep
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet
+from evo_pai.operators.variation import INF, PruneStep, grow_to, keep_counts, prune_to
+from evo_pai.core.registry import UNIT_CRITERION, register_mutation, register_unit_criterion
+from evo_pai.models.units import Link, alive_units, unit_columns, unit_rows
 
 
 def _abs_kept(ind: Individual, name: str, trait: str) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ from typing import Literal, MutableMapping
 
 import torch
 
-from ..individual import derive_seed
+from evo_pai.core.individual import derive_seed
 
 Grow = Literal["gradient", "random"]
 

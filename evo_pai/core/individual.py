@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from deap import base
 
-from .masks import MaskSet
+from evo_pai.core.masks import MaskSet
 
 
 class Fitness(base.Fitness):

@@ -12,10 +12,10 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ..errors import EvoPaiError
-from .predictiveness import read_csv, spearman_table
-from ..runs.folder import write_atomic
-from .grid import EVO_METHODS
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.study.predictiveness import read_csv, spearman_table
+from evo_pai.runs.folder import write_atomic
+from evo_pai.study.grid import EVO_METHODS
 
 ONE_SHOT = ("random", "magnitude", "snip", "grasp", "synflow")
 CLAIMS = [  # (a, b, question): paired differences a − b over seeds

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import EvoPaiError
-from .models import MLP, ConvNet
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.models.networks import MLP, ConvNet
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten)
 

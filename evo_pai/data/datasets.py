@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DataConfig
-from .errors import EvoPaiError
-from .registry import DATASET, register_dataset
+from evo_pai.core.config import DataConfig
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.registry import DATASET, register_dataset
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist/"
 DEFAULT_ROOT = "./data"

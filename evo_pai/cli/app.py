@@ -8,12 +8,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_errors import resumable, run_app
-from .config import load_config
-from .errors import EvoPaiError
-from .registry import ALL
-from .runs.components import load_components
-from .runs.progress import make_progress
+from evo_pai.cli.one_line import resumable, run_app
+from evo_pai.core.config import load_config
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.registry import ALL
+from evo_pai.runs.components import load_components
+from evo_pai.runs.progress import make_progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolutionary pruning at initialization: K-starts, dissipating gradients, their combination.")
@@ -25,7 +25,7 @@ def _version(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version
 
-        from . import __version__
+        from evo_pai import __version__
 
         try:
             installed = version("evo-pai")
@@ -54,7 +54,7 @@ def thread_override(threads: int | None) -> list[str]:
 
 
 def print_summary(summary: dict, out: Path | None) -> None:
-    from .runs.report import summary_rows
+    from evo_pai.runs.plots import summary_rows
 
     table = Table(title="evo-pai run", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -78,10 +78,10 @@ def run(
                                           "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
     """Run a search and train its winner; writes a run folder."""
-    from .runs.folder import default_run_dir, prepare_run_dir, remove_if_unused
-    from .runs.lock import FolderLock, check_unlocked
-    from .runs.preflight import check_config, preflight
-    from .runs.runner import run_experiment
+    from evo_pai.runs.folder import default_run_dir, prepare_run_dir, remove_if_unused
+    from evo_pai.runs.lock import FolderLock, check_unlocked
+    from evo_pai.runs.preflight import check_config, preflight
+    from evo_pai.runs.runner import run_experiment
 
     cfg = load_config(config, [*set_, *thread_override(threads)])
     check_config(cfg)  # names, parameters, loggers: before the data is loaded
@@ -113,10 +113,10 @@ def resume(
                                           "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
     """Continue an interrupted run from its last checkpoint; ends as the uninterrupted run would."""
-    from .runs.checkpoint import FILENAME, load_checkpoint
-    from .runs.lock import FolderLock
-    from .runs.preflight import check_config, expected_shapes, preflight
-    from .runs.runner import run_experiment
+    from evo_pai.runs.checkpoint import FILENAME, load_checkpoint
+    from evo_pai.runs.lock import FolderLock
+    from evo_pai.runs.preflight import check_config, expected_shapes, preflight
+    from evo_pai.runs.runner import run_experiment
 
     if not (run_dir / "config.yaml").is_file():
         raise EvoPaiError(f"{run_dir}: not a run folder (no config.yaml); pass a folder written by `evo-pai run`")
@@ -153,7 +153,7 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN_DIR/export/FORMAT...)"),
 ) -> None:
     """Turn a run's mask into a deployable network: smaller (compact), sparse (csr), or torch/numpy files."""
-    from .runs.export import export as write_export
+    from evo_pai.runs.export import export as write_export
 
     info = write_export(run_dir, fmt, member, out)
     out_console.print(f"wrote {info['path']} ({info['format']}, {info['source']}, sparsity {100 * info['sparsity']:.2f} %)",
@@ -189,8 +189,8 @@ def study(
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="cells run in parallel (default: the study's jobs)"),
 ) -> None:
     """Run a grid of methods x sparsities x seeds (resumable), then write the report."""
-    from .study.grid import load_study
-    from .study.runner import run_study
+    from evo_pai.study.grid import load_study
+    from evo_pai.study.grid_runner import run_study
 
     spec = load_study(config)
     root = out if out else Path("studies") / spec.name
@@ -204,7 +204,7 @@ def study(
 @app.command()
 def report(study_dir: Path = typer.Argument(..., help="a folder written by `evo-pai study`")) -> None:
     """Regenerate a study's tables and plots from its results.csv."""
-    from .study.report import write_report
+    from evo_pai.study.tables import write_report
 
     out_console.print(f"report: {write_report(study_dir)}")
 
@@ -216,7 +216,7 @@ def init(
     """Write the shipped example configs (quickstart, Fashion-MNIST, studies) into FOLDER to edit."""
     import shutil
 
-    from .config import shipped_configs
+    from evo_pai.core.config import shipped_configs
 
     sources = sorted(shipped_configs().glob("*.yaml"))
     if not sources:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import EvoPaiError
+from evo_pai.core.errors import EvoPaiError
 
 
 def _suffix(a: str, b: str) -> bool:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .budgets import layer_counts, numel, total_keep
-from .errors import EvoPaiError
-from .patterns import Pattern, eligible, holds, max_keep, parse_pattern, room
+from evo_pai.core.budgets import layer_counts, numel, total_keep
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.patterns import Pattern, eligible, holds, max_keep, parse_pattern, room
 
 
 class MaskSet(Mapping):
@@ -203,14 +203,14 @@ class MaskSet(Mapping):
     # -- use with a model -----------------------------------------------------------
     def apply_(self, model: nn.Module, names: Mapping[str, str] | None = None) -> nn.Module:
         """Zero masked weights and keep them at zero (gradient hooks); layers matched by parameter name,
-        dotted suffix or `names` (evo_pai/mask_export.py); a mismatch is one error line."""
-        from .mask_export import apply_mask
+        dotted suffix or `names` (evo_pai/core/mask_formats.py); a mismatch is one error line."""
+        from evo_pai.core.mask_formats import apply_mask
 
         return apply_mask(self._m, model, names)
 
     def to_torch_prune(self, model: nn.Module, names: Mapping[str, str] | None = None) -> nn.Module:
         """Attach as `torch.nn.utils.prune.custom_from_mask` (weight_orig + weight_mask buffers)."""
-        from .mask_export import prune_with_torch
+        from evo_pai.core.mask_formats import prune_with_torch
 
         return prune_with_torch(self._m, model, names)
 
@@ -240,13 +240,13 @@ class MaskSet(Mapping):
 
     def to_npz(self, path: str | Path) -> Path:
         """One boolean array per layer, keyed by parameter name (numpy only, no pickles)."""
-        from .mask_export import save_npz
+        from evo_pai.core.mask_formats import save_npz
 
         return save_npz(self._m, path)
 
     @classmethod
     def from_npz(cls, path: str | Path) -> "MaskSet":
-        from .mask_export import load_npz
+        from evo_pai.core.mask_formats import load_npz
 
         return cls(load_npz(path))
 

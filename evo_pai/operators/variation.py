@@ -15,12 +15,12 @@ from typing import Mapping
 import torch
 from deap import tools
 
-from .budgets import layer_counts, total_keep
-from .errors import EvoPaiError
-from .individual import Individual
-from .masks import MaskSet, _ensure_fan_in, _global_counts, pattern_caps
-from .registry import register_crossover, register_mutation, register_selection
-from .training.carry import compose
+from evo_pai.core.budgets import layer_counts, total_keep
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet, _ensure_fan_in, _global_counts, pattern_caps
+from evo_pai.core.registry import register_crossover, register_mutation, register_selection
+from evo_pai.training.carry import compose
 
 INF = float("inf")
 

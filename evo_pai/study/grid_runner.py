@@ -14,9 +14,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import to_dict
-from ..runs.folder import write_atomic
-from .grid import Cell, StudySpec, grid, write_csv
+from evo_pai.core.config import to_dict
+from evo_pai.runs.folder import write_atomic
+from evo_pai.study.grid import Cell, StudySpec, grid, write_csv
 
 CSV_FIELDS = [
     "label", "method", "target_sparsity", "seed", "sparsity", "test_accuracy", "val_accuracy",
@@ -35,8 +35,8 @@ def run_cell(cell: Cell, root: Path, threads: int) -> str | None:
 
     import torch
 
-    from ..data import load_data
-    from ..runs.runner import run_experiment
+    from evo_pai.data.datasets import load_data
+    from evo_pai.runs.runner import run_experiment
 
     torch.set_num_threads(threads)
     out = root / "cells" / cell.dirname
@@ -91,10 +91,10 @@ def preflight_study(spec: StudySpec) -> list[Cell]:
     on the meta device, the backend — before the study folder exists."""
     import json
 
-    from ..data import load_data
-    from ..errors import EvoPaiError
-    from ..runs.preflight import check_backend, check_config, check_model
-    from .predictiveness import predictiveness_jobs
+    from evo_pai.data.datasets import load_data
+    from evo_pai.core.errors import EvoPaiError
+    from evo_pai.runs.preflight import check_backend, check_config, check_model
+    from evo_pai.study.predictiveness import predictiveness_jobs
 
     cells = grid(spec)
     checked: set[str] = set()
@@ -128,8 +128,8 @@ def _eta(seconds: float) -> str:
 
 def run_study(spec: StudySpec, root: Path, jobs: int | None = None, say: Callable[[str], None] = print) -> dict:
     """Run every missing cell, then predictiveness, then the report. Returns counts."""
-    from ..runs.lock import FolderLock, check_unlocked
-    from .predictiveness import predictiveness_jobs
+    from evo_pai.runs.lock import FolderLock, check_unlocked
+    from evo_pai.study.predictiveness import predictiveness_jobs
 
     cells = preflight_study(spec)  # nothing is created before every cell is known to be valid
     groups = predictiveness_jobs(spec)
@@ -140,9 +140,9 @@ def run_study(spec: StudySpec, root: Path, jobs: int | None = None, say: Callabl
 
 
 def _run_locked(spec: StudySpec, root: Path, cells: list[Cell], groups: list, jobs: int, say: Callable[[str], None]) -> dict:
-    from ..errors import EvoPaiError
-    from .predictiveness import run_predictiveness_group, write_predictiveness_csv
-    from .report import write_report
+    from evo_pai.core.errors import EvoPaiError
+    from evo_pai.study.predictiveness import run_predictiveness_group, write_predictiveness_csv
+    from evo_pai.study.tables import write_report
 
     def log(line: str) -> None:
         say(f"[{_clock()}] {line}")

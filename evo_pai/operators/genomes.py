@@ -22,12 +22,12 @@ from typing import Mapping
 
 import torch
 
-from .budgets import fit_counts, layer_counts, total_keep
-from .errors import EvoPaiError
-from .individual import Individual
-from .masks import MaskSet, _ensure_fan_in, _topk_mask
-from .operators import PruneStep
-from .registry import register_crossover, register_mutation
+from evo_pai.core.budgets import fit_counts, layer_counts, total_keep
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.individual import Individual
+from evo_pai.core.masks import MaskSet, _ensure_fan_in, _topk_mask
+from evo_pai.operators.variation import PruneStep
+from evo_pai.core.registry import register_crossover, register_mutation
 
 SCORES = {
     "magnitude": lambda t, k: t["weight"][k].abs(),  # |w_t| after the burst

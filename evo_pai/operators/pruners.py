@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import EvoPaiError
-from .masks import MaskSet
-from .registry import PRUNER, register_pruner
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.core.registry import PRUNER, register_pruner
 
 Scores = dict[str, torch.Tensor]
 

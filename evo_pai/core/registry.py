@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import EvoPaiError, brief
+from evo_pai.core.errors import EvoPaiError, brief
 
 T = TypeVar("T")
 

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import EvoPaiError
-from .masks import MaskSet
-from .tensor_files import read_tagged
-from .models import count_flops
-from .units import Link, links, sequence, unit_columns
+from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.masks import MaskSet
+from evo_pai.core.tensor_files import read_tagged
+from evo_pai.models.networks import count_flops
+from evo_pai.models.units import Link, links, sequence, unit_columns
 
 FORMAT = "evo_pai.compact/1"
 

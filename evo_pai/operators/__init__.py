@@ -1,0 +1,1 @@
+"""operators: see docs/architecture.md."""
