@@ -78,27 +78,15 @@ def run(
                                           "work per step and the free CPUs; = --set train.threads=N)"),
 ) -> None:
     """Run a search and train its winner; writes a run folder."""
-    from evo_pai.runs.folder import default_run_dir, prepare_run_dir, remove_if_unused
-    from evo_pai.runs.lock import FolderLock, check_unlocked
-    from evo_pai.runs.preflight import check_config, preflight
-    from evo_pai.runs.runner import run_experiment
+    from evo_pai.runs.api import run_in_folder
+    from evo_pai.runs.folder import default_run_dir
+    from evo_pai.runs.preflight import check_config
 
     cfg = load_config(config, [*set_, *thread_override(threads)])
-    check_config(cfg)  # names, parameters, loggers: before the data is loaded
+    check_config(cfg)  # names, parameters, loggers: before the default folder name is chosen
     run_dir = out if out else default_run_dir(cfg)
-    prepare_run_dir(run_dir, overwrite, create=False)  # refuse a taken folder before loading data
-    check_unlocked(run_dir)
-    data = preflight(cfg)  # everything else that can refuse the run; nothing exists yet
-    created = not run_dir.exists()
-    prepare_run_dir(run_dir, overwrite)
-    with FolderLock(run_dir):  # a second run on this folder is refused from here on
-        try:
-            with resumable(lambda: resume_hint(run_dir)), make_progress(err_console, quiet) as progress:
-                summary = run_experiment(cfg, run_dir, progress, data)
-        except BaseException:
-            if created:
-                remove_if_unused(run_dir)  # a run that failed before writing anything leaves no folder
-            raise
+    with resumable(lambda: resume_hint(run_dir)), make_progress(err_console, quiet) as progress:
+        summary = run_in_folder(cfg, run_dir, overwrite, progress)
     print_summary(summary, run_dir)
 
 

@@ -299,16 +299,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
+    """raw[a][b][c] = value for the key 'a.b.c', making sections on the way; `where` starts the error line."""
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise EvoPaiError(f"{where}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise EvoPaiError(f"--set {text}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+        set_dotted(raw, ".".join(path), value, f"--set {text}")
     return raw
 
 

@@ -9,6 +9,7 @@ lists the unmatched layers and the model's unused weights with their shapes.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Mapping
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.tensor_files import write_atomic
 
 
 def _suffix(a: str, b: str) -> bool:
@@ -98,9 +100,9 @@ def save_npz(masks: Mapping[str, torch.Tensor], path: str | Path) -> Path:
     """One boolean array per layer, keyed by parameter name: `np.load(path)[name]` anywhere, no evo-pai needed."""
     path = Path(path)
     arrays = {k: v.detach().to("cpu", torch.bool).numpy() for k, v in masks.items()}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_atomic(path, buf.getvalue())
     return path
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from evo_pai.core.budgets import layer_counts, numel, total_keep
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.patterns import Pattern, eligible, holds, max_keep, parse_pattern, room
+from evo_pai.core.tensor_files import write_atomic
 
 
 class MaskSet(Mapping):
@@ -224,19 +225,8 @@ class MaskSet(Mapping):
             "pattern": f"{self.pattern[0]}:{self.pattern[1]}" if self.pattern else "",
             "sparsity": json.dumps({"total": self.sparsity(), **self.layer_sparsity()}),
         }
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
         # Bytes first, then plain file I/O: a full disk is an OSError naming the file (not a SafetensorError).
-        data = save({k: v.to(torch.uint8) for k, v in self._m.items()}, metadata=meta)
-        try:
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        write_atomic(path, save({k: v.to(torch.uint8) for k, v in self._m.items()}, metadata=meta))
 
     def to_npz(self, path: str | Path) -> Path:
         """One boolean array per layer, keyed by parameter name (numpy only, no pickles)."""

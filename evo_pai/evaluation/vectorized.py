@@ -6,8 +6,8 @@ any training: a chunk that does not fit the budget is refused up front, not out 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
+import psutil
 import torch
 
 from evo_pai.training.batched import bytes_per_model, train_batched
@@ -44,12 +44,7 @@ def memory_budget(cfg: Config, device: torch.device, share: float = 1.0) -> tupl
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)  # what the device has free now, other processes included
         return gpu_budget(free, share)
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        available = int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        available = 8 * _GB  # no /proc (macOS, Windows): assume a small laptop
-    return int(available * _CPU_SHARE), f"{_CPU_SHARE:.0%} of available RAM"
+    return int(psutil.virtual_memory().available * _CPU_SHARE), f"{_CPU_SHARE:.0%} of available RAM"
 
 
 def plan_chunk(per_model: int, budget: int, source: str, chunk_size: int | None, model: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -263,17 +263,24 @@ def count_flops(
         if name in params and tuple(mask.shape) != tuple(params[name].shape):
             raise EvoPaiError(f"mask '{name}' has shape {tuple(mask.shape)} but the weight is {tuple(params[name].shape)}")
 
-    handles = [m.register_forward_hook(hook_for(_param_name(n, "weight"))) for n, m in _prunable_modules(model)]
+    probe_forward(model, input_shape, {m: hook_for(_param_name(n, "weight")) for n, m in _prunable_modules(model)})
+    return totals
+
+
+@torch.no_grad()
+def probe_forward(model: nn.Module, input_shape: Sequence[int], hooks: dict[nn.Module, Callable]) -> None:
+    """One forward pass of a zero example with `hooks` (module -> forward hook) attached: what counting
+    FLOPs and sizing activations read. In eval mode (BatchNorm statistics untouched); the model is left
+    as it was. (Why not torch.utils.flop_counter.FlopCounterMode: docs/architecture.md, "FLOPs".)"""
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
     was_training = model.training
     param = next(model.parameters(), None)
     dummy = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu",
                         dtype=param.dtype if param is not None else torch.float32)
     try:
-        model.eval()  # keep BatchNorm running statistics untouched by the dummy batch
-        with torch.no_grad():
-            model(dummy)
+        model.eval()
+        model(dummy)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return totals

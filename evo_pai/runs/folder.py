@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import yaml
 
 from evo_pai.core.config import Config, to_dict
 from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.tensor_files import write_atomic  # noqa: F401  (the run layer's writer, re-exported)
 
 RUNS_ROOT = Path("runs")
 
@@ -66,25 +66,6 @@ def clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
     return value
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename: a crash, a full disk or a read-only folder leaves the old file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)  # give back the space a full disk needs
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.filename is None:  # say which file could not be written
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
 
 
 def append_line(path: Path, line: str) -> None:

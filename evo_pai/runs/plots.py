@@ -49,19 +49,10 @@ def plot_fitness(records: list[dict], path: Path, title: str, target: float | No
     reached = [_num(r.get("pruned_to", r.get("sparsity"))) for r in records]
     label = "sparsity after pruning" if any("pruned_to" in r for r in records) else "mean sparsity"
     ax2.plot(gens, reached, "k:", marker=".", label=label)
-    if target is not None:
-        ax2.axhline(target, color="tab:red", ls="-.", lw=1, label=f"target sparsity {target:.0%}")
     acc = [_num(r.get("best_val_accuracy")) for r in records]
     if any(a == a for a in acc):
         ax2.plot(gens, acc, "^-", color="tab:green", ms=4, lw=1, label="val accuracy (best)")
-    ax2.set_ylabel("sparsity / validation accuracy")
-    ax2.set_ylim(0, 1.02)
-    drawn = _legend(ax, ax2)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return drawn
+    return _finish(fig, ax, ax2, target, "sparsity / validation accuracy", title, path)
 
 
 def _plot_candidates(candidates: list[dict], winner: int | None, path: Path, title: str, target: float | None,
@@ -89,9 +80,14 @@ def _plot_candidates(candidates: list[dict], winner: int | None, path: Path, tit
     sparsity = record.get("sparsity")
     if isinstance(sparsity, (int, float)):
         ax2.axhline(sparsity, color="k", ls=":", label=f"sparsity {sparsity:.1%}")
+    return _finish(fig, ax, ax2, target, "validation accuracy / sparsity", title, path)
+
+
+def _finish(fig, ax, ax2, target: float | None, ylabel: str, title: str, path: Path) -> dict[str, list[float]]:
+    """The target line, the right axis (a fraction), the legend and title; writes and closes the figure."""
     if target is not None:
         ax2.axhline(target, color="tab:red", ls="-.", lw=1, label=f"target sparsity {target:.0%}")
-    ax2.set_ylabel("validation accuracy / sparsity")
+    ax2.set_ylabel(ylabel)
     ax2.set_ylim(0, 1.02)
     drawn = _legend(ax, ax2)
     ax.set_title(title, fontsize=10)

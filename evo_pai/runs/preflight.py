@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
 
+import psutil
 import torch
 
 from evo_pai.core.config import Config
@@ -134,11 +134,7 @@ def model_size(cfg: Config, data: DataSplits) -> ModelSize | None:
 
 
 def available_ram() -> int:
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return 1 << 62  # no /proc (macOS, Windows): do not refuse on a guess
+    return int(psutil.virtual_memory().available)
 
 
 def _gb(n: float) -> str:

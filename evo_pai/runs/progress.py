@@ -29,11 +29,6 @@ class RunProgress:
     def epoch(self, done: int, total: int) -> None:
         """The final training finished epoch `done` of `total`."""
 
-    def __call__(self, label: str, total: int | None):
-        """The older hook shape, (label, total) -> advance(n), for code that still speaks it."""
-        self.phase(label, total)
-        return self.advance
-
     def __enter__(self) -> "RunProgress":
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from evo_pai.core.config import Config
 from evo_pai.data.datasets import DataSplits, load_data
 from evo_pai.core.errors import EvoPaiError
+from evo_pai.training.burst import BurstResult
 from evo_pai.training.tasks import BurstTask, initial_model
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.search.experiment import Experiment, SearchOutcome
@@ -21,7 +23,7 @@ from evo_pai.training.cost import search_flops
 from evo_pai.training.threads import ThreadChoice, ThreadGovernor, choose_threads, torch_threads
 from evo_pai.core.masks import MaskSet
 from evo_pai.models.networks import count_flops
-from evo_pai.core.registry import METHOD
+from evo_pai.core.registry import METHOD, Method
 from evo_pai.runs.components import load_components
 from evo_pai.runs.loggers import open_loggers
 from evo_pai.runs.preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
@@ -77,96 +79,153 @@ def run_experiment(cfg: Config, out: Path | None, progress: RunProgress | None =
         return _run(cfg, out, progress, data, resume, choice)
 
 
+@dataclass
+class Display:
+    """The run's progress display and the thread governor, told of every finished task and epoch."""
+    progress: RunProgress
+    governor: ThreadGovernor
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(n)
+        self.governor.check()
+
+    def epoch(self, done: int, total: int) -> None:
+        self.progress.epoch(done, total)
+        self.governor.check()
+
+
+@dataclass
+class FinalResult:
+    result: BurstResult  # the headline answer's final training
+    replayed: float  # epochs spent re-running bursts for final.init: continue
+    trained: dict  # several answers: member index -> its final training
+    seconds: float
+
+
 def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: DataSplits,
          resume: Checkpoint | None, threads: ThreadChoice) -> dict:
+    """The steps of a run, top to bottom: set up, search, search costs, final training, summary, artifacts."""
     t0 = time.perf_counter() - (float(resume.header["elapsed"]) if resume else 0.0)
     method = METHOD.get(cfg.search.method)
     seed_everything(cfg.seed)
-    progress = progress if progress is not None else RunProgress()
-    governor = ThreadGovernor(threads)  # auto: fewer threads while other processes take the CPUs
-
-    def advance(n: int) -> None:
-        progress.advance(n)
-        governor.check()
-
-    def on_epoch(done: int, total: int) -> None:
-        progress.epoch(done, total)
-        governor.check()
-
+    display = Display(progress if progress is not None else RunProgress(), ThreadGovernor(threads))
     with make_evaluator(cfg, data) as evaluator, open_loggers(cfg, out) as sinks:
-        # Written only once the evaluator stands (a Ray that cannot start changes nothing in `out`).
-        log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
-        log.sinks = sinks
-        if out:
-            write_config(out / "config.yaml", cfg)
-            if resume is None:  # a checkpoint or summary left by an earlier run in an overwritten folder is not ours
-                (out / CHECKPOINT).unlink(missing_ok=True)
-                (out / "summary.json").unlink(missing_ok=True)
+        log = open_folder(cfg, out, resume, sinks)  # only once the evaluator stands: a Ray that cannot start changes nothing
+        exp = set_up(cfg, method, evaluator, data, log, display, out, resume, t0)
+        outcome = search(cfg, method, exp)
+        costs = search_costs(exp, evaluator, data, t0)
+        final = final_result(exp, outcome, display)
+    summary = summarize(cfg, method, exp, evaluator, data, outcome, final, costs, threads, display, log, t0)
+    if out:
+        write_run(out, cfg, outcome, final, summary, log.records)
+    return summary
 
-        def logged(record: dict) -> None:  # every method logs each generation: the display follows the log
-            log(record)
-            progress.generation(record)
 
-        exp = Experiment(cfg, evaluator, data, logged)
-        tasks, generations = method.progress_plan(cfg)
-        progress.phase("search", tasks, generations)
-        exp.progress = advance
-        if out:  # the search calls this after each completed generation
-            exp.checkpoint = lambda state: save_checkpoint(out / CHECKPOINT, cfg, state, exp, log.records,
-                                                           time.perf_counter() - t0)
-        if resume:
-            resume.restore(exp)  # RNG states, evaluator counters, exp.resume_state
-            progress.advance(resume.tasks_done)
-            if log.records:
-                progress.generation(log.records[-1])
-        outcome = method(exp)
-        if not isinstance(outcome, SearchOutcome):
-            raise EvoPaiError(f"search.method '{cfg.search.method}' returned {type(outcome).__name__}, not a SearchOutcome")
-        search_epochs, search_seconds = evaluator.epochs_spent, time.perf_counter() - t0
-        flops = search_flops(exp.model, data.input_shape, data.n_train, search_epochs, dict(getattr(evaluator, "kept_epochs", {})))
-        t1 = time.perf_counter()
-        exp.progress = None  # the final training is not search work
-        trained: dict = {}
-        if outcome.members is not None:  # several answers: train the picked front members
-            picks = len(pick_members(outcome.members, cfg.final.members))
-            progress.phase("final training", picks)
-            trained, replayed = train_members(exp, outcome, extra_epochs(cfg), progress.advance)
-            head = headline(outcome, trained, cfg.search.sparsity)
-            outcome.mask, final = outcome.members[head].mask, trained[head]
-            outcome.extra["headline_member"] = head
-        else:
-            epochs = math.ceil(cfg.final.epochs + extra_epochs(cfg))
-            progress.phase("final training", epochs)
-            heard: list[int] = []
-            final, replayed = final_training(exp, outcome, lambda done, total: (heard.append(done), on_epoch(done, total)))
-            if not heard:  # a backend that cannot report epochs (Ray actors): done at once
-                progress.epoch(epochs, epochs)
-        final_seconds = time.perf_counter() - t1
-        mask = final.mask if final.mask is not None else outcome.mask  # dynamic training: its last mask
-        backend, device = cfg.evaluation.backend, str(getattr(evaluator, "device_name", cfg.evaluation.device))
+def open_folder(cfg: Config, out: Path | None, resume: Checkpoint | None, sinks) -> GenerationLog:
+    """The generation log (continued on resume) and config.yaml; a checkpoint or summary left by an
+    earlier run in an overwritten folder is removed (it is not this run's)."""
+    log = GenerationLog(out / "log.jsonl" if out else None, resume.records if resume else None)
+    log.sinks = sinks
+    if out:
+        write_config(out / "config.yaml", cfg)
+        if resume is None:
+            (out / CHECKPOINT).unlink(missing_ok=True)
+            (out / "summary.json").unlink(missing_ok=True)
+    return log
+
+
+def set_up(cfg: Config, method: Method, evaluator, data: DataSplits, log: GenerationLog, display: Display,
+           out: Path | None, resume: Checkpoint | None, t0: float) -> Experiment:
+    """The Experiment a method receives, wired to the log, the display (the method's declared plan) and
+    the checkpoint; on resume, every RNG state and counter restored."""
+
+    def logged(record: dict) -> None:  # every method logs each generation: the display follows the log
+        log(record)
+        display.progress.generation(record)
+
+    exp = Experiment(cfg, evaluator, data, logged)
+    tasks, generations = method.progress_plan(cfg)
+    display.progress.phase("search", tasks, generations)
+    exp.progress = display.advance
+    if out:  # the search calls this after each completed generation
+        exp.checkpoint = lambda state: save_checkpoint(out / CHECKPOINT, cfg, state, exp, log.records,
+                                                       time.perf_counter() - t0)
+    if resume:
+        resume.restore(exp)  # RNG states, evaluator counters, exp.resume_state
+        display.progress.advance(resume.tasks_done)
+        if log.records:
+            display.progress.generation(log.records[-1])
+    return exp
+
+
+def search(cfg: Config, method: Method, exp: Experiment) -> SearchOutcome:
+    outcome = method(exp)
+    if not isinstance(outcome, SearchOutcome):
+        raise EvoPaiError(f"search.method '{cfg.search.method}' returned {type(outcome).__name__}, not a SearchOutcome")
+    exp.progress = None  # what follows is not search work
+    return outcome
+
+
+def search_costs(exp: Experiment, evaluator, data: DataSplits, t0: float) -> dict:
+    """Model-epochs, seconds and training FLOPs (training/cost.py) the search spent."""
+    epochs = evaluator.epochs_spent
+    return {"search_model_epochs": epochs, "search_seconds": time.perf_counter() - t0,
+            "search_flops": search_flops(exp.model, data.input_shape, data.n_train, epochs,
+                                         dict(getattr(evaluator, "kept_epochs", {})))}
+
+
+def final_result(exp: Experiment, outcome: SearchOutcome, display: Display) -> FinalResult:
+    """The final training: of the winner, or (several answers) of the picked members, the headline's
+    mask then becoming `outcome.mask`."""
+    cfg, t1 = exp.cfg, time.perf_counter()
+    if outcome.members is not None:
+        display.progress.phase("final training", len(pick_members(outcome.members, cfg.final.members)))
+        trained, replayed = train_members(exp, outcome, extra_epochs(cfg), display.progress.advance)
+        head = headline(outcome, trained, cfg.search.sparsity)
+        outcome.mask, final = outcome.members[head].mask, trained[head]
+        outcome.extra["headline_member"] = head
+        return FinalResult(final, replayed, trained, time.perf_counter() - t1)
+    epochs = math.ceil(cfg.final.epochs + extra_epochs(cfg))
+    display.progress.phase("final training", epochs)
+    heard: list[int] = []
+    final, replayed = final_training(exp, outcome, lambda done, total: (heard.append(done), display.epoch(done, total)))
+    if not heard:  # a backend that cannot report epochs (Ray actors): done at once
+        display.progress.epoch(epochs, epochs)
+    return FinalResult(final, replayed, {}, time.perf_counter() - t1)
+
+
+def final_mask(outcome: SearchOutcome, final: FinalResult) -> MaskSet:
+    return final.result.mask if final.result.mask is not None else outcome.mask  # dynamic training: its last mask
+
+
+def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: DataSplits, outcome: SearchOutcome,
+              final: FinalResult, costs: dict, threads: ThreadChoice, display: Display, log: GenerationLog,
+              t0: float) -> dict:
+    """summary.json's content."""
+    mask, res = final_mask(outcome, final), final.result
     summary = {
         "method": cfg.search.method,
         "dataset": cfg.data.name,
         "model": cfg.model.name,
         "target_sparsity": cfg.search.sparsity if method.sparse else 0.0,
         "sparsity": mask.sparsity(),
-        "test_accuracy": final.metrics.get("test_accuracy"),
-        "test_loss": final.metrics.get("test_loss"),
-        "val_accuracy": final.metrics.get("val_accuracy"),
-        "search_model_epochs": search_epochs,
-        "search_flops": flops,  # training FLOPs the search spent (see evo_pai/cost.py)
+        "test_accuracy": res.metrics.get("test_accuracy"),
+        "test_loss": res.metrics.get("test_loss"),
+        "val_accuracy": res.metrics.get("val_accuracy"),
+        "search_model_epochs": costs["search_model_epochs"],
+        "search_flops": costs["search_flops"],  # training FLOPs the search spent (training/cost.py)
         "final_epochs": cfg.final.epochs,
         "extra_epochs": extra_epochs(cfg),
-        "final_replay_epochs": replayed,  # final.init: continue re-ran the winner's burst: training too
+        "final_replay_epochs": final.replayed,  # final.init: continue re-ran the winner's burst: training too
         "final_init": cfg.final.init,
-        "search_seconds": search_seconds,
-        "final_seconds": final_seconds,
+        "search_seconds": costs["search_seconds"],
+        "final_seconds": final.seconds,
         "wall_seconds": time.perf_counter() - t0,
         "seed": cfg.seed,
-        "backend": backend,
-        "device": device,
+        "backend": cfg.evaluation.backend,
+        "device": str(getattr(evaluator, "device_name", cfg.evaluation.device)),
         # torch intra-op threads (training/threads.py); auto may lower them while other processes load the CPUs
-        "threads": {"count": threads.threads, "reason": threads.reason, "adjusted": governor.changes},
+        "threads": {"count": threads.threads, "reason": threads.reason, "adjusted": display.governor.changes},
         "flops": count_flops(exp.model, data.input_shape, dict(mask)),
         "input_shape": list(data.input_shape),  # what `evo-pai export` rebuilds the model with
         "num_classes": data.num_classes,
@@ -176,19 +235,21 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         "fitness_failures": exp.fitness_failures,
         "generations_logged": len(log.records),
         **outcome.extra,
-        **({"mask_updates": int(final.metrics["mask_updates"]), "mask_turnover": final.metrics["mask_turnover"]}
-           if final.mask is not None else {}),
+        **({"mask_updates": int(res.metrics["mask_updates"]), "mask_turnover": res.metrics["mask_turnover"]}
+           if res.mask is not None else {}),
     }
-    rows = None
     if outcome.members is not None:
-        rows = member_rows(outcome, trained, list(cfg.search.nsga2.objectives[1:]))
-        summary["members"] = rows
-    if out:
-        if rows is not None:
-            write_members(out, outcome, trained, rows)
-            plot_front(log.records, rows, out / "front.png", f"{cfg.search.method} on {cfg.data.name} ({cfg.model.name})")
-        save_artifacts(out, mask, final.state, log.records, summary)
+        summary["members"] = member_rows(outcome, final.trained, list(cfg.search.nsga2.objectives[1:]))
     return summary
+
+
+def write_run(out: Path, cfg: Config, outcome: SearchOutcome, final: FinalResult, summary: dict,
+              records: list[dict]) -> None:
+    """The run folder's artifacts: members and front (several answers), mask, model, plots, summary.json last."""
+    if outcome.members is not None:
+        write_members(out, outcome, final.trained, summary["members"])
+        plot_front(records, summary["members"], out / "front.png", f"{cfg.search.method} on {cfg.data.name} ({cfg.model.name})")
+    save_artifacts(out, final_mask(outcome, final), final.result.state, records, summary)
 
 
 def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[dict], summary: dict) -> None:

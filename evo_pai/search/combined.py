@@ -19,7 +19,7 @@ from deap import tools
 
 from evo_pai.core.budgets import sparsity_schedule
 from evo_pai.search.experiment import Experiment, SearchOutcome
-from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.individual import Individual
 from evo_pai.core.registry import CHECKED_FIELDS, CROSSOVER, SELECTION, register_method
 from evo_pai.search.kstarts import kstarts_population, winner_outcome
 
@@ -87,7 +87,7 @@ def combined(exp: Experiment) -> SearchOutcome:
     else:
         population, start = state["population"], state["generation"] + 1
     for g in range(start, s.generations):
-        exp.evaluate(population, progress=getattr(exp, "progress", None), inherit=inherit, horizon=horizon)
+        exp.evaluate(population, inherit=inherit, horizon=horizon)
         exp.log_generation(g, population, target=schedule[g])
         if g == s.generations - 1:
             break

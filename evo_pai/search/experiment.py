@@ -151,17 +151,19 @@ class Experiment:
         return steps_for(epochs, self.data.n_train, self.cfg.train.batch_size)
 
     def evaluate(self, population: list[Individual], epochs: float | None = None, progress=None,
-                 inherit: bool = False, horizon: int | None = None) -> list[BurstResult]:
+                 inherit: bool = False, horizon: int | None = None, fitness: str | None = None,
+                 costs: Callable[[Individual], tuple[float, ...]] | None = None) -> list[BurstResult]:
         """Burst-train every individual and set its fitness, traits and metrics.
 
         From θ0, or with `inherit` from each individual's `carry` (θ0 where it has none); then the
-        trained state becomes its carry. `horizon`: the lineage's schedule length in steps."""
+        trained state becomes its carry. `horizon`: the lineage's schedule length in steps.
+        `fitness` / `costs`: as in `assign` (nsga2's objectives)."""
         epochs = self.cfg.search.burst_epochs if epochs is None else epochs
         tasks = [self.inherited_task(ind, epochs, horizon) if inherit else BurstTask(ind.mask, epochs, self.task_seed(ind))
                  for ind in population]
         results = self.evaluator.evaluate(tasks, progress if progress is not None else self.progress)
         for ind, task, res in zip(population, tasks, results):
-            self.assign(ind, res)
+            self.assign(ind, res, fitness, costs)
             if inherit:
                 ind.carry = None if res.state is None else Carry(res.state, res.opt_state, task.offset + res.steps)
         return results

@@ -39,7 +39,7 @@ def winner_outcome(exp: Experiment, winner: Individual, **extra) -> SearchOutcom
 def kstarts(exp: Experiment) -> SearchOutcome:
     s = exp.cfg.search
     population = kstarts_population(exp, s.sparsity)
-    exp.evaluate(population, progress=getattr(exp, "progress", None))
+    exp.evaluate(population)
     exp.log_generation(0, population)
     # argmax with ties to the first candidate: deterministic across backends
     best = max(range(len(population)), key=lambda i: (population[i].fitness.values[0], -i))

@@ -14,7 +14,7 @@ import math
 
 from evo_pai.training.tasks import BurstTask
 from evo_pai.search.experiment import Experiment, SearchOutcome
-from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.individual import derive_seed
 from evo_pai.core.registry import register_method
 from evo_pai.search.kstarts import candidate_table, kstarts_population
 
@@ -58,7 +58,7 @@ def kstarts_sh(exp: Experiment) -> SearchOutcome:
         else:
             tasks = [BurstTask(population[i].mask, budget - done[i], derive_seed(exp.cfg.seed, "kstarts_sh", r, population[i].key),
                                start=states[i], keep_state=True) for i in alive]
-        for i, res in zip(alive, exp.evaluator.evaluate(tasks, getattr(exp, "progress", None))):
+        for i, res in zip(alive, exp.evaluator.evaluate(tasks, exp.progress)):
             exp.assign(population[i], res)
             states[i], opts[i], done[i] = res.state, res.opt_state if keep else None, budget
         exp.log_generation(r, [population[i] for i in alive], rung_epochs=budget, candidates=len(alive))

@@ -19,8 +19,6 @@ from deap import tools
 
 from evo_pai.core.individual import Individual
 from evo_pai.core.registry import register_method
-from evo_pai.training.carry import Carry
-from evo_pai.training.tasks import BurstTask
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.search.nsga2_init import draw, init_tasks, initial_population, lineage_horizon, prune_to_level
 from evo_pai.search.objectives import Costs, density_levels, preflight
@@ -30,27 +28,16 @@ def inherits(exp: Experiment) -> bool:
     return exp.cfg.search.inherit == "parent"
 
 
-def burst_tasks(exp: Experiment, individuals: list[Individual]) -> list[BurstTask]:
-    """`inherit: rewind`: every member trains a burst from θ0 (pruning at initialisation), as in kstarts
-    and combined. `parent`: a member continues its parent's trained weights and optimizer state under
-    its own mask (generation 0: the init trajectory's state where it passed the member's level); the
-    learning-rate schedule spans the trajectory and the generations."""
-    s = exp.cfg.search
-    if not inherits(exp):
-        return [BurstTask(ind.mask, s.burst_epochs, exp.task_seed(ind)) for ind in individuals]
-    horizon = lineage_horizon(exp)
-    return [exp.inherited_task(ind, s.burst_epochs, horizon) for ind in individuals]
-
-
 def evaluate(exp: Experiment, individuals: list[Individual], costs: Costs) -> None:
-    todo = [ind for ind in individuals if not ind.fitness.valid]
-    fitness = exp.cfg.search.nsga2.objectives[0]
-    tasks, inherit = burst_tasks(exp, todo), inherits(exp)
-    results = exp.evaluator.evaluate(tasks, getattr(exp, "progress", None))
-    for ind, task, res in zip(todo, tasks, results):
-        exp.assign(ind, res, fitness=fitness, costs=costs)
-        if inherit:
-            ind.carry = None if res.state is None else Carry(res.state, res.opt_state, task.offset + res.steps)
+    """Bursts for the members not yet scored, then their objectives. `inherit: rewind`: every member
+    trains from θ0 (pruning at initialisation), as in kstarts and combined. `parent`: a member continues
+    its parent's trained weights and optimizer state under its own mask (generation 0: the init
+    trajectory's state where it passed the member's level); the learning-rate schedule spans the
+    trajectory and the generations."""
+    inherit = inherits(exp)
+    exp.evaluate([ind for ind in individuals if not ind.fitness.valid], inherit=inherit,
+                 horizon=lineage_horizon(exp) if inherit else None, fitness=exp.cfg.search.nsga2.objectives[0],
+                 costs=costs)
 
 
 def rank_and_crowd(population: list[Individual]) -> dict[int, int]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evo_pai.core.config import Config, build_config, read_yaml
+from evo_pai.core.config import Config, build_config, read_yaml, set_dotted
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import METHOD
 from evo_pai.runs.components import load_components
@@ -78,16 +78,6 @@ class Cell:
         return f"{self.label}-s{self.sparsity:g}-seed{self.seed}-{config_hash(self.cfg)}"
 
 
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise EvoPaiError(f"study: set key '{key}': '{part}' is not a section")
-    node[parts[-1]] = value
-
-
 def load_study(path: str | Path) -> StudySpec:
     raw = read_yaml(path)
     try:
@@ -110,11 +100,9 @@ def methods_of(spec: StudySpec) -> list[MethodSpec]:
 
 def cell_config(spec: StudySpec, m: MethodSpec, sparsity: float, seed: int) -> Config:
     raw = copy.deepcopy(spec.base)
-    set_dotted(raw, "seed", seed)
-    set_dotted(raw, "search.method", m.method or m.name)
-    set_dotted(raw, "search.sparsity", sparsity)
-    for key, value in m.set.items():
-        set_dotted(raw, key, value)
+    raw["seed"] = seed
+    for key, value in {"search.method": m.method or m.name, "search.sparsity": sparsity, **m.set}.items():
+        set_dotted(raw, key, value, f"study row '{m.name}': set key '{key}'")
     try:
         return build_config(raw)
     except EvoPaiError as exc:

@@ -19,10 +19,11 @@ from torch import nn
 from evo_pai.core.config import TrainConfig
 from evo_pai.data.datasets import DataSplits
 from evo_pai.core.masks import MaskSet
+from evo_pai.models.networks import probe_forward
 from evo_pai.training.compiled import Update, update_eager
 from evo_pai.training.precision import autocast_forward
 from evo_pai.training.stacked import StackedForward
-from evo_pai.training.burst import _EPS, BurstResult, EpochCallback, batch_order, batches_on, epoch_done, steps_for
+from evo_pai.training.burst import BurstResult, burst_traits, EpochCallback, batch_order, batches_on, epoch_done, steps_for
 from evo_pai.training.optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_stacked_optimizer, masked_state,
                     set_lr, stack_states, unstack_state)
 
@@ -132,12 +133,7 @@ def _results(model, forward, params, grad_accum, starts, reference, data, loss_s
     val_loss, val_acc = evaluate_batched(forward, params, data.val_x, data.val_y, rows)
     test_metrics = evaluate_batched(forward, params, data.test_x, data.test_y, rows) if any(test) else None
     masked = list(grad_accum)
-    device = next(iter(params.values())).device
-    ref = {n: reference[n].to(device) for n in masked}
-    scale = {n: float(ref[n].abs().mean()) for n in masked}
-    rel = {n: ((params[n] - ref[n]).abs() / (ref[n].abs() + _EPS)).to("cpu", torch.float32) for n in masked}
-    weight = {n: params[n].to("cpu", torch.float32) for n in masked}
-    accum = {n: grad_accum[n].to("cpu", torch.float32) for n in masked}
+    stacked, scale = burst_traits(params, reference, grad_accum, masked)
     state_keys = list(model.state_dict())
     epochs = steps / math.ceil(data.n_train / hp.batch_size)
     out = []
@@ -149,9 +145,7 @@ def _results(model, forward, params, grad_accum, starts, reference, data, loss_s
             metrics.update(test_loss=test_metrics[0][i], test_accuracy=test_metrics[1][i])
         out.append(BurstResult(
             metrics=metrics,
-            traits={"weight": {n: _own(weight[n][i]) for n in masked},
-                    "rel_change": {n: _own(rel[n][i]) for n in masked},
-                    "grad_accum": {n: _own(accum[n][i]) for n in masked}},
+            traits={trait: {n: _own(per_layer[n][i]) for n in masked} for trait, per_layer in stacked.items()},
             init_scale=dict(scale),
             state={n: _own((params[n][i] if n in params else starts[i][n]).to("cpu")) for n in state_keys}
             if keep_state[i] else None,
@@ -177,21 +171,15 @@ def bytes_per_model(model: nn.Module, input_shape: Sequence[int], hp: TrainConfi
     # weights, grads, optimizer state, stacked start; per masked weight: keep-mask, grad_accum,
     # |g| buffer; then the float32 traits (weight, rel_change, grad_accum) handed back.
     state = elem * (n_params * (3 + opt_states) + 3 * n_masked) + 4 * 3 * n_masked
-    act = _activation_elements(model, input_shape, p0)
+    act = _activation_elements(model, input_shape)
     train = elem * hp.batch_size * act * 3  # outputs kept for backward, their grads, layout copies
     evaluation = elem * eval_rows(hp) * act * 2  # outputs and layout copies, no graph
     return state + max(train, evaluation)
 
 
-@torch.no_grad()
-def _activation_elements(model: nn.Module, input_shape: Sequence[int], p0: torch.Tensor) -> int:
+def _activation_elements(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Elements of the input and of every leaf module's output, for one example."""
     total = [math.prod(input_shape)]
-    hooks = [m.register_forward_hook(lambda _m, _i, o: total.append(o.numel()))
-             for m in model.modules() if not list(m.children())]
-    try:
-        model(torch.zeros(1, *input_shape, dtype=p0.dtype, device=p0.device))
-    finally:
-        for h in hooks:
-            h.remove()
+    probe_forward(model, input_shape, {m: lambda _m, _i, o: total.append(o.numel())
+                                       for m in model.modules() if not list(m.children())})
     return sum(total)

@@ -23,6 +23,22 @@ from evo_pai.training.drop_grow import DynamicSpec, MaskUpdater
 EVAL_BATCH = 2048
 _EPS = 1e-12
 
+
+@torch.no_grad()
+def burst_traits(weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
+                 grad_accum: dict[str, torch.Tensor], names: list[str]) -> tuple[dict, dict[str, float]]:
+    """What a burst hands back for the mutations, float32 on the CPU: its weights (a copy), the relative
+    change |w − w0| / |w0|, the accumulated |g|; and each layer's mean |w0| (`init_scale`). One model's
+    tensors, or K models stacked along a leading dimension (the batched trainer) against one θ0."""
+    ref = {n: reference[n].to(weights[n].device) for n in names}
+    traits = {
+        "weight": {n: weights[n].detach().to("cpu", torch.float32, copy=True) for n in names},
+        "rel_change": {n: ((weights[n].detach() - ref[n]).abs() / (ref[n].abs() + _EPS)).to("cpu", torch.float32)
+                       for n in names},
+        "grad_accum": {n: grad_accum[n].to("cpu", torch.float32) for n in names},
+    }
+    return traits, {n: float(ref[n].abs().mean()) for n in names}
+
 EpochCallback = Callable[[int, int], None]  # (epochs done, epochs in all): progress only, never numbers
 
 
@@ -167,20 +183,10 @@ def train_masked(
         metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
     if updater is not None:
         metrics.update(mask_updates=float(updater.updates), mask_turnover=updater.turnover())
-    weights, rel, scale = {}, {}, {}
-    with torch.no_grad():
-        for k in masks:
-            w, w0 = params[k].detach(), reference[k].to(device)
-            weights[k] = w.to("cpu", torch.float32).clone()
-            rel[k] = ((w - w0).abs() / (w0.abs() + _EPS)).to("cpu", torch.float32)
-            scale[k] = float(w0.abs().mean())
+    traits, scale = burst_traits(params, reference, grad_accum, list(masks))
     return BurstResult(
         metrics=metrics,
-        traits={
-            "weight": weights,
-            "rel_change": rel,
-            "grad_accum": {k: v.to("cpu", torch.float32) for k, v in grad_accum.items()},
-        },
+        traits=traits,
         init_scale=scale,
         state={k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()} if keep_state else None,
         epochs=steps / per_epoch,

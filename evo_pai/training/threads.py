@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import psutil
 import torch
 from torch import nn
 
@@ -77,21 +78,21 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None
 
 
-def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
-    """(busy, total) clock ticks of the given CPUs since boot, from /proc/stat (Linux)."""
+def _cpu_ticks(cpus: set[int]) -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the given CPUs since boot (psutil: /proc/stat on Linux)."""
     try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
+        per_cpu = psutil.cpu_times(percpu=True)
+    except (OSError, NotImplementedError):
         return None
-    busy = total = 0
-    for line in lines:
-        name, *fields = line.split()
-        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+    busy = total = 0.0
+    for i in cpus:
+        if i >= len(per_cpu):
             continue
-        # user nice system idle iowait irq softirq steal [guest guest_nice: already inside user/nice]
-        t = [int(x) for x in fields[:8]]
-        total += sum(t)
-        busy += sum(t) - t[3] - t[4]  # steal counts as busy: a hypervisor is using that CPU
+        t = per_cpu[i]
+        # guest and guest_nice are already inside user and nice; steal counts as busy (a hypervisor uses the CPU)
+        spent = sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"))
+        total += spent
+        busy += spent - t.idle - getattr(t, "iowait", 0.0)
     return (busy, total) if total else None
 
 
