@@ -26,7 +26,8 @@ from evo_pai.core.masks import MaskSet
 from evo_pai.models.networks import build_model
 from evo_pai.deploy.csr import csr_model, load_csr, masked_copy, save_csr, semi_structured_model, semi_structured_supported
 from evo_pai.training.tasks import dtype_of
-from evo_pai.runs.members import mask_file, model_file
+from evo_pai.runs.mask_file import load_mask
+from evo_pai.runs.members import model_file
 
 FORMATS = ("compact", "csr", "torch-prune", "npz", "semi-structured")
 SUFFIX = {"compact": ".safetensors", "csr": ".safetensors", "torch-prune": ".pt", "npz": ".npz",
@@ -51,18 +52,6 @@ class Source:
         if self.state is not None:
             net.load_state_dict(self.state)
         return net.eval()
-
-
-def load_mask(run_dir: Path, member: int | None = None) -> MaskSet:
-    """The run's mask (or front member N's), with a one-line error when there is none."""
-    path = run_dir / (mask_file(member) if member is not None else "mask.safetensors")
-    if not path.is_file():
-        if member is not None:
-            have = sorted(p.name.split(".")[0] for p in (run_dir / "members").glob("*.safetensors")
-                          if not p.name.endswith(".model.safetensors")) if (run_dir / "members").is_dir() else []
-            raise EvoPaiError(f"{run_dir}: no front member {member} (members: {', '.join(have) or 'none; not an nsga2 run'})")
-        raise EvoPaiError(f"{run_dir}: no mask.safetensors; export needs a finished run folder (written by `evo-pai run`)")
-    return MaskSet.load(path)
 
 
 def load_source(run_dir: Path, member: int | None = None) -> Source:
