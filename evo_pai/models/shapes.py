@@ -1,6 +1,9 @@
 """Input-shape checks shared by the model builders."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -35,3 +38,15 @@ def positive_int(model: str, field: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise EvoPaiError(f"model.params.{field}: model '{model}' needs a positive whole number, got {value!r}")
     return value
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """For probing forwards (sizes, FLOPs): BatchNorm neither updates its running statistics (θ0 and
+    a carried state stay untouched) nor refuses a one-example batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -19,6 +19,7 @@ from torch import nn
 from evo_pai.core.config import TrainConfig
 from evo_pai.data.datasets import DataSplits
 from evo_pai.core.masks import MaskSet
+from evo_pai.models.shapes import eval_mode
 from evo_pai.training.compiled import Update, update_eager
 from evo_pai.training.precision import autocast_forward
 from evo_pai.training.stacked import StackedForward
@@ -196,7 +197,8 @@ def _activation_elements(model: nn.Module, input_shape: Sequence[int], p0: torch
     hooks = [m.register_forward_hook(lambda _m, _i, o: total.append(o.numel()))
              for m in model.modules() if not list(m.children())]
     try:
-        model(torch.zeros(1, *input_shape, dtype=p0.dtype, device=p0.device))
+        with eval_mode(model):
+            model(torch.zeros(1, *input_shape, dtype=p0.dtype, device=p0.device))
     finally:
         for h in hooks:
             h.remove()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from evo_pai.core.errors import EvoPaiError
+from evo_pai.models.shapes import eval_mode
 
 # Modules that act on each example (and, for images, each channel) independently: they run
 # unchanged on any layout, so K models cost one call ("list": K calls).
@@ -101,7 +102,7 @@ def _conv_output_elements(model: nn.Module, input_shape: Sequence[int]) -> int:
              for m in model.modules() if isinstance(m, nn.Conv2d)]
     p = next(model.parameters())
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
     finally:
         for h in hooks:
