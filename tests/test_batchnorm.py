@@ -173,3 +173,24 @@ def test_inheriting_bn_search_resumes_with_its_statistics(tmp_path, monkeypatch)
         assert int(c.weights["bn1.num_batches_tracked"]) == c.steps
     resumed = run_experiment(cfg, tmp_path / "run", resume=ckpt)
     assert without_timing(whole) == without_timing(resumed)
+
+
+def test_ray_vectorized_actor_trains_batchnorm_as_the_local_backend():
+    """A real local Ray, one actor with actor_trainer vectorized: resnet20's results (running statistics
+    in the returned state included) equal the local backend's in float64."""
+    ray = pytest.importorskip("ray")
+    raw = bn_raw("resnet20", width=4)
+    local, _, exp = both(raw)
+    tasks = mixed_tasks(exp, n=3)
+    ref = local.evaluate(tasks)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = build_config({**raw, "evaluation": {"device": "cpu", "backend": "ray", "num_actors": 1,
+                                                  "cpus_per_actor": 1, "actor_trainer": "vectorized"}})
+        with make_evaluator(cfg, exp.data) as ev:
+            assert ev.trainer == "vectorized"
+            got = ev.evaluate(tasks)
+    finally:
+        ray.shutdown()
+    for a, b in zip(ref, got):
+        assert_same(a, b, F64_TOL, relative=False)
