@@ -41,6 +41,10 @@ class MaskConfig(_Section):
     budget: Literal["erk", "uniform", "global"] = "erk"
     include_output: bool = True
     include_bias: bool = False
+    # glob patterns (fnmatch) on parameter names: make matching parameters prunable / not, over the
+    # defaults (models/prunable.py; `evo-pai list-layers CONFIG` shows the result); exclude wins
+    include: list[str] = []
+    exclude: list[str] = []
     min_output_fan_in: int = Field(1, ge=0)  # every output class keeps at least this many inputs
     allow_empty_layers: bool = False
     # "N:M": at most N kept of every M consecutive weights along the input dimension (2:4 = sparse tensor cores)
