@@ -78,8 +78,10 @@ STUDY_REFUSED = [
     ({"predictiveness": {"method": "kstarts", "sparsities": [0.8], "seeds": [0], "fitnesses": ["nope"]}},
      "unknown fitness 'nope'"),
     ({"sparsities": [0.8, float("nan")]}, "sparsities"),
-    ({"methods": [{"name": "r", "method": "random", "set": {"search.fitness_params": {"beta": 1}}}]},
+    ({"methods": [{"name": "k", "method": "kstarts", "set": {"search.fitness_params": {"beta": 1}}}]},
      "search.fitness_params"),
+    ({"methods": [{"name": "i", "method": "imp", "set": {"search.params.round_epochz": 3}}]},
+     "search.params.round_epochz"),
 ]
 
 

@@ -11,9 +11,12 @@ from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import WorkerContext
 from evo_pai.core.masks import MaskSet
 from evo_pai.runs.progress import RunProgress, describe
-from evo_pai.runs.runner import run_experiment, search_plan
+from evo_pai.core.registry import METHOD
+from evo_pai.runs.components import load_components
+from evo_pai.runs.runner import run_experiment
 from evo_pai.training.batched import train_batched
 from evo_pai.training.burst import train_masked
+from evo_pai.training.tasks import Evaluator
 from evo_pai.training.stacked import StackedForward
 
 TIMING = {"search_seconds", "final_seconds", "wall_seconds"}
@@ -75,21 +78,41 @@ def test_epoch_callback_changes_no_bit_of_batched_training():
     assert heard == [(1, 2), (2, 2)]
 
 
-@pytest.mark.parametrize("method,extra", [("kstarts", {}), ("combined", {}), ("dissipating", {}), ("gmp", {}),
-                                          ("imp", {"params": {"round_epochs": 1}}), ("random", {})])
-def test_every_method_reports_progress_and_numbers_do_not_change(tmp_path, method, extra):
-    cfg = build_config(tiny_raw(method, **extra))
+load_components([])
+EXTRA = {"imp": {"params": {"round_epochs": 1}}, "nsga2": {"nsga2": {"init_steps": 2}}}
+
+
+@pytest.mark.parametrize("method", METHOD.names())
+def test_every_method_reports_progress_and_numbers_do_not_change(tmp_path, monkeypatch, method):
+    """Every registered method declares a plan, and the plan is what the run then does: the tasks handed
+    to the evaluator during the search (counted here), the generations in log.jsonl, the final epochs."""
+    cfg = build_config(tiny_raw(method, **EXTRA.get(method, {})))
     rec = Recorder()
+    submitted = {"search": 0}
+    plain = Evaluator.evaluate
+
+    def counting(self, tasks, progress=None):
+        if rec.phases and rec.phases[-1][0] == "search":
+            submitted["search"] += len(tasks)
+        return plain(self, tasks, progress)
+
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    told = run_experiment(cfg, tmp_path / "a", rec)
+    with monkeypatch.context() as patch:
+        patch.setattr(Evaluator, "evaluate", counting)
+        told = run_experiment(cfg, tmp_path / "a", rec)
     quiet = run_experiment(cfg, tmp_path / "b")
     assert {k: v for k, v in told.items() if k not in TIMING} == {k: v for k, v in quiet.items() if k not in TIMING}
     assert MaskSet.load(tmp_path / "a" / "mask.safetensors") == MaskSet.load(tmp_path / "b" / "mask.safetensors")
-    tasks, generations = search_plan(cfg)
+    tasks, generations = METHOD.get(method).progress_plan(cfg)
+    assert tasks is not None, f"{method} declares no progress plan"
     assert rec.phases[0] == ("search", tasks, generations) and rec.phases[1][0] == "final training"
-    assert rec.advanced["search"] == tasks  # the search bar reaches its end
-    assert len(rec.records) == told["generations_logged"] == (generations or 0)
-    assert rec.epochs == [(e, cfg.final.epochs) for e in range(1, cfg.final.epochs + 1)]
+    assert rec.advanced["search"] == tasks == submitted["search"]
+    logged = (tmp_path / "a" / "log.jsonl").read_text().splitlines() if (tmp_path / "a" / "log.jsonl").exists() else []
+    assert len(rec.records) == len(logged) == (generations or 0)
+    if METHOD.get(method).members:  # nsga2 trains its picked members, one unit each
+        assert rec.phases[1][1] == len(told["members"])
+    else:
+        assert rec.epochs == [(e, cfg.final.epochs) for e in range(1, cfg.final.epochs + 1)]
 
 
 def test_describe_shows_generation_best_fitness_and_sparsity():

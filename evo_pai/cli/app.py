@@ -11,7 +11,7 @@ from rich.table import Table
 from evo_pai.cli.one_line import resumable, run_app
 from evo_pai.core.config import load_config
 from evo_pai.core.errors import EvoPaiError
-from evo_pai.core.registry import ALL
+from evo_pai.core.registry import ALL, Method
 from evo_pai.runs.components import load_components
 from evo_pai.runs.progress import make_progress
 
@@ -168,6 +168,15 @@ def export(
     out_console.print(f"load it with {LOADERS[info['format']]}(\"{info['path']}\")", markup=False, highlight=False, soft_wrap=True)
 
 
+def declared(obj) -> str:
+    """What a method declares it reads (docs/extending.md); other components: nothing."""
+    if not isinstance(obj, Method):
+        return ""
+    params = obj.accepted_params()
+    keys = "any key" if params is None else ", ".join(sorted(params))
+    return f"\n  reads: {', '.join(obj.reads) or 'no search field'}; search.params: {keys}"
+
+
 @app.command("list")
 def list_components(
     plugin: List[str] = typer.Option([], "--plugin", help="also import this plugin module (repeatable)"),
@@ -177,7 +186,7 @@ def list_components(
     for kind, reg in ALL.items():
         table = Table(title=kind, show_header=False, title_justify="left", box=None, padding=(0, 2))
         for entry in reg:
-            table.add_row(entry.name, entry.description)
+            table.add_row(entry.name, entry.description + declared(entry.obj))
         out_console.print(table)
         out_console.print()
 
@@ -202,11 +211,16 @@ def study(
 
 
 @app.command()
-def report(study_dir: Path = typer.Argument(..., help="a folder written by `evo-pai study`")) -> None:
+def report(
+    study_dir: Path = typer.Argument(..., help="a folder written by `evo-pai study`"),
+    study_file: Optional[Path] = typer.Option(None, "--study", help="the study YAML whose compare: and targets: to use "
+                                              "(default: the study.yaml `evo-pai study` kept in the folder)"),
+) -> None:
     """Regenerate a study's tables and plots from its results.csv."""
+    from evo_pai.study.grid import load_study
     from evo_pai.study.tables import write_report
 
-    out_console.print(f"report: {write_report(study_dir)}")
+    out_console.print(f"report: {write_report(study_dir, load_study(study_file) if study_file else None)}")
 
 
 @app.command()

@@ -19,7 +19,7 @@ from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.operators.fitness import check_params as check_fitness_params
 from evo_pai.models.networks import build_model, masked_names
 from evo_pai.core.patterns import parse_pattern
-from evo_pai.core.registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION
+from evo_pai.core.registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION, Method
 from evo_pai.search.experiment import check_mutation_params, mutation_params
 from evo_pai.training.batched import bytes_per_model
 from evo_pai.training.tasks import dtype_of, initial_model
@@ -30,49 +30,54 @@ _LIVE_RESULTS = 64  # the evaluator's LRU cache of burst results (training/tasks
 
 
 def check_names(cfg: Config) -> None:
-    """Refuse unknown component names before any work starts."""
+    """Refuse unknown component names before any work starts (the search fields only where the method reads them)."""
     s = cfg.search
+    if s.method not in METHOD:
+        _unknown(METHOD, "search.method", s.method)
+    reads = METHOD.get(s.method).reads
     named = [
-        (METHOD, "search.method", s.method), (FITNESS, "search.fitness", s.fitness),
-        (MUTATION, "search.mutation", s.mutation), (CROSSOVER, "search.crossover", s.crossover),
-        (SELECTION, "search.selection", s.selection), (DATASET, "data.name", cfg.data.name),
-        (MODEL, "model.name", cfg.model.name), (BACKEND, "evaluation.backend", cfg.evaluation.backend),
+        ("search.fitness", FITNESS, "search.fitness", s.fitness), ("search.mutation", MUTATION, "search.mutation", s.mutation),
+        ("search.crossover", CROSSOVER, "search.crossover", s.crossover),
+        ("search.selection", SELECTION, "search.selection", s.selection),
+        ("search.explore", MUTATION, "search.explore_mutation", s.explore_mutation),
+        (None, DATASET, "data.name", cfg.data.name), (None, MODEL, "model.name", cfg.model.name),
+        (None, BACKEND, "evaluation.backend", cfg.evaluation.backend),
     ]
-    if s.explore_mutation:
-        named.append((MUTATION, "search.explore_mutation", s.explore_mutation))
-    for reg, key, value in named:
-        if value not in reg:
-            raise EvoPaiError(f"{key}: unknown {reg.kind} '{value}'; choose one of {', '.join(reg.names())} "
-                              "(see `evo-pai list`)")
+    for section, reg, key, value in named:
+        if (section is None or section in reads) and value and value not in reg:
+            _unknown(reg, key, value)
+
+
+def _unknown(reg, key: str, value: str) -> None:
+    raise EvoPaiError(f"{key}: unknown {reg.kind} '{value}'; choose one of {', '.join(reg.names())} (see `evo-pai list`)")
 
 
 def check_params(cfg: Config) -> None:
-    """Parameters the named functions do not take; a method's own `search.params` checks."""
+    """Parameters the named functions do not take; `search.params` keys the method does not read; its own checks."""
     s = cfg.search
-    check_fitness_params(s.fitness, s.fitness_params)
-    check_mutation_params(s.mutation, mutation_params(cfg, s.mutation), "search.mutation_params")
-    if s.explore_mutation:
-        check_mutation_params(s.explore_mutation, s.explore_params, "search.explore_params")
-    extra_epochs(cfg)
     method = METHOD.get(s.method)
-    method_check = getattr(method, "preflight", None)
-    if method_check:
-        method_check(cfg)  # e.g. nsga2: objectives, density grid, mutation names
-    if cfg.final.members != "all" and not getattr(method, "multi_member", False):
+    if "search.fitness" in method.reads:
+        check_fitness_params(s.fitness, s.fitness_params)
+    if "search.mutation" in method.reads:
+        check_mutation_params(s.mutation, mutation_params(cfg, s.mutation), "search.mutation_params")
+    if s.explore_mutation and "search.explore" in method.reads:
+        check_mutation_params(s.explore_mutation, s.explore_params, "search.explore_params")
+    method.check_params(s.method, s.params)
+    if method.preflight is not None:
+        method.preflight(cfg)  # e.g. nsga2: objectives, density grid, mutation names
+    if cfg.final.members != "all" and not method.members:
         raise EvoPaiError(f"final.members: only a method with several answers (nsga2) picks members; "
                           f"'{s.method}' has one winner — remove final.members")
     pattern = parse_pattern(cfg.masks.pattern)
-    if pattern and s.method not in ("dense", "nsga2") and 1.0 - s.sparsity > pattern[0] / pattern[1] + 1e-9:
+    # a method with several members checks its own densities in its preflight
+    if pattern and method.sparse and not method.members and 1.0 - s.sparsity > pattern[0] / pattern[1] + 1e-9:
         raise EvoPaiError(f"search.sparsity: masks.pattern {cfg.masks.pattern} keeps at most {pattern[0]} of every "
                           f"{pattern[1]} weights; use a sparsity >= {1 - pattern[0] / pattern[1]:g}")
 
 
 def extra_epochs(cfg: Config) -> float:
-    """search.params.extra_epochs: equal-epoch controls train the final mask this much longer."""
-    value = cfg.search.params.get("extra_epochs", 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise EvoPaiError(f"search.params.extra_epochs: must be a number >= 0, got {value!r}")
-    return float(value)
+    """search.params.extra_epochs: equal-epoch controls train the final mask this much longer (any method)."""
+    return Method.extra_epochs(cfg.search.params)
 
 
 def check_loggers(cfg: Config) -> None:

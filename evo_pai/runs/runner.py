@@ -5,7 +5,6 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -16,7 +15,6 @@ from evo_pai.core.errors import EvoPaiError
 from evo_pai.training.tasks import BurstTask, initial_model
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.search.experiment import Experiment, SearchOutcome
-from evo_pai.search.nsga2_init import init_tasks
 from evo_pai.core.individual import derive_seed
 from evo_pai.runs.checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
 from evo_pai.training.cost import search_flops
@@ -33,33 +31,11 @@ from evo_pai.runs.plots import plot_fitness, plot_layers
 from evo_pai.runs.folder import GenerationLog, write_atomic, write_config, write_json
 from evo_pai.runs.progress import RunProgress
 
-ProgressHook = Callable[[str, int | None], Callable[[int], None]]  # the older (label, total) -> advance
-
-
 def seed_everything(seed: int) -> None:
     """DEAP's selection operators draw from Python's `random`; seed every RNG a search touches."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def expected_search_tasks(cfg: Config) -> int | None:
-    return search_plan(cfg)[0]
-
-
-def search_plan(cfg: Config) -> tuple[int | None, int | None]:
-    """(training tasks, generations) a method's search will log, for the progress display; None: unknown."""
-    s = cfg.search
-    if s.method in ("imp",):
-        from evo_pai.search.imp import imp_schedule
-
-        rounds = len(imp_schedule(s.sparsity, float(s.params.get("prune_fraction", 0.2))))
-        return rounds + (1 if float(s.params.get("rewind_epochs", 0)) > 0 else 0), rounds
-    plans = {"kstarts": (s.population, 1), "combined": (s.population * s.generations, s.generations),
-             "dissipating": (s.dg.epochs, s.dg.epochs), "gmp": (s.dg.epochs, s.dg.epochs), "dense": (0, None),
-             "random": (0, None), "rigl": (0, None), "set": (0, None),
-             "nsga2": (s.population * s.generations + init_tasks(cfg), s.generations)}
-    return plans.get(s.method, (None, None))
 
 
 def final_training(exp: Experiment, outcome: SearchOutcome, on_epoch=None):
@@ -132,7 +108,7 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
             progress.generation(record)
 
         exp = Experiment(cfg, evaluator, data, logged)
-        tasks, generations = search_plan(cfg)
+        tasks, generations = method.progress_plan(cfg)
         progress.phase("search", tasks, generations)
         exp.progress = advance
         if out:  # the search calls this after each completed generation
@@ -172,7 +148,7 @@ def _run(cfg: Config, out: Path | None, progress: RunProgress | None, data: Data
         "method": cfg.search.method,
         "dataset": cfg.data.name,
         "model": cfg.model.name,
-        "target_sparsity": cfg.search.sparsity if cfg.search.method != "dense" else 0.0,
+        "target_sparsity": cfg.search.sparsity if method.sparse else 0.0,
         "sparsity": mask.sparsity(),
         "test_accuracy": final.metrics.get("test_accuracy"),
         "test_loss": final.metrics.get("test_loss"),
@@ -224,7 +200,7 @@ def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[d
         write_atomic(out / "model.safetensors", save({k: v.contiguous() for k, v in state.items()}))
     title = f"{summary['method']} on {summary['dataset']} ({summary['model']})"
     if records:
-        target = summary["target_sparsity"] if summary["method"] != "dense" else None
+        target = summary["target_sparsity"] or None  # an unpruned run has no target line
         plot_fitness(records, out / "fitness.png", title, target, summary.get("candidates"), summary.get("winner_index"))
     plot_layers(mask.counts(), mask.sizes(), out / "layers.png", f"final mask per layer: {title}")
     write_json(out / "summary.json", summary)

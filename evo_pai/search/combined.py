@@ -20,8 +20,8 @@ from deap import tools
 from evo_pai.core.budgets import sparsity_schedule
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.core.individual import Individual, derive_seed
-from evo_pai.core.registry import CROSSOVER, SELECTION, register_method
-from evo_pai.search.kstarts import winner_outcome
+from evo_pai.core.registry import CHECKED_FIELDS, CROSSOVER, SELECTION, register_method
+from evo_pai.search.kstarts import kstarts_population, winner_outcome
 
 
 def initial_sparsity(exp: Experiment) -> float:
@@ -69,7 +69,11 @@ def next_generation(exp: Experiment, population: list[Individual], sparsity: flo
     return children
 
 
-@register_method("combined", "K-starts population + DG mutation in an evolutionary loop (the paper's combination)")
+@register_method("combined", "K-starts population + DG mutation in an evolutionary loop (the paper's combination)",
+                 plan=lambda cfg: (cfg.search.population * cfg.search.generations, cfg.search.generations),
+                 params={}, evolutionary=True,
+                 reads=CHECKED_FIELDS + ("search.population", "search.generations", "search.burst_epochs", "search.dg",
+                                         "search.schedule", "search.initial_sparsity", "search.elite", "search.inherit"))
 def combined(exp: Experiment) -> SearchOutcome:
     s = exp.cfg.search
     p = initial_sparsity(exp) if s.generations > 1 else s.sparsity  # one generation: K-starts at target
@@ -78,7 +82,7 @@ def combined(exp: Experiment) -> SearchOutcome:
     horizon = s.generations * exp.steps(s.burst_epochs) if inherit else None
     state = exp.resume_state
     if state is None:
-        population = [Individual(exp.random_mask(p, derive_seed(exp.cfg.seed, "kstarts", i))) for i in range(s.population)]
+        population = kstarts_population(exp, p)
         start = 0
     else:
         population, start = state["population"], state["generation"] + 1

@@ -14,7 +14,14 @@ from evo_pai.core.individual import Individual, derive_seed
 from evo_pai.core.registry import register_method
 
 
-@register_method("dissipating", "train one network; after each epoch prune by search.mutation until the target")
+def epoch_plan(cfg) -> tuple[int, int]:
+    """One training task and one logged step per pruning epoch."""
+    return cfg.search.dg.epochs, cfg.search.dg.epochs
+
+
+@register_method("dissipating", "train one network; after each epoch prune by search.mutation until the target",
+                 plan=epoch_plan, params={}, evolutionary=True,
+                 reads=("search.fitness", "search.mutation", "search.dg", "search.schedule", "search.optimizer_state"))
 def dissipating(exp: Experiment) -> SearchOutcome:
     s = exp.cfg.search
     mask, state, opt = exp.dense_mask(), None, None

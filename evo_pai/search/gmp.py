@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.core.registry import register_method
-from evo_pai.search.dissipating import dissipating
+from evo_pai.search.dissipating import dissipating, epoch_plan
 
 
-@register_method("gmp", "control: the dissipating loop and schedule, pruning the smallest |w_t| (magnitude mutation)")
+@register_method("gmp", "control: the dissipating loop and schedule, pruning the smallest |w_t| (magnitude mutation)",
+                 plan=epoch_plan, params={},
+                 reads=("search.fitness", "search.dg", "search.schedule", "search.optimizer_state"))
 def gmp(exp: Experiment) -> SearchOutcome:
     cfg = exp.cfg
     # The mutation's schedule mode follows step.sparsity: DG's cubic schedule, exactly.

@@ -44,7 +44,20 @@ def imp_params(cfg) -> tuple[float, float, float]:
     return fraction, round_epochs, rewind_epochs
 
 
-@register_method("imp", "lottery ticket: train, prune 20 % of the rest by magnitude, rewind; repeat to the target")
+def imp_plan(cfg) -> tuple[int, int]:
+    """(training tasks, rounds): one per round, plus the late-rewinding run."""
+    fraction, _, rewind_epochs = imp_params(cfg)
+    rounds = len(imp_schedule(cfg.search.sparsity, fraction))
+    return rounds + (1 if rewind_epochs > 0 else 0), rounds
+
+
+IMP_PARAMS = {"prune_fraction": "share of the remaining weights pruned per round, default 0.2",
+              "round_epochs": "epochs trained per round, default final.epochs",
+              "rewind_epochs": "0: rewind to θ0; r > 0: train the dense net r epochs once and rewind to that, default 0"}
+
+
+@register_method("imp", "lottery ticket: train, prune 20 % of the rest by magnitude, rewind; repeat to the target",
+                 plan=imp_plan, params=IMP_PARAMS, preflight=imp_params, reads=("search.fitness",))
 def imp(exp: Experiment) -> SearchOutcome:
     fraction, round_epochs, rewind_epochs = imp_params(exp.cfg)
     mask, rewind = exp.dense_mask(), None
@@ -61,5 +74,3 @@ def imp(exp: Experiment) -> SearchOutcome:
     return SearchOutcome(mask, final_start=rewind, extra={"imp_rounds": len(schedule), "round_epochs": round_epochs,
                                                           "rewind_epochs": rewind_epochs})
 
-
-imp.preflight = imp_params  # runs/preflight.py calls a method's `preflight(cfg)` before the run folder exists

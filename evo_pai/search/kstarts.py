@@ -7,6 +7,13 @@ from evo_pai.core.individual import Individual, derive_seed
 from evo_pai.core.registry import register_method
 
 
+def kstarts_population(exp: Experiment, sparsity: float) -> list[Individual]:
+    """search.population random masks at `sparsity`, each drawn from a seed of its own: the K-starts
+    candidates (combined's generation 0, kstarts_sh's first rung and the predictiveness cells draw the same)."""
+    return [Individual(exp.random_mask(sparsity, derive_seed(exp.cfg.seed, "kstarts", i)))
+            for i in range(exp.cfg.search.population)]
+
+
 def candidate_table(population: list[Individual]) -> list[dict]:
     return [
         {"key": ind.key[:12], "fitness": ind.fitness.values[0], "val_accuracy": ind.metrics.get("val_accuracy")}
@@ -26,10 +33,12 @@ def winner_outcome(exp: Experiment, winner: Individual, **extra) -> SearchOutcom
     return SearchOutcome(winner.mask, replay=replay, extra=extra)
 
 
-@register_method("kstarts", "k random masks at the target sparsity over one θ0; a burst each; the fittest wins")
+@register_method("kstarts", "k random masks at the target sparsity over one θ0; a burst each; the fittest wins",
+                 plan=lambda cfg: (cfg.search.population, 1), params={}, evolutionary=True,
+                 reads=("search.fitness", "search.population", "search.burst_epochs"))
 def kstarts(exp: Experiment) -> SearchOutcome:
     s = exp.cfg.search
-    population = [Individual(exp.random_mask(s.sparsity, derive_seed(exp.cfg.seed, "kstarts", i))) for i in range(s.population)]
+    population = kstarts_population(exp, s.sparsity)
     exp.evaluate(population, progress=getattr(exp, "progress", None))
     exp.log_generation(0, population)
     # argmax with ties to the first candidate: deterministic across backends

@@ -16,7 +16,7 @@ from evo_pai.training.tasks import BurstTask
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.core.individual import Individual, derive_seed
 from evo_pai.core.registry import register_method
-from evo_pai.search.kstarts import candidate_table
+from evo_pai.search.kstarts import candidate_table, kstarts_population
 
 
 def rung_budgets(k: int, burst: float) -> list[float]:
@@ -25,10 +25,22 @@ def rung_budgets(k: int, burst: float) -> list[float]:
     return [burst / 2 ** (rungs - 1 - r) for r in range(rungs)]
 
 
-@register_method("kstarts_sh", "K-starts with successive halving: short bursts for all, longer for the fitter half")
+def halving_plan(cfg) -> tuple[int, int]:
+    """(bursts, rungs): every candidate in the first rung, the fitter half in each next one, until one is left."""
+    alive, tasks, rungs = cfg.search.population, 0, 0
+    for r, _ in enumerate(rung_budgets(alive, cfg.search.burst_epochs)):
+        if r > 0 and alive == 1:
+            break
+        tasks, rungs, alive = tasks + alive, rungs + 1, max(1, alive // 2)
+    return tasks, rungs
+
+
+@register_method("kstarts_sh", "K-starts with successive halving: short bursts for all, longer for the fitter half",
+                 plan=halving_plan, params={}, evolutionary=True,
+                 reads=("search.fitness", "search.population", "search.burst_epochs", "search.optimizer_state"))
 def kstarts_sh(exp: Experiment) -> SearchOutcome:
     s = exp.cfg.search
-    population = [Individual(exp.random_mask(s.sparsity, derive_seed(exp.cfg.seed, "kstarts", i))) for i in range(s.population)]
+    population = kstarts_population(exp, s.sparsity)
     alive = list(range(len(population)))
     states: dict[int, dict | None] = {i: None for i in alive}
     opts: dict[int, dict | None] = {i: None for i in alive}

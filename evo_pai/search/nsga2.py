@@ -22,7 +22,7 @@ from evo_pai.core.registry import register_method
 from evo_pai.training.carry import Carry
 from evo_pai.training.tasks import BurstTask
 from evo_pai.search.experiment import Experiment, SearchOutcome
-from evo_pai.search.nsga2_init import draw, initial_population, lineage_horizon, prune_to_level
+from evo_pai.search.nsga2_init import draw, init_tasks, initial_population, lineage_horizon, prune_to_level
 from evo_pai.search.objectives import Costs, density_levels, preflight
 
 
@@ -122,7 +122,15 @@ def front_record(front: list[Individual], names: list[str]) -> list[dict]:
     return rows
 
 
-@register_method("nsga2", "NSGA-II over many densities: the accuracy-sparsity front in one search (search.nsga2)")
+def nsga2_plan(cfg) -> tuple[int, int]:
+    """Generation 0's trajectory, then one burst per member and generation."""
+    s = cfg.search
+    return s.population * s.generations + init_tasks(cfg), s.generations
+
+
+@register_method("nsga2", "NSGA-II over many densities: the accuracy-sparsity front in one search (search.nsga2)",
+                 plan=nsga2_plan, params={}, preflight=preflight, members=True, evolutionary=True,
+                 reads=("search.nsga2", "search.population", "search.generations", "search.burst_epochs", "search.inherit"))
 def nsga2(exp: Experiment) -> SearchOutcome:
     s = exp.cfg.search
     names = list(s.nsga2.objectives)
@@ -159,6 +167,3 @@ def _log(exp: Experiment, g: int, population: list[Individual], names: list[str]
     front = tools.sortNondominated(population, len(population), first_front_only=True)[0]
     exp.log_generation(g, population, front=front_record(front, names), **extra)
 
-
-nsga2.preflight = preflight  # type: ignore[attr-defined]  # checked before a run folder exists
-nsga2.multi_member = True  # type: ignore[attr-defined]  # the runner trains several members

@@ -8,15 +8,19 @@ Equal-epoch controls use `search.params.extra_epochs` (read by the runner, any m
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.core.individual import derive_seed
 from evo_pai.operators.pruners import ScoreContext, prune
-from evo_pai.core.registry import register_method
+from evo_pai.core.registry import COMMON_PARAMS, PRUNER, register_method
 
-RUNNER_KEYS = ("extra_epochs",)  # search.params read by the runner, not by the scorer
+RUNNER_KEYS = tuple(COMMON_PARAMS)  # search.params read by the runner, not by the scorer
+ONE_SHOT_PARAMS = {"examples": "scoring examples for data-dependent pruners, default 1280",
+                   "budget": "the ranking's layer budget (erk, uniform or global), default masks.budget"}
 
 
 def score_context(exp: Experiment, examples: int) -> ScoreContext:
@@ -43,8 +47,17 @@ def one_shot(exp: Experiment, pruner: str) -> SearchOutcome:
     return SearchOutcome(mask, extra={"pruner": pruner, "prune_budget": budget, "scoring_examples": len(ctx.y)})
 
 
+def scorer_params(pruner: str) -> dict[str, str]:
+    """The search.params a one-shot method reads: its own, then the keywords the scorer takes."""
+    scorer = PRUNER.get(pruner)
+    own = dict(ONE_SHOT_PARAMS, **({"iterations": "pruning rounds, default 100"} if getattr(scorer, "iterative", False) else {}))
+    sig = list(inspect.signature(scorer).parameters.values())[2:]  # (ctx, mask, **params)
+    return {**own, **{p.name: f"the scorer's keyword, default {p.default}" for p in sig if p.default is not p.empty}}
+
+
 def _register(name: str, description: str) -> None:
-    register_method(name, description)(lambda exp: one_shot(exp, name))
+    register_method(name, description, plan=lambda cfg: (0, None), params=scorer_params(name), reads=())(
+        lambda exp: one_shot(exp, name))
 
 
 _register("magnitude", "one-shot: keep the largest |θ0| (layer budget from masks.budget)")

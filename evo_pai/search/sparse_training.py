@@ -28,11 +28,14 @@ def dynamic_outcome(exp: Experiment, grow: Grow) -> SearchOutcome:
     return SearchOutcome(mask, dynamic=spec, extra={"initial_mask": mask.hash()})
 
 
-@register_method("rigl", "RigL: a random mask trained while dropping the smallest |w| and regrowing the largest |g|")
+DYNAMIC = {"plan": lambda cfg: (0, None), "params": {}, "reads": ("search.dst",)}  # no search: it all happens in the final training
+
+
+@register_method("rigl", "RigL: a random mask trained while dropping the smallest |w| and regrowing the largest |g|", **DYNAMIC)
 def rigl(exp: Experiment) -> SearchOutcome:
     return dynamic_outcome(exp, "gradient")
 
 
-@register_method("set", "SET: a random mask trained while dropping the smallest |w| and regrowing at random")
+@register_method("set", "SET: a random mask trained while dropping the smallest |w| and regrowing at random", **DYNAMIC)
 def sparse_evolutionary_training(exp: Experiment) -> SearchOutcome:
     return dynamic_outcome(exp, "random")

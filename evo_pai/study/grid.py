@@ -25,14 +25,6 @@ from evo_pai.core.registry import METHOD
 from evo_pai.runs.components import load_components
 from evo_pai.runs.folder import config_hash, write_atomic
 
-CSV_FIELDS = [
-    "label", "method", "target_sparsity", "seed", "sparsity", "test_accuracy", "val_accuracy",
-    "search_model_epochs", "final_epochs", "extra_epochs", "train_model_epochs", "search_flops_dense",
-    "search_flops_sparse", "inference_flops_sparse", "inference_flops_dense", "compute_saved_ratio",
-    "search_seconds", "final_seconds", "wall_seconds", "cell",
-]
-EVO_METHODS = ("kstarts", "kstarts_sh", "dissipating", "combined")  # evo-pai's searches, for the targets
-
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -47,10 +39,18 @@ class MethodSpec(_Spec):
 
 
 class PredictivenessSpec(_Spec):
-    method: str = "kstarts"  # the label of the K-starts row whose recipe (population, burst) is used
+    method: str  # the label of the K-starts row whose recipe (population, burst) is used
     sparsities: list[float] = []
     seeds: list[int] = []
     fitnesses: list[str] | None = None  # default: every registered fitness
+
+
+class TargetsSpec(_Spec):
+    """Targets the report checks (MET / MISSED); each names methods of the study's rows."""
+    sparsities: list[float] = [0.95, 0.98]  # where T1 and T2 are checked
+    baselines: list[str] = []  # T1: the best evolutionary row must match each of these methods within one std
+    reference: str | None = None  # T2: matched within 0.3 pt at <= 1/5 of its training compute (e.g. imp)
+    cheaper: tuple[str, str] | None = None  # T3: [a, b]: method a loses <= 0.3 pt to b at >= 2x less search compute
 
 
 class StudySpec(_Spec):
@@ -60,6 +60,8 @@ class StudySpec(_Spec):
     seeds: list[int] = Field(..., min_length=1)
     methods: list[str | MethodSpec] = Field(..., min_length=1)
     predictiveness: PredictivenessSpec | None = None
+    compare: list[tuple[str, str, str]] = []  # [a, b, question]: the report's paired differences a − b (row labels)
+    targets: TargetsSpec | None = None
     jobs: int = Field(1, ge=1)  # cells run in parallel (processes)
     threads: int = Field(1, ge=1)  # torch threads per process
 
@@ -133,7 +135,7 @@ def grid(spec: StudySpec) -> list[Cell]:
                 if seed not in (m.seeds or spec.seeds) or sparsity not in (m.sparsities or spec.sparsities):
                     continue
                 cfg = cell_config(spec, m, sparsity, seed)
-                if cfg.search.method == "dense":
+                if not METHOD.get(cfg.search.method).sparse:
                     if sparsity != spec.sparsities[0] and not m.sparsities:
                         continue  # dense ignores the sparsity: once per seed
                     cfg = cell_config(spec, m, 0.0, seed)

@@ -117,6 +117,15 @@ def preflight_study(spec: StudySpec) -> list[Cell]:
     return cells
 
 
+def save_study(spec: StudySpec, root: Path) -> None:
+    """The study file as run, beside results.csv: `evo-pai report` reads its comparisons and targets."""
+    import yaml
+
+    from evo_pai.study.tables import STUDY_FILE
+
+    write_atomic(root / STUDY_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True).encode())
+
+
 def _clock() -> str:
     return time.strftime("%H:%M:%S")
 
@@ -136,6 +145,7 @@ def run_study(spec: StudySpec, root: Path, jobs: int | None = None, say: Callabl
     check_unlocked(root, "study")
     root.mkdir(parents=True, exist_ok=True)
     with FolderLock(root, "study"):
+        save_study(spec, root)
         return _run_locked(spec, root, cells, groups, jobs or spec.jobs, say)
 
 
@@ -183,7 +193,7 @@ def _run_locked(spec: StudySpec, root: Path, cells: list[Cell], groups: list, jo
         first = errors[0] if errors else "no cell finished"
         raise EvoPaiError(f"study '{spec.name}': every cell failed; the first: {first}; every cause is in "
                           f"{root / 'errors.txt'} and each cell's error.txt")
-    write_report(root)
+    write_report(root, spec)
     return {"cells": len(cells), "ran": len(todo), "errors": len(errors)}
 
 

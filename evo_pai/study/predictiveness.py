@@ -57,7 +57,8 @@ def run_predictiveness_group(group: Group, root: Path, threads: int) -> str | No
     from evo_pai.evaluation.base import make_evaluator
     from evo_pai.search.experiment import Experiment
     from evo_pai.operators.fitness import score
-    from evo_pai.core.individual import Individual, derive_seed
+    from evo_pai.core.individual import derive_seed
+    from evo_pai.search.kstarts import kstarts_population
     from evo_pai.runs.runner import extra_epochs, seed_everything
     from evo_pai.runs.components import load_components
     from evo_pai.runs.folder import write_json
@@ -74,8 +75,7 @@ def run_predictiveness_group(group: Group, root: Path, threads: int) -> str | No
     try:
         with make_evaluator(cfg, data) as evaluator:
             exp = Experiment(cfg, evaluator, data)
-            population = [Individual(exp.random_mask(cfg.search.sparsity, derive_seed(cfg.seed, "kstarts", i)))
-                          for i in range(cfg.search.population)]
+            population = kstarts_population(exp, cfg.search.sparsity)
             bursts = exp.evaluate(population)
             final_seed = derive_seed(cfg.seed, "final")
             rows = []

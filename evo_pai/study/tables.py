@@ -15,21 +15,8 @@ from pathlib import Path
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.study.predictiveness import read_csv, spearman_table
 from evo_pai.runs.folder import write_atomic
-from evo_pai.study.grid import EVO_METHODS
+from evo_pai.study.grid import StudySpec, TargetsSpec
 
-ONE_SHOT = ("random", "magnitude", "snip", "grasp", "synflow")
-CLAIMS = [  # (a, b, question): paired differences a − b over seeds
-    ("kstarts", "random", "K-starts beats random pruning"),
-    ("dissipating", "random", "DG beats random pruning"),
-    ("combined", "kstarts", "the combination beats K-starts"),
-    ("combined", "dissipating", "the combination beats DG"),
-    ("combined", "random", "the combination beats random pruning"),
-    ("dissipating", "gmp", "DG's criterion beats magnitude on the same schedule"),
-    ("dissipating_sched", "gmp", "DG's criterion beats magnitude, both on the cubic schedule"),
-    ("dissipating_cont", "dissipating", "no retraining needed: DG continued (10 epochs in all) vs retrained from θ0"),
-    ("dissipating_cont", "random", "DG without retraining beats random pruning at equal total epochs"),
-    ("kstarts_sh", "kstarts", "successive halving keeps K-starts' accuracy"),
-]
 
 
 def _f(x) -> float | None:
@@ -44,6 +31,7 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
+STUDY_FILE = "study.yaml"  # the study file as run, kept in the study folder for `evo-pai report`
 REQUIRED = ("label", "method", "target_sparsity", "seed", "test_accuracy")  # what every table reads
 NUMERIC = {"target_sparsity": float, "seed": int}  # read strictly; the measured columns may be empty
 
@@ -89,7 +77,8 @@ def group(rows: list[dict], field: str) -> dict[tuple[str, float], list[float]]:
 def layout(rows: list[dict]) -> tuple[list[str], list[float], set[str]]:
     """Row labels in first-seen order; the pruned sparsities; labels whose method is dense."""
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    dense = {r["label"] for r in rows if r["method"] == "dense"}
+    pruned = {r["label"] for r in rows if float(r["target_sparsity"]) > 0}
+    dense = set(labels) - pruned  # unpruned rows (target sparsity 0): one column, a reference in every column
     sparsities = sorted({float(r["target_sparsity"]) for r in rows if r["label"] not in dense})
     return labels, sparsities, dense
 
@@ -154,11 +143,12 @@ def paired(rows: list[dict], a: str, b: str, s: float) -> tuple[float, float, in
     return m, sd, n, sum(d > 0 for d in diffs)
 
 
-def claims_table(rows: list[dict]) -> str:
+def claims_table(rows: list[dict], compare: list[tuple[str, str, str]]) -> str:
+    """The study file's `compare:` pairs (row labels a, b, the question), those with both rows present."""
     labels, sparsities, _ = layout(rows)
     lines = ["| comparison (a − b) | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
              "|---|" + "---|" * len(sparsities)]
-    for a, b, question in CLAIMS:
+    for a, b, question in compare:
         if a not in labels or b not in labels:
             continue
         cells = []
@@ -169,41 +159,45 @@ def claims_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def targets(rows: list[dict]) -> list[str]:
-    """The issue's three targets, checked from the numbers; 'n/a' where a needed row is missing."""
+def targets(rows: list[dict], spec: TargetsSpec, evolutionary: set[str]) -> list[str]:
+    """The study file's targets, checked from the numbers; 'n/a' where a needed row is missing.
+    `evolutionary`: the methods that declare themselves evolutionary searches (T1 and T2 pick among their rows)."""
     acc, cost = group(rows, "test_accuracy"), group(rows, "train_model_epochs")
     search = group(rows, "search_model_epochs")
     labels, sparsities, _ = layout(rows)
     method_of = {r["label"]: r["method"] for r in rows}
-    evo = [lab for lab in labels if method_of[lab] in EVO_METHODS]
-    base = [lab for lab in labels if method_of[lab] in ONE_SHOT + ("gmp", "rigl", "set")]
+    evo = [lab for lab in labels if method_of[lab] in evolutionary]
+    base = [lab for lab in labels if method_of[lab] in spec.baselines]
     out = []
-    for s in [x for x in (0.95, 0.98) if x in sparsities]:
+    for s in [x for x in spec.sparsities if x in sparsities]:
         have = [lab for lab in evo if acc.get((lab, s))]
-        if not have:
+        if spec.baselines and not have:
             out.append(f"- T1 at {100 * s:g} %: n/a (no evo-pai search row)")
-        else:
+        elif spec.baselines:
             top = max(have, key=lambda lab: statistics.fmean(acc[(lab, s)]))
             m, sd, _ = _stats(acc[(top, s)])
             worse = [lab for lab in base if acc.get((lab, s)) and statistics.fmean(acc[(lab, s)]) > m + sd]
             verdict = "MET" if not worse else "MISSED (beaten by " + ", ".join(worse) + ")"
             out.append(f"- T1 at {100 * s:g} %: best evo-pai search is {top} ({100 * m:.2f} ± {100 * sd:.2f}); "
-                       f"at least as accurate as every one-shot baseline, gmp, rigl and set (those present) "
+                       f"at least as accurate as every one of {', '.join(spec.baselines)} (those present) "
                        f"within one std: {verdict}")
-        imp = [lab for lab in labels if method_of[lab] == "imp" and acc.get((lab, s))]
-        if not imp or not have:
-            out.append(f"- T2 at {100 * s:g} %: n/a (needs imp and an evo-pai search)")
+        if spec.reference is None:
+            continue
+        ref = [lab for lab in labels if method_of[lab] == spec.reference and acc.get((lab, s))]
+        if not ref or not have:
+            out.append(f"- T2 at {100 * s:g} %: n/a (needs {spec.reference} and an evo-pai search)")
         else:
-            out.append(_t2(acc, cost, search, imp[0], have, s))
-    sh = [lab for lab in labels if method_of[lab] == "kstarts_sh"]
-    ks = [lab for lab in labels if method_of[lab] == "kstarts"]
+            out.append(_t2(acc, cost, search, ref[0], have, s))
+    cheap, full = spec.cheaper or (None, None)
+    sh = [lab for lab in labels if method_of[lab] == cheap]
+    ks = [lab for lab in labels if method_of[lab] == full]
     if sh and ks:
         for s in sparsities:
             if acc.get((sh[0], s)) and acc.get((ks[0], s)) and search.get((sh[0], s)):
                 loss = statistics.fmean(acc[(ks[0], s)]) - statistics.fmean(acc[(sh[0], s)])
                 ratio = statistics.fmean(search[(ks[0], s)]) / max(1e-12, statistics.fmean(search[(sh[0], s)]))
                 ok = loss <= 0.003 and ratio >= 2.0
-                out.append(f"- T3 at {100 * s:g} %: kstarts_sh loses {100 * loss:+.2f} pt at {ratio:.2f}× less search "
+                out.append(f"- T3 at {100 * s:g} %: {cheap} loses {100 * loss:+.2f} pt at {ratio:.2f}× less search "
                            f"compute: {'MET' if ok else 'MISSED'}")
     return out
 
@@ -242,6 +236,14 @@ def predictiveness_section(root: Path) -> str:
         rank = "–" if t["pick_rank"] is None else f"{t['pick_rank']:.1f} of {t['candidates']:.0f}"
         lines.append(f"| {t['fitness']} | {t['cells']} | {rho} | {gain} | {rank} |")
     return "\n".join(lines)
+
+
+def saved_study(root: Path) -> StudySpec | None:
+    """The study file `evo-pai study` copied into its folder (None for a folder without one)."""
+    from evo_pai.study.grid import load_study
+
+    path = root / STUDY_FILE
+    return load_study(path) if path.is_file() else None
 
 
 MARKERS = "osD^v<>pP*XhdH8"
@@ -328,8 +330,22 @@ def plot_accuracy_vs_compute(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(root: Path) -> Path:
+def evolutionary_methods(spec: StudySpec) -> set[str]:
+    """The registered methods (built-ins and the study's plugins) that declare themselves evolutionary searches."""
+    from evo_pai.core.registry import METHOD
+    from evo_pai.runs.components import load_components
+
+    load_components(spec.base.get("plugins", []))
+    return {e.name for e in METHOD if e.obj.evolutionary}
+
+
+def write_report(root: Path, spec: StudySpec | None = None) -> Path:
+    """report.md and the plots from results.csv; the comparisons and targets from the study file
+    (`spec`, else the study.yaml `evo-pai study` keeps in the folder)."""
     rows = load_results(root)
+    spec = spec if spec is not None else saved_study(root)
+    compare = list(spec.compare) if spec else []
+    checks = targets(rows, spec.targets, evolutionary_methods(spec)) if spec and spec.targets else []
     seeds = sorted({int(r["seed"]) for r in rows})
     parts = [
         f"# Study report: {root.name}", "",
@@ -343,9 +359,9 @@ def write_report(root: Path) -> Path:
         compute_table(rows), "",
         "## Paired comparisons (same seed, same θ0)", "",
         "Mean ± std over seeds of the test-accuracy difference in points, and (seeds where a wins / seeds).", "",
-        claims_table(rows), "",
+        claims_table(rows, compare) if compare else "None declared: list them under `compare:` in the study file.", "",
         "## Targets", "",
-        *targets(rows), "",
+        *(checks or ["None declared: see `targets:` in docs/results.md's 'Study files'."]), "",
     ]
     pred = predictiveness_section(root)
     if pred:
