@@ -20,7 +20,7 @@ from torch import nn
 from evo_pai.core.config import ModelConfig
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import MODEL, register_model
-from evo_pai.models.prunable import (WEIGHTED, ParamRole, masked_names, masked_roles, output_layer_name,  # noqa: F401
+from evo_pai.models.prunable import (ATTENTION_WEIGHTS, WEIGHTED, ParamRole, masked_names, masked_roles, output_layer_name,  # noqa: F401
                                      parameter_roles, prunable_names)
 from evo_pai.models.shapes import flat_size as _flat_size, image_shape as _image_shape
 
@@ -146,8 +146,8 @@ def _param_name(module_name: str, attr: str) -> str:
 def count_flops(
     model: nn.Module, input_shape: Sequence[int], masks: dict[str, torch.Tensor] | None = None
 ) -> dict[str, int]:
-    """Forward FLOPs (2 per multiply-add) of the Linear and Conv layers for one example (modules
-    called in forward; nn.MultiheadAttention multiplies its weights without calling them: not counted).
+    """Forward FLOPs (2 per multiply-add) of the weights of Linear, Conv and MultiheadAttention layers
+    (its projections; the score and value products multiply no weight) for one example.
 
     `sparse` counts only the weights kept by `masks` (param name -> bool mask of the weight's
     shape); layers without a mask count as dense.
@@ -171,7 +171,23 @@ def count_flops(
         if name in params and tuple(mask.shape) != tuple(params[name].shape):
             raise EvoPaiError(f"mask '{name}' has shape {tuple(mask.shape)} but the weight is {tuple(params[name].shape)}")
 
+    def attention_hook(name: str):
+        def hook(module: nn.MultiheadAttention, inputs: tuple, output: tuple) -> None:
+            # its projections multiply each token by their weights (out_proj is never called as a module)
+            tokens = output[0].numel() // module.embed_dim
+            for attr in (*ATTENTION_WEIGHTS, "out_proj.weight"):
+                w = module.get_parameter(attr) if attr == "out_proj.weight" else getattr(module, attr, None)
+                if w is not None:
+                    full = _param_name(name, attr)
+                    kept = int(masks[full].count_nonzero()) if full in masks else w.numel()
+                    totals["dense"] += 2 * w.numel() * tokens
+                    totals["sparse"] += 2 * kept * tokens
+
+        return hook
+
     handles = [m.register_forward_hook(hook_for(_param_name(n, "weight"))) for n, m in _weighted_modules(model)]
+    handles += [m.register_forward_hook(attention_hook(n)) for n, m in model.named_modules()
+                if isinstance(m, nn.MultiheadAttention)]
     was_training = model.training
     param = next(model.parameters(), None)
     dummy = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu",

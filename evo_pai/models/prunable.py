@@ -10,6 +10,7 @@ table `parameter_roles` returns.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Sequence
@@ -30,6 +31,7 @@ class ParamRole:
     shape: tuple[int, ...]
     prunable: bool
     why: str
+    rule: str  # weight | attention | normalization | embedding | bias | output | include | exclude | other
 
 
 def output_layer_name(model: nn.Module) -> str:
@@ -40,22 +42,22 @@ def output_layer_name(model: nn.Module) -> str:
     return f"{linears[-1]}.weight" if linears[-1] else "weight"
 
 
-def _default(module: nn.Module, attr: str, include_bias: bool) -> tuple[bool, str]:
-    """(prunable, why) for parameter `attr` of `module` by the built-in rule."""
+def _default(module: nn.Module, attr: str, include_bias: bool) -> tuple[bool, str, str]:
+    """(prunable, why, rule) for parameter `attr` of `module` by the built-in rule."""
     kind = type(module).__name__
     if isinstance(module, NORMS):
-        return False, f"{kind} {attr} (normalization: never pruned)"
+        return False, f"{kind} {attr} (normalization: never pruned)", "normalization"
     if isinstance(module, EMBEDDINGS):
-        return False, f"{kind} {attr} (embedding: never pruned by default)"
+        return False, f"{kind} {attr} (embedding: never pruned by default)", "embedding"
     if isinstance(module, WEIGHTED) and attr == "weight":
-        return True, f"{kind} weight"
+        return True, f"{kind} weight", "weight"
     if isinstance(module, nn.MultiheadAttention) and attr in ATTENTION_WEIGHTS:
-        return True, f"{kind} {attr}"
+        return True, f"{kind} {attr}", "attention"
     if attr in ("bias", "in_proj_bias") and isinstance(module, (*WEIGHTED, nn.MultiheadAttention)):
         if include_bias:
-            return True, f"{kind} {attr} (masks.include_bias)"
-        return False, f"{kind} {attr} (bias: masks.include_bias is false)"
-    return False, f"{kind} {attr} (not a Linear, Conv or attention weight)"
+            return True, f"{kind} {attr} (masks.include_bias)", "bias"
+        return False, f"{kind} {attr} (bias: masks.include_bias is false)", "bias"
+    return False, f"{kind} {attr} (not a Linear, Conv or attention weight)", "other"
 
 
 def parameter_roles(model: nn.Module, include_output: bool = True, include_bias: bool = False,
@@ -66,16 +68,16 @@ def parameter_roles(model: nn.Module, include_output: bool = True, include_bias:
     roles = []
     for name, p in model.named_parameters():
         mod_name, _, attr = name.rpartition(".")
-        prunable, why = _default(modules[mod_name], attr, include_bias)
+        prunable, why, rule = _default(modules[mod_name], attr, include_bias)
         if name == out_name:
-            prunable, why = False, "output layer (masks.include_output is false)"
+            prunable, why, rule = False, "output layer (masks.include_output is false)", "output"
         hit = next((pat for pat in include if fnmatchcase(name, pat)), None)
         if hit is not None:
-            prunable, why = True, f"masks.include '{hit}' (by default: {why})"
+            prunable, why, rule = True, f"masks.include '{hit}' (by default: {why})", "include"
         hit = next((pat for pat in exclude if fnmatchcase(name, pat)), None)
         if hit is not None:
-            prunable, why = False, f"masks.exclude '{hit}'"
-        roles.append(ParamRole(name, tuple(p.shape), prunable, why))
+            prunable, why, rule = False, f"masks.exclude '{hit}'", "exclude"
+        roles.append(ParamRole(name, tuple(p.shape), prunable, why, rule))
     return roles
 
 
@@ -104,4 +106,20 @@ def masked_names(model: nn.Module, masks) -> list[str]:
 
 def roles_table(roles: Sequence[ParamRole]) -> list[dict]:
     """The summary's layer list: one row per parameter."""
-    return [{"name": r.name, "shape": list(r.shape), "prunable": r.prunable, "why": r.why} for r in roles]
+    return [{"name": r.name, "shape": list(r.shape), "prunable": r.prunable, "why": r.why, "rule": r.rule}
+            for r in roles]
+
+
+def roles_brief(rows: Sequence[dict]) -> str:
+    """One line from `roles_table` rows: how many tensors and values a mask covers, what is left out and why."""
+    size = {id(r): math.prod(r["shape"]) for r in rows}
+    kept = [r for r in rows if r["prunable"]]
+    left: dict[str, int] = {}
+    for r in rows:
+        if not r["prunable"]:
+            left[r["rule"]] = left.get(r["rule"], 0) + 1
+    line = (f"{len(kept)} of {len(rows)} tensors, {sum(size[id(r)] for r in kept):,} of "
+            f"{sum(size.values()):,} values")
+    if left:
+        line += "; not pruned: " + ", ".join(f"{n} {rule}" for rule, n in left.items())
+    return line

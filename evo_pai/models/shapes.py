@@ -27,6 +27,8 @@ def flat_size(features: nn.Module, input_shape: tuple[int, ...], model: str) -> 
     try:
         with torch.no_grad():
             out = features(torch.zeros(1, *input_shape))
+    except RuntimeError:  # a pooling layer with nothing left to pool
+        out = torch.zeros(0)
     finally:
         features.train(was_training)
     if out.numel() == 0:

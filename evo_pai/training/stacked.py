@@ -124,6 +124,8 @@ class StackedForward:
     def __init__(self, model: nn.Module, model_name: str, input_shape: Sequence[int] | None = None,
                  batch_size: int = 128, conv_mode: str = "auto"):
         for name, m in model.named_modules():
+            if isinstance(m, nn.MultiheadAttention):  # masked by name in the sequential trainer only
+                raise _refuse(model_name, f"has a MultiheadAttention layer ({name})")
             if isinstance(m, _BATCH_NORM) and m.momentum is None:
                 raise _refuse(model_name, f"has {type(m).__name__} layers ({name}) with momentum None "
                                           "(a cumulative average)")
