@@ -41,6 +41,29 @@ def test_known_parameter_counts():
     assert n_params("conv4", (3, 32, 32)) == 2_425_930
 
 
+def test_cifar_models_match_open_lth_counts():
+    """open_lth's own tests count cifar_resnet_20 at 272,474 (conv1x1 + BN shortcuts) and cifar_vgg_16
+    at 14,728,266 parameters for CIFAR-10; He et al.'s option-A resnet20 (our default) has 269,722."""
+    def n_params(name: str, **params) -> int:
+        model = build_model(ModelConfig(name=name, params=params), (3, 32, 32), 10)
+        return sum(p.numel() for p in model.parameters())
+
+    assert n_params("resnet20", shortcut="projection") == 272_474
+    assert n_params("resnet20") == 269_722
+    assert n_params("vgg16") == 14_728_266
+    # width scales every stage: 4x fewer channels, ~16x fewer weights
+    assert n_params("resnet20", width=4) < 20_000 and n_params("vgg16", width=16) < 1_000_000
+    model = build_model(ModelConfig(name="vgg16", params={"width": 8}), (1, 28, 28), 10)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10) and model.fc.in_features == 64
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 13
+    with pytest.raises(EvoPaiError, match="too small"):
+        build_model(ModelConfig(name="vgg16"), (1, 8, 8), 10)
+    with pytest.raises(EvoPaiError, match="model.params.width"):
+        build_model(ModelConfig(name="resnet20", params={"width": 0}), (3, 32, 32), 10)
+    with pytest.raises(EvoPaiError, match="model.params.shortcut"):
+        build_model(ModelConfig(name="resnet20", params={"shortcut": "b"}), (3, 32, 32), 10)
+
+
 def test_mlp_vector_input_and_hidden_param():
     model = build_model(ModelConfig(name="mlp", params={"hidden": [16]}), (20,), 4)
     assert model(torch.randn(3, 20)).shape == (3, 4)

@@ -24,7 +24,7 @@ REFUSED = [  # (--set overrides, needle in the one line)
     (["evaluation.backend=ray", "evaluation.cpus_per_actor=4096"], "evaluation.cpus_per_actor"),
     (["evaluation.backend=vectorized", "model.name=resnet20", "data.name=synthetic",
       "data.params={dim: 3}"], "model 'resnet20'"),
-    (["evaluation.backend=vectorized", "model.name=resnet20"], "BatchNorm"),
+    (["masks.include=[stages.*.bn9.weight]", "model.name=resnet20"], "masks.include"),
     (["evaluation.backend=vectorized", "evaluation.max_memory_gb=0.000001"], "evaluation.max_memory_gb"),
     (["search.fitness_params={beta: 2}"], "search.fitness_params"),
     (["search.explore_mutation=nope"], "search.explore_mutation"),

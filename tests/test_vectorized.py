@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from evo_pai.core.config import build_config
 from evo_pai.data.datasets import load_data
 from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.registry import MODEL, register_model
 from evo_pai.training.tasks import BurstTask
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
 from evo_pai.evaluation.vectorized import BatchedTrainer, plan_chunk
@@ -137,20 +139,36 @@ def test_search_with_vectorized_backend_matches_local(tmp_path):
     assert MaskSet.load(tmp_path / "local" / "mask.safetensors") == MaskSet.load(tmp_path / "vectorized" / "mask.safetensors")
 
 
-def test_batchnorm_model_is_refused_with_one_line():
-    raw = raw_for("resnet20", "float32")
-    raw["data"] = {"name": "digits"}
-    with pytest.raises(EvoPaiError, match=r"model 'resnet20' has BatchNorm2d.*use evaluation.backend local, or ray with evaluation.actor_trainer sequential"):
+class LayerNormNet(nn.Module):
+    """A plugin model the vectorized backend cannot batch (LayerNorm normalises across features)."""
+
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.fc, self.norm, self.out = nn.Linear(features, 8), nn.LayerNorm(8), nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.out(self.norm(self.fc(x.flatten(1))))
+
+
+if "test_layernorm_net" not in MODEL:
+    register_model("test_layernorm_net", "a plugin model with LayerNorm (tests)")(
+        lambda input_shape, num_classes: LayerNormNet(math.prod(input_shape), num_classes))
+
+
+def test_unbatchable_norm_model_is_refused_with_one_line():
+    raw = raw_for("mlp", "float32")
+    raw["model"] = {"name": "test_layernorm_net"}
+    with pytest.raises(EvoPaiError, match=r"model 'test_layernorm_net' has LayerNorm.*use evaluation.backend local, or ray with evaluation.actor_trainer sequential"):
         make_evaluator(build_config({**raw, "evaluation": {"backend": "vectorized", "device": "cpu"}}))
 
 
 def test_cli_refusal_exit_code_2(tmp_path):
     proc = run_cli("run", "configs/quickstart.yaml", "--set", "evaluation.backend=vectorized",
-                   "--set", "model.name=resnet20", "--out", str(tmp_path / "run"), "--quiet")
+                   "--set", "evaluation.max_memory_gb=0.000001", "--out", str(tmp_path / "run"), "--quiet")
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "resnet20" in lines[0] and "evaluation.backend local" in lines[0]
-    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and "evaluation.max_memory_gb" in lines[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_unbatchable_layers_are_refused():
@@ -182,14 +200,14 @@ def test_memory_estimate_covers_stacked_state():
 
 
 def test_ray_actor_trainer_resolution():
-    """auto: batched where the model allows it, else one by one; vectorized for resnet20: the refusal."""
+    """auto: batched where the model allows it (BatchNorm too), else one by one; vectorized for a
+    LayerNorm model: the refusal."""
     from evo_pai.training.tasks import initial_model
     from evo_pai.evaluation.ray import actor_trainer
 
     for model, choice, expected in [("mlp", "auto", "vectorized"), ("mlp", "sequential", "sequential"),
-                                    ("resnet20", "auto", "sequential")]:
+                                    ("resnet20", "auto", "vectorized"), ("test_layernorm_net", "auto", "sequential")]:
         raw = raw_for(model, "float32", actor_trainer=choice)
-        raw["data"] = {"name": "digits"} if model == "resnet20" else raw["data"]
         cfg = build_config(raw)
         data = load_data(cfg.data)
         assert actor_trainer(cfg, initial_model(cfg, data), data) == expected, (model, choice)

@@ -179,6 +179,24 @@ def list_components(
         out_console.print()
 
 
+@app.command("list-layers")
+def list_layers(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/cifar10_resnet20.yaml"),
+    set_: List[str] = typer.Option([], "--set", help="override a key: --set masks.exclude='[conv1.weight]' (repeatable)"),
+) -> None:
+    """Print every parameter of the config's model: prunable or not, and why (masks.include / exclude)."""
+    from evo_pai.models.prunable import roles_brief
+    from evo_pai.runs.layer_list import parameter_rows
+
+    rows = parameter_rows(load_config(config, list(set_)))
+    cells = [("parameter", "shape", "prunable", "why")] + [
+        (r["name"], "x".join(map(str, r["shape"])) or "scalar", "yes" if r["prunable"] else "no", r["why"]) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(3)]
+    for c in cells:  # plain aligned lines, never wrapped: greppable, whatever the terminal's width
+        print("  ".join(x.ljust(w) for x, w in zip(c[:3], widths)) + "  " + c[3])
+    out_console.print(roles_brief(rows), markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def study(
     config: Path = typer.Argument(..., help="study YAML, e.g. configs/study_fmnist.yaml"),

@@ -41,6 +41,10 @@ class MaskConfig(_Section):
     budget: Literal["erk", "uniform", "global"] = "erk"
     include_output: bool = True
     include_bias: bool = False
+    # glob patterns (fnmatch) on parameter names: make matching parameters prunable / not, over the
+    # defaults (models/prunable.py; `evo-pai list-layers CONFIG` shows the result); exclude wins
+    include: list[str] = []
+    exclude: list[str] = []
     min_output_fan_in: int = Field(1, ge=0)  # every output class keeps at least this many inputs
     allow_empty_layers: bool = False
     # "N:M": at most N kept of every M consecutive weights along the input dimension (2:4 = sparse tensor cores)
@@ -319,9 +323,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def shipped_configs() -> Path:
     """The example configs: evo_pai/configs in an installed wheel, the repository's configs/ in a checkout."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "configs"
-    return packaged if packaged.is_dir() else here.parent / "configs"
+    package = Path(__file__).resolve().parents[1]  # evo_pai/ (this file is evo_pai/core/config.py)
+    packaged = package / "configs"
+    return packaged if packaged.is_dir() else package.parent / "configs"
 
 
 def resolve_config(path: str | Path) -> Path:

@@ -1,8 +1,8 @@
 """Sparse storage of a masked network's Linear layers: CSR on any device, 2:4 semi-structured on CUDA.
 
 `csr_model` swaps every nn.Linear of a masked model for a `CSRLinear` whose weight is a
-`torch.sparse_csr` tensor (only the kept weights are stored and multiplied); other layers stay dense
-and masked. `semi_structured_model` does the same with `torch.sparse.to_sparse_semi_structured`
+`torch.sparse_csr` tensor (only the kept weights are stored and multiplied); other layers (convs,
+attention's weights) stay dense and masked. `semi_structured_model` does the same with `torch.sparse.to_sparse_semi_structured`
 (NVIDIA sparse tensor cores: 2:4 masks, fp16/bf16, compute capability >= 8.0) for the layers whose
 shape the kernels accept; the others stay dense. Outputs equal the masked model's up to float
 rounding (CSR: summation order; semi-structured: fp16).
@@ -32,8 +32,10 @@ class CSRLinear(nn.Module):
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.sparse.mm(self.weight, x.t()).t()  # CSR (out, in) @ dense (in, batch)
-        return y + self.bias if self.bias is not None else y
+        lead = x.shape[:-1]  # (batch, tokens, ...): every leading dim is a row
+        y = torch.sparse.mm(self.weight, x.reshape(-1, x.shape[-1]).t()).t()  # CSR (out, in) @ dense (in, rows)
+        y = y + self.bias if self.bias is not None else y
+        return y.reshape(*lead, y.shape[-1])
 
 
 def masked_copy(model: nn.Module, mask: MaskSet, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -51,6 +53,8 @@ def masked_copy(model: nn.Module, mask: MaskSet, state: dict[str, torch.Tensor] 
 def _replace_linears(net: nn.Module, make) -> list[str]:
     done = []
     for name, module in list(net.named_modules()):
+        if isinstance(module, nn.MultiheadAttention):
+            continue  # its out_proj is never called as a module (the attention reads .weight): stays dense, masked
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 new = make(child)

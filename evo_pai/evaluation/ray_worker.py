@@ -134,5 +134,5 @@ def actor_trainer(cfg: Config, model: torch.nn.Module, data: DataSplits) -> str:
     except EvoPaiError:
         if choice == "vectorized":
             raise
-        return "sequential"  # e.g. BatchNorm models: trained one by one, as the local backend does
+        return "sequential"  # e.g. LayerNorm or Dropout models: trained one by one, as the local backend does
     return "vectorized"

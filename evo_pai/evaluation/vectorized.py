@@ -14,7 +14,7 @@ from evo_pai.training.batched import bytes_per_model, train_batched
 from evo_pai.core.config import Config
 from evo_pai.data.datasets import DataSplits
 from evo_pai.core.errors import EvoPaiError
-from evo_pai.models.networks import prunable_names
+from evo_pai.models.networks import masked_names
 from evo_pai.core.registry import register_backend
 from evo_pai.training.compiled import CompiledForward, compiled_update, update_eager
 from evo_pai.training.precision import numerics
@@ -77,7 +77,7 @@ class BatchedTrainer:
         self.update = update_eager
         if cfg.evaluation.compile:
             self.forward, self.update = CompiledForward(self.forward), compiled_update()
-        masked = prunable_names(context.model, include_bias=cfg.masks.include_bias)  # superset of any mask
+        masked = masked_names(context.model, cfg.masks)
         self.bytes_per_model = bytes_per_model(context.model, context.data.input_shape, cfg.train, masked)
         budget, source = memory_budget(cfg, context.device, context.memory_share)
         self.chunk = plan_chunk(self.bytes_per_model, budget, source, cfg.evaluation.chunk_size, cfg.model.name)
@@ -131,7 +131,7 @@ class VectorizedEvaluator(LocalEvaluator):
         if data is None or model is None:
             return
         StackedForward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
-        per_model = bytes_per_model(model, data.input_shape, cfg.train, prunable_names(model, include_bias=cfg.masks.include_bias))
+        per_model = bytes_per_model(model, data.input_shape, cfg.train, masked_names(model, cfg.masks))
         budget, source = memory_budget(cfg, device)
         plan_chunk(per_model, budget, source, cfg.evaluation.chunk_size, cfg.model.name)
 

@@ -1,4 +1,7 @@
-"""Model registry entries, the definition of what is prunable, and FLOP counting.
+"""Model building, the sequential models (mlp, lenet5, conv4) and FLOP counting.
+
+ResNets live in models/resnet.py, VGGs in models/vgg.py (imported here, so building any built-in
+model needs only this module); what is prunable is decided in models/prunable.py.
 
 Builders take `(input_shape, num_classes, **params)` and use PyTorch's default
 initialization, drawing only from torch's global RNG: `torch.manual_seed(s)` before
@@ -12,14 +15,14 @@ import math
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from evo_pai.core.config import ModelConfig
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import MODEL, register_model
-
-PRUNABLE_TYPES = (nn.Linear, nn.Conv2d)
+from evo_pai.models.prunable import (ATTENTION_WEIGHTS, WEIGHTED, ParamRole, masked_names, masked_roles, output_layer_name,  # noqa: F401
+                                     parameter_roles, prunable_names)
+from evo_pai.models.shapes import eval_mode, flat_size as _flat_size, image_shape as _image_shape
 
 
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
@@ -37,7 +40,7 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) 
 
 
 def initialize(model: nn.Module, init: str = "default", bias_init: str = "default") -> nn.Module:
-    """Re-draw every Linear/Conv2d weight by `init` (fan-in He init for ReLU nets, or Glorot) and
+    """Re-draw every Linear/Conv weight by `init` (fan-in He init for ReLU nets, or Glorot) and
     zero the biases if asked; `default` keeps PyTorch's. Draws from torch's global RNG, in module
     order, so θ0 stays a function of the seed."""
     if init == "default" and bias_init == "default":
@@ -46,30 +49,12 @@ def initialize(model: nn.Module, init: str = "default", bias_init: str = "defaul
             "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
             "xavier_normal": nn.init.xavier_normal_}.get(init)
     for m in model.modules():
-        if isinstance(m, PRUNABLE_TYPES):
+        if isinstance(m, WEIGHTED):
             if draw is not None:
                 draw(m.weight)
             if bias_init == "zero" and m.bias is not None:
                 nn.init.zeros_(m.bias)
     return model
-
-
-def _image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(input_shape) != 3:
-        raise EvoPaiError(
-            f"model '{model}' needs image input (C, H, W) but the data has shape {input_shape}: "
-            f"use model 'mlp' or an image dataset"
-        )
-    return input_shape  # type: ignore[return-value]
-
-
-def _flat_size(features: nn.Module, input_shape: tuple[int, ...], model: str) -> int:
-    """Size of the flattened feature map, found by a dummy forward (no RNG involved)."""
-    with torch.no_grad():
-        out = features(torch.zeros(1, *input_shape))
-    if out.numel() == 0:
-        raise EvoPaiError(f"model '{model}': input shape {input_shape} is too small for its pooling layers")
-    return out.numel()
 
 
 # ----------------------------------------------------------------------------- models
@@ -147,99 +132,22 @@ def conv4(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return ConvNet(features, _fc_head(flat, (256, 256), num_classes))
 
 
-class BasicBlock(nn.Module):
-    """CIFAR ResNet block with the parameter-free option-A shortcut (He et al. 2016)."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.stride = stride
-        self.extra_channels = planes - in_planes
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride != 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        if self.extra_channels:
-            half = self.extra_channels // 2
-            x = F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+# ----------------------------------------------------------------------------- FLOPs
 
 
-class ResNet(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, blocks_per_stage: int = 3, widths: Sequence[int] = (16, 32, 64)):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        stages: list[nn.Module] = []
-        in_planes = widths[0]
-        for i, planes in enumerate(widths):
-            blocks = []
-            for j in range(blocks_per_stage):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(in_planes, planes, stride))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.fc = nn.Linear(in_planes, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.stages(out)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.fc(out)
-
-
-@register_model("resnet20", "CIFAR ResNet-20: 3 stages x 3 basic blocks, 16/32/64 channels, BatchNorm")
-def resnet20(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    c, _, _ = _image_shape("resnet20", input_shape)
-    return ResNet(c, num_classes)
-
-
-# ----------------------------------------------------------------------------- prunability
-
-
-def _prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+def _weighted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHTED)]
 
 
 def _param_name(module_name: str, attr: str) -> str:
     return f"{module_name}.{attr}" if module_name else attr
 
 
-def output_layer_name(model: nn.Module) -> str:
-    """Weight name of the output layer: the last nn.Linear in module order."""
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise EvoPaiError(f"model {type(model).__name__} has no nn.Linear output layer: add one as the classifier")
-    return _param_name(linears[-1], "weight")
-
-
-def prunable_names(model: nn.Module, include_output: bool = True, include_bias: bool = False) -> list[str]:
-    """Parameter names of the Linear / Conv2d weights (and optionally biases), in module order."""
-    out_name = output_layer_name(model) if not include_output else None
-    names: list[str] = []
-    for mod_name, module in _prunable_modules(model):
-        weight = _param_name(mod_name, "weight")
-        if weight == out_name:
-            continue
-        names.append(weight)
-        if include_bias and module.bias is not None:
-            names.append(_param_name(mod_name, "bias"))
-    return names
-
-
 def count_flops(
     model: nn.Module, input_shape: Sequence[int], masks: dict[str, torch.Tensor] | None = None
 ) -> dict[str, int]:
-    """Forward FLOPs (2 per multiply-add) of the Linear and Conv2d layers for one example.
+    """Forward FLOPs (2 per multiply-add) of the weights of Linear, Conv and MultiheadAttention layers
+    (its projections; the score and value products multiply no weight) for one example.
 
     `sparse` counts only the weights kept by `masks` (param name -> bool mask of the weight's
     shape); layers without a mask count as dense.
@@ -263,7 +171,23 @@ def count_flops(
         if name in params and tuple(mask.shape) != tuple(params[name].shape):
             raise EvoPaiError(f"mask '{name}' has shape {tuple(mask.shape)} but the weight is {tuple(params[name].shape)}")
 
-    probe_forward(model, input_shape, {m: hook_for(_param_name(n, "weight")) for n, m in _prunable_modules(model)})
+    def attention_hook(name: str):
+        def hook(module: nn.MultiheadAttention, inputs: tuple, output: tuple) -> None:
+            # its projections multiply each token by their weights (out_proj is never called as a module)
+            tokens = output[0].numel() // module.embed_dim
+            for attr in (*ATTENTION_WEIGHTS, "out_proj.weight"):
+                w = module.get_parameter(attr) if attr == "out_proj.weight" else getattr(module, attr, None)
+                if w is not None:
+                    full = _param_name(name, attr)
+                    kept = int(masks[full].count_nonzero()) if full in masks else w.numel()
+                    totals["dense"] += 2 * w.numel() * tokens
+                    totals["sparse"] += 2 * kept * tokens
+
+        return hook
+
+    hooks = {m: hook_for(_param_name(n, "weight")) for n, m in _weighted_modules(model)}
+    hooks.update({m: attention_hook(n) for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)})
+    probe_forward(model, input_shape, hooks)
     return totals
 
 
@@ -272,15 +196,17 @@ def probe_forward(model: nn.Module, input_shape: Sequence[int], hooks: dict[nn.M
     """One forward pass of a zero example with `hooks` (module -> forward hook) attached: what counting
     FLOPs and sizing activations read. In eval mode (BatchNorm statistics untouched); the model is left
     as it was. (Why not torch.utils.flop_counter.FlopCounterMode: docs/architecture.md, "FLOPs".)"""
-    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
-    was_training = model.training
     param = next(model.parameters(), None)
     dummy = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu",
                         dtype=param.dtype if param is not None else torch.float32)
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
     try:
-        model.eval()
-        model(dummy)
+        with eval_mode(model):
+            model(dummy)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
+
+
+# The other built-in architectures register themselves on import (after everything above exists).
+from evo_pai.models import resnet, vgg  # noqa: E402,F401

@@ -149,6 +149,11 @@ def load_torch_prune(path) -> nn.Module:
             prune.identity(modules[mod], pname)  # creates weight_orig / weight_mask to load into
     net = net.to(next(iter(state.values())).dtype)
     net.load_state_dict(state)
+    with torch.no_grad():  # prune's hooks recompute weight = orig * mask only when the module itself runs:
+        for key in state:  # MultiheadAttention reads out_proj.weight without calling out_proj
+            if key.endswith("_mask"):
+                mod, _, pname = key[: -len("_mask")].rpartition(".")
+                setattr(modules[mod], pname, getattr(modules[mod], pname + "_orig") * state[key])
     return net.eval()
 
 

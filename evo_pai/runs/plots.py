@@ -17,6 +17,8 @@ matplotlib.use("Agg")  # headless: runs write PNGs, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from evo_pai.models.prunable import roles_brief  # noqa: E402
+
 DEAD_UNITS = "units whose every incoming weight is pruned (they output a constant)"
 
 
@@ -151,6 +153,7 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("search cost", f"{summary['search_model_epochs']:.2f} model-epochs ({summary['search_seconds']:.1f} s)"),
         ("final training", f"{summary['final_epochs']} epochs ({summary['final_seconds']:.1f} s)"),
         ("FLOPs / example (sparse / dense)", f"{summary['flops']['sparse']:,} / {summary['flops']['dense']:,}"),
+        *([("prunable parameters", roles_brief(summary["parameters"]))] if summary.get("parameters") else []),
         ("dead units", f"{dead}: {DEAD_UNITS}"),
         ("backend / device", f"{summary['backend']} / {summary['device']}"),
         *([("torch threads", threads_text(summary["threads"]))] if summary.get("threads") else []),

@@ -17,7 +17,7 @@ from evo_pai.core.config import Config
 from evo_pai.data.datasets import DataSplits, load_data
 from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.operators.fitness import check_params as check_fitness_params
-from evo_pai.models.networks import build_model, prunable_names
+from evo_pai.models.networks import build_model, masked_names
 from evo_pai.core.patterns import parse_pattern
 from evo_pai.core.registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION, Method
 from evo_pai.search.experiment import check_mutation_params, mutation_params
@@ -123,7 +123,7 @@ def model_size(cfg: Config, data: DataSplits) -> ModelSize | None:
         return None
     m = cfg.masks
     shapes = dict(model.named_parameters())
-    prunable = {k: tuple(shapes[k].shape) for k in prunable_names(model, m.include_output, m.include_bias)}
+    prunable = {k: tuple(shapes[k].shape) for k in masked_names(model, m)}
     element = torch.empty((), dtype=dtype_of(cfg)).element_size()
     params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     try:
@@ -200,5 +200,5 @@ def expected_shapes(cfg: Config, data: DataSplits) -> tuple[dict[str, tuple], di
     model = meta_model(cfg, data) or initial_model(cfg, data)
     m = cfg.masks
     params = dict(model.named_parameters())
-    prunable = {k: tuple(params[k].shape) for k in prunable_names(model, m.include_output, m.include_bias)}
+    prunable = {k: tuple(params[k].shape) for k in masked_names(model, m)}
     return prunable, {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -23,6 +23,7 @@ from evo_pai.training.cost import search_flops
 from evo_pai.training.threads import ThreadChoice, ThreadGovernor, choose_threads, torch_threads
 from evo_pai.core.masks import MaskSet
 from evo_pai.models.networks import count_flops
+from evo_pai.models.prunable import masked_roles, roles_table
 from evo_pai.core.registry import METHOD, Method
 from evo_pai.runs.components import load_components
 from evo_pai.runs.loggers import open_loggers
@@ -231,6 +232,7 @@ def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: Dat
         "num_classes": data.num_classes,
         "dead_units": mask.dead_units(),
         "layer_sparsity": mask.layer_sparsity(),
+        "parameters": roles_table(masked_roles(exp.model, cfg.masks)),  # every parameter: prunable or not, and why
         "cache_hits": evaluator.cache_hits,
         "fitness_failures": exp.fitness_failures,
         "generations_logged": len(log.records),

@@ -21,7 +21,7 @@ from evo_pai.training.tasks import BurstTask, Evaluator, initial_model
 from evo_pai.operators.fitness import WORST, score
 from evo_pai.core.individual import Individual, derive_seed
 from evo_pai.core.masks import MaskSet
-from evo_pai.models.networks import output_layer_name, prunable_names
+from evo_pai.models.networks import masked_names, output_layer_name
 from evo_pai.operators.variation import PruneStep
 from evo_pai.core.patterns import parse_pattern
 from evo_pai.models.units import links
@@ -84,7 +84,7 @@ class Experiment:
         self.data = data
         self.model = initial_model(cfg, data)
         self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        names = prunable_names(self.model, cfg.masks.include_output, cfg.masks.include_bias)
+        names = masked_names(self.model, cfg.masks)
         params = dict(self.model.named_parameters())
         self.shapes = {k: tuple(params[k].shape) for k in names}
         out = output_layer_name(self.model)

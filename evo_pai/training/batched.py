@@ -35,14 +35,15 @@ def eval_rows(hp: TrainConfig) -> int:
 
 @torch.no_grad()
 def evaluate_batched(forward: StackedForward, params: dict[str, torch.Tensor], x: torch.Tensor,
-                     y: torch.Tensor, rows: int) -> tuple[list[float], list[float]]:
-    """Per-model (mean loss, accuracy) on one shared split."""
+                     y: torch.Tensor, rows: int, buffers: dict[str, torch.Tensor] | None = None) -> tuple[list[float], list[float]]:
+    """Per-model (mean loss, accuracy) on one shared split; BatchNorm from its running statistics
+    (`model.eval()`)."""
     k = next(iter(params.values())).shape[0]
     loss = torch.zeros(k, dtype=torch.float64, device=x.device)
     correct = torch.zeros(k, dtype=torch.long, device=x.device)
     for i in range(0, len(x), rows):
         xb, yb = x[i : i + rows], y[i : i + rows]
-        out = forward(params, xb.expand(k, *xb.shape))
+        out = forward(params, xb.expand(k, *xb.shape), buffers, False)
         loss += F.cross_entropy(out.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1).sum(1).double()
         correct += (out.argmax(-1) == yb).sum(1)
     n = max(1, len(x))
@@ -76,6 +77,10 @@ def train_batched(
     names = [n for n, _ in model.named_parameters()]
     masked = list(masks[0])
     params = {n: torch.stack([s[n].to(device) for s in starts]).requires_grad_() for n in names}
+    # BatchNorm running statistics: per model, stacked like the weights, updated in place by the forward
+    # (in the model's own dtypes, as load_state_dict would copy them: num_batches_tracked stays an integer)
+    own = dict(model.named_buffers())
+    buffers = {n: torch.stack([s[n].to(device, own[n].dtype) for s in starts]) for n in getattr(forward, "buffer_names", ())}
     dtype = params[names[0]].dtype
     forward = autocast_forward(forward, hp.precision, device, dtype)  # train.precision bf16
     # 0/1 in the parameters' dtype: x * 1.0 == x * True exactly, and a same-dtype multiply is a
@@ -104,7 +109,7 @@ def train_batched(
         b = idx.shape[0] // k
         # index_select: the same rows as train_x[idx], gathered ~5x faster than advanced indexing
         x = torch.index_select(data.train_x, 0, idx).view(k, b, *data.train_x.shape[1:])
-        out = forward(params, x)
+        out = forward(params, x, buffers)
         losses = F.cross_entropy(out.flatten(0, 1), data.train_y[idx], reduction="none").view(k, b).mean(1)
         # set_to_none: backward then writes the gradient instead of adding it to zeros (same values,
         # two fewer passes over K models' gradients).
@@ -119,19 +124,20 @@ def train_batched(
         loss_sum += losses.detach()
         epoch_done(step, steps, per_epoch, on_epoch)
     final_opt = export_state(opt, params) if any(keep_state) else None
-    return _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test,
-                    final_opt)
+    return _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp,
+                    keep_state, test, final_opt)
 
 
-def _results(model, forward, params, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state, test,
-             final_opt):
+def _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state,
+             test, final_opt):
     k = loss_sum.shape[0]
     params = {n: p.detach() for n, p in params.items()}
+    trained = {**params, **buffers}
     train_loss = (loss_sum.double() / steps).tolist()
     finite_params = torch.stack([torch.isfinite(p.flatten(1)).all(1) for p in params.values()]).all(0).tolist()
     rows = eval_rows(hp)
-    val_loss, val_acc = evaluate_batched(forward, params, data.val_x, data.val_y, rows)
-    test_metrics = evaluate_batched(forward, params, data.test_x, data.test_y, rows) if any(test) else None
+    val_loss, val_acc = evaluate_batched(forward, params, data.val_x, data.val_y, rows, buffers)
+    test_metrics = evaluate_batched(forward, params, data.test_x, data.test_y, rows, buffers) if any(test) else None
     masked = list(grad_accum)
     stacked, scale = burst_traits(params, reference, grad_accum, masked)
     state_keys = list(model.state_dict())
@@ -147,7 +153,7 @@ def _results(model, forward, params, grad_accum, starts, reference, data, loss_s
             metrics=metrics,
             traits={trait: {n: _own(per_layer[n][i]) for n in masked} for trait, per_layer in stacked.items()},
             init_scale=dict(scale),
-            state={n: _own((params[n][i] if n in params else starts[i][n]).to("cpu")) for n in state_keys}
+            state={n: _own((trained[n][i] if n in trained else starts[i][n]).to("cpu")) for n in state_keys}
             if keep_state[i] else None,
             epochs=epochs,
             opt_state=unstack_state(final_opt, i) if keep_state[i] else None,

@@ -42,10 +42,12 @@ class CompiledForward:
         self.conv_mode = forward.conv_mode
         self._compiled = torch.compile(forward.__call__)
 
-    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        self.buffer_names = forward.buffer_names
+
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, buffers=None, training: bool = True) -> torch.Tensor:
         if torch.is_grad_enabled():
-            return self._compiled(params, x)
-        return self.eager(params, x)
+            return self._compiled(params, x, buffers, training)
+        return self.eager(params, x, buffers, training)
 
 
 def compiled_update() -> Update:

@@ -2,8 +2,10 @@
 
 The model's own forward is traced once with torch.fx; the graph is then replayed with batched
 kernels: Linear -> one `baddbmm`; Conv2d -> one grouped convolution (groups=K) for small
-convolutions, or one convolution per model for large ones on CPU (see `conv_mode`). Hand
-batching was chosen by measurement over torch.func.vmap (docs/performance.md).
+convolutions, or one convolution per model for large ones on CPU (see `conv_mode`); BatchNorm ->
+one `F.batch_norm` over K*C channels with the K models' running statistics stacked (K, C), as
+HFTA fuses it (each channel is normalised by its own batch statistics, so the K models stay
+independent). Hand batching was chosen by measurement over torch.func.vmap (docs/performance.md).
 
 Activations travel in one of three layouts, converted only where needed:
   "kb":   (K, B, ...)                   what bmm and the loss want
@@ -21,12 +23,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from evo_pai.core.errors import EvoPaiError
+from evo_pai.models.shapes import eval_mode
 
 # Modules that act on each example (and, for images, each channel) independently: they run
 # unchanged on any layout, so K models cost one call ("list": K calls).
 _PER_EXAMPLE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Identity,
                 nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_BATCH_NORM = nn.modules.batchnorm._BatchNorm  # BatchNorm1d/2d/3d: batched with per-model statistics
+_NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # the others: refused
 MIN_GROUP_CHANNELS = 4  # below this many input channels per model, convolve model by model
 # On CPU, a convolution whose output for one model and one batch has at least this many elements
 # runs model by model: its compute dwarfs the per-call overhead that batching saves, and K times
@@ -98,7 +102,7 @@ def _conv_output_elements(model: nn.Module, input_shape: Sequence[int]) -> int:
              for m in model.modules() if isinstance(m, nn.Conv2d)]
     p = next(model.parameters())
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
     finally:
         for h in hooks:
@@ -107,8 +111,10 @@ def _conv_output_elements(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 
 class StackedForward:
-    """Callable `(params, x) -> logits (K, B, classes)`; `params` maps names to stacked tensors
-    stacked with `torch.stack` (a leading K dim on each parameter's own shape).
+    """Callable `(params, x, buffers, training) -> logits (K, B, classes)`; `params` and `buffers`
+    map names to tensors stacked with `torch.stack` (a leading K dim on each one's own shape).
+    `buffers` holds the BatchNorm running statistics (`buffer_names`), updated in place when
+    `training`; without `training` they normalise, as `model.eval()` does.
 
     conv_mode: "grouped" (every convolution), "per_model", or "auto": on CPU per model when a
     convolution's output for one model and `batch_size` examples reaches PER_MODEL_MIN_ELEMENTS or
@@ -118,8 +124,13 @@ class StackedForward:
     def __init__(self, model: nn.Module, model_name: str, input_shape: Sequence[int] | None = None,
                  batch_size: int = 128, conv_mode: str = "auto"):
         for name, m in model.named_modules():
-            if isinstance(m, _NORM):
-                raise _refuse(model_name, f"has {type(m).__name__} layers ({name}) with per-model statistics")
+            if isinstance(m, nn.MultiheadAttention):  # masked by name in the sequential trainer only
+                raise _refuse(model_name, f"has a MultiheadAttention layer ({name})")
+            if isinstance(m, _BATCH_NORM) and m.momentum is None:
+                raise _refuse(model_name, f"has {type(m).__name__} layers ({name}) with momentum None "
+                                          "(a cumulative average)")
+            if isinstance(m, _NORM) and not isinstance(m, _BATCH_NORM):
+                raise _refuse(model_name, f"has {type(m).__name__} layers ({name})")
             if isinstance(m, nn.Dropout) and m.p > 0:
                 raise _refuse(model_name, f"uses Dropout ({name}), whose random draws differ per model")
         try:
@@ -128,6 +139,8 @@ class StackedForward:
             raise _refuse(model_name, f"cannot be traced by torch.fx ({type(exc).__name__})") from None
         self.modules = dict(model.named_modules())
         self.model_name = model_name
+        self.buffer_names = [n for n, _ in model.named_buffers()
+                             if isinstance(self.modules[n.rpartition(".")[0]], _BATCH_NORM)]
         for node in self.graph.nodes:  # fail now, not in the middle of a burst
             self._check(node)
         # The graph as a plain list of steps, node references replaced by names: what __call__ walks
@@ -148,7 +161,7 @@ class StackedForward:
     def _check(self, node: fx.Node) -> None:
         if node.op == "call_module":
             m = self.modules[node.target]
-            if not isinstance(m, (nn.Linear, nn.Conv2d, nn.Flatten, nn.Dropout, *_PER_EXAMPLE)):
+            if not isinstance(m, (nn.Linear, nn.Conv2d, nn.Flatten, nn.Dropout, _BATCH_NORM, *_PER_EXAMPLE)):
                 raise _refuse(self.model_name, f"has a {type(m).__name__} layer ({node.target})")
         elif node.op == "call_method" and node.target not in ("flatten", "relu"):
             raise _refuse(self.model_name, f"calls Tensor.{node.target} in forward")
@@ -157,9 +170,13 @@ class StackedForward:
         elif node.op == "get_attr":
             raise _refuse(self.model_name, f"reads attribute {node.target} in forward")
 
-    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
+                 training: bool = True) -> torch.Tensor:
         """`x`: (K, B, *input_shape) inputs, one batch per model (stride 0 on K: shared inputs)."""
         k = x.shape[0]
+        if self.buffer_names and buffers is None:
+            raise ValueError("this model has BatchNorm: pass the stacked running statistics as `buffers`")
+        state = (buffers or {}, training)
         env: dict[str, object] = {}
 
         def val(a):
@@ -169,7 +186,7 @@ class StackedForward:
             if op == "placeholder":
                 env[name] = _Act(x, "kb", k)
             elif op == "call_module":
-                env[name] = self._module(target, val(args[0]), params)
+                env[name] = self._module(target, val(args[0]), params, state)
             elif op in ("call_method", "call_function"):
                 fn = _FUNCTIONS[_METHODS.get(target, target)]
                 env[name] = fn(*[val(a) for a in args], **{kk: val(v) for kk, v in kwargs.items()})
@@ -177,8 +194,10 @@ class StackedForward:
                 return val(args[0]).kb()
         raise AssertionError("fx graph without output")
 
-    def _module(self, name: str, a: _Act, params: dict[str, torch.Tensor]) -> _Act:
+    def _module(self, name: str, a: _Act, params: dict[str, torch.Tensor], state: tuple) -> _Act:
         m = self.modules[name]
+        if isinstance(m, _BATCH_NORM):
+            return _batch_norm(m, name, a, params, *state)
         if isinstance(m, nn.Linear):
             h = a.kb()
             lead = h.shape[1:-1]
@@ -245,6 +264,63 @@ class _StackedLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm, name: str, a: _Act, params: dict[str, torch.Tensor],
+                buffers: dict[str, torch.Tensor], training: bool) -> _Act:
+    """K BatchNorm layers in one call: channels of the K models side by side (K*C), weights, biases and
+    running statistics flattened from their (K, C) stacks. F.batch_norm updates the running statistics
+    in place: through the flattened views, in the stacked buffers."""
+    k = a.k
+    w, b = params.get(f"{name}.weight"), params.get(f"{name}.bias")
+    mean, var = buffers.get(f"{name}.running_mean"), buffers.get(f"{name}.running_var")
+    batch_stats = training or mean is None
+    if training and mean is not None:
+        buffers[f"{name}.num_batches_tracked"].add_(1)  # as nn.BatchNorm counts (momentum is set: unused)
+
+    def call(x, i=None):
+        pick = (lambda t: t) if i is not None else (lambda t: t.reshape(-1))
+        sel = (lambda t: None if t is None else pick(t[i] if i is not None else t))
+        return F.batch_norm(x, sel(mean), sel(var), sel(w), sel(b), batch_stats, m.momentum, m.eps)
+
+    if a.layout == "list":
+        return _Act([call(x, i) for i, x in enumerate(a.t)], "list", k)
+    if a.layout == "ch" or a.t.dim() == 5:
+        return _Act(call(a.ch()), "ch", k)
+    h = a.t  # (K, B, C, *rest): BatchNorm1d
+    x = h.transpose(0, 1).reshape(h.shape[1], k * h.shape[2], *h.shape[3:])
+    out = call(x).view(h.shape[1], k, *h.shape[2:]).transpose(0, 1)
+    return _Act(out, "kb", k)
+
+
+def _getitem(a, index):
+    """Spatial slicing of images (`x[:, :, ::2, ::2]`): every model sliced alike."""
+    if not isinstance(a, _Act):
+        return operator.getitem(a, index)
+    index = index if isinstance(index, tuple) else (index,)
+    if len(index) < 2 or any(i != slice(None) for i in index[:2]):
+        raise EvoPaiError("vectorized backend: only slicing past the batch and channel dims can be batched")
+    if a.layout == "list":
+        return _Act([x[index] for x in a.t], "list", a.k)
+    if a.layout == "ch":
+        return _Act(a.t[index], "ch", a.k)
+    return _Act(a.t[(slice(None), *index)], "kb", a.k)
+
+
+def _pad(a: _Act, pad, mode: str = "constant", value: float | None = None) -> _Act:
+    """F.pad on the last dims (zero channels in a ResNet's option-A shortcut): per model."""
+    if mode != "constant":
+        raise EvoPaiError(f"vectorized backend: F.pad mode '{mode}' cannot be batched (constant only)")
+    if a.layout == "list":
+        return _Act([F.pad(x, pad, mode, value) for x in a.t], "list", a.k)
+    return _Act(F.pad(a.kb(), pad, mode, value), "kb", a.k)
+
+
+def _per_example(fn):
+    """A function acting on each example and channel alone (pooling): any layout, unchanged."""
+    def apply(a: _Act, *args, **kwargs) -> _Act:
+        return a.map(lambda t: fn(t, *args, **kwargs))
+    return apply
+
+
 def _flatten(a: _Act, start: int = 0, end: int = -1) -> _Act:
     if a.layout == "list":  # per-model tensors keep their own dims
         return _Act([x.flatten(start, end) for x in a.t], "list", a.k)
@@ -267,5 +343,8 @@ def _add(a, b):
     return _Act(a.kb() + b.kb(), "kb", a.k)
 
 
-_FUNCTIONS = {torch.flatten: _flatten, F.relu: _relu, torch.relu: _relu, operator.add: _add}
+_FUNCTIONS = {torch.flatten: _flatten, F.relu: _relu, torch.relu: _relu, operator.add: _add,
+              operator.getitem: _getitem, F.pad: _pad,
+              **{f: _per_example(f) for f in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d,
+                                               F.max_pool2d)}}
 _METHODS = {"flatten": torch.flatten, "relu": torch.relu}
