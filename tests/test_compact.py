@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,74 +133,30 @@ def finished_run(tmp_path_factory):
     return out
 
 
+def reference_forward(run: Path, x: torch.Tensor) -> torch.Tensor:
+    """The run's MLP by hand from its files: Linear (weight ⊙ mask) + ReLU, the last Linear without."""
+    from safetensors.torch import load_file
+
+    state, mask = load_file(str(run / "model.safetensors")), MaskSet.load(run / "mask.safetensors")
+    layers = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")}, key=lambda n: int(n.split(".")[-1]))
+    h = x.flatten(1)
+    for i, layer in enumerate(layers):
+        w = state[f"{layer}.weight"] * mask[f"{layer}.weight"].to(state[f"{layer}.weight"].dtype)
+        h = torch.nn.functional.linear(h, w, state[f"{layer}.bias"])
+        h = torch.relu(h) if i < len(layers) - 1 else h
+    return h
+
+
 @pytest.mark.parametrize("fmt", ["compact", "csr", "torch-prune"])
 def test_export_formats_reload_with_the_masked_outputs(finished_run, fmt):
+    """The reloaded export against a forward written here from the run's model and mask files (not the
+    export's own check): the same outputs on random inputs."""
     info = export(finished_run, fmt)
-    assert info["max_abs_diff"] < 1e-4
     loader = {"compact": load_compact, "csr": load_csr, "torch-prune": load_torch_prune}[fmt]
-    assert loader(info["path"]) is not None
-
-
-def test_export_npz_holds_the_mask(finished_run):
-    info = export(finished_run, "npz")
-    arrays = np.load(info["path"])
-    mask = MaskSet.load(finished_run / "mask.safetensors")
-    assert set(arrays.files) == set(mask) and all(np.array_equal(arrays[k], mask[k].numpy()) for k in mask)
-
-
-def test_export_refuses_a_folder_without_mask_in_one_line(capsys, tmp_path, finished_run):
-    (tmp_path / "config.yaml").write_text((finished_run / "config.yaml").read_text())
-    code, _, err = cli_inproc(capsys, "export", str(tmp_path), "--format", "compact")
-    assert code == 2 and "no mask.safetensors" in err and len(err.strip().splitlines()) == 1
-    code, _, err = cli_inproc(capsys, "export", str(finished_run), "--format", "onnx")
-    assert code == 2 and "choose one of" in err
-    code, out, _ = cli_inproc(capsys, "export", str(finished_run), "--format", "compact")
-    assert code == 0 and "evo_pai.load_compact" in out and "max |diff|" in out
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="2:4 semi-structured kernels need a CUDA GPU")
-def test_semi_structured_export_on_cuda():
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name="mlp", params={"hidden": [256, 128]}), (1, 16, 16), 10)
-    shapes = {k: tuple(dict(model.named_parameters())[k].shape) for k in prunable_names(model)}
-    mask = MaskSet.random(shapes, 0.5, torch.Generator().manual_seed(0), "uniform", None, 0, pattern=(2, 4))
-    net, converted = semi_structured_model(model, mask)
-    assert converted  # at least the 256x256 layer runs on sparse tensor cores
-    ref = masked(model, mask).to("cuda", torch.float16)
-    x = torch.randn(64, 1, 16, 16, device="cuda", dtype=torch.float16)
+    net = loader(info["path"])
+    x = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    want = reference_forward(finished_run, x)
     with torch.no_grad():
-        assert torch.allclose(ref(x), net(x), atol=5e-2, rtol=1e-2)
-
-
-def test_summary_records_shapes_for_export(finished_run):
-    summary = json.loads((finished_run / "summary.json").read_text())
-    assert summary["input_shape"] == [1, 8, 8] and summary["num_classes"] == 10
-
-
-def test_inference_plan_sees_changed_weights():
-    """CompactNet's prepared forward follows in-place updates, reassigned parameters, loaded state dicts
-    and .to(): it equals nn.Sequential's forward over the same layers every time."""
-    model, mask = model_and_mask("mlp", (1, 28, 28), 0.9)
-    net = compact_model(model, mask)
-    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(3))
-    x0 = x.clone()
-
-    def both():
-        with torch.no_grad():
-            fast, slow = net(x), net.layers(x)
-        assert torch.allclose(fast, slow, atol=1e-5), float((fast - slow).abs().max())
-        assert torch.equal(x, x0)
-        return fast
-
-    before = both()
-    first = next(m for m in net.layers if isinstance(m, torch.nn.Linear))
-    with torch.no_grad():
-        first.weight.mul_(2.0)  # in place: version counter
-    assert not torch.allclose(both(), before)
-    first.weight = torch.nn.Parameter(first.weight.detach() * 0.5)  # a new tensor
-    assert torch.allclose(both(), before, atol=1e-5)
-    net.load_state_dict({k: v * 0 for k, v in net.state_dict().items()})
-    assert float(both().abs().max()) == 0.0
-    net.double()
-    with torch.no_grad():
-        assert net(x.double()).dtype == torch.float64
+        got = net.eval()(x)
+    assert got.shape == want.shape == (32, 10)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))

@@ -28,8 +28,12 @@ def test_same_seed_same_weights(name: str):
     a = build_model(ModelConfig(name=name), (1, 28, 28), 10)
     torch.manual_seed(5)
     b = build_model(ModelConfig(name=name), (1, 28, 28), 10)
-    for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.equal(pa, pb)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and len(sa) > 0
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    torch.manual_seed(6)
+    c = build_model(ModelConfig(name=name), (1, 28, 28), 10).state_dict()
+    assert not all(torch.equal(sa[k], c[k]) for k in sa)  # another seed, other weights: the check can fail
 
 
 def test_known_parameter_counts():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -66,7 +67,31 @@ def test_install_continues_when_dpkg_is_locked(tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "warning: apt-get could not install dataset-fashion-mnist" in r.stderr
-    assert "bash scripts/install_fmnist.sh" in (ROOT / "scripts/install.sh").read_text()
+
+
+def test_install_script_installs_the_package_and_survives_a_locked_dpkg(tmp_path):
+    """scripts/install.sh itself, run in a copy of the scripts with a python whose venv records what it is
+    asked to install (no network) and the dpkg-locked apt-get above: it installs the package with its test
+    extra, reaches the Fashion-MNIST step, and exits 0 despite the lock."""
+    repo, fake = tmp_path / "repo", tmp_path / "bin"
+    shutil.copytree(ROOT / "scripts", repo / "scripts")
+    fake.mkdir()
+    calls = tmp_path / "calls.txt"
+    venv_python = f"#!/bin/sh\necho \"$*\" >> {calls}\nexit 0\n"
+    (fake / "python3").write_text(  # `python3 -m venv .venv` makes a .venv whose python only records its calls
+        "#!/bin/sh\n[ \"$1 $2\" = '-m venv' ] || exit 1\nmkdir -p \"$3/bin\"\n"
+        f"cat > \"$3/bin/python\" <<'EOF'\n{venv_python}EOF\nchmod +x \"$3/bin/python\"\n")
+    (fake / "apt-get").write_text("#!/bin/sh\necho 'E: Could not get lock /var/lib/dpkg/lock-frontend' >&2\nexit 100\n")
+    (fake / "id").write_text("#!/bin/sh\necho 0\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHON": str(fake / "python3"),
+           "FMNIST_DIR": str(tmp_path / "absent")}
+    r = subprocess.run(["bash", str(repo / "scripts/install.sh")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (repo / ".venv/bin/python").is_file()
+    assert "-m pip install -q -e .[test]" in calls.read_text().splitlines()
+    assert "warning: apt-get could not install dataset-fashion-mnist" in r.stderr
 
 
 def test_tensorboard_logger_writes_the_generation_log(tmp_path):

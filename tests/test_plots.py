@@ -54,8 +54,11 @@ def test_population_plots_best_and_mean_apart_with_the_target(tmp_path):
 
 def test_layers_plot_writes_every_layer(tmp_path):
     counts, sizes = {"a.weight": 10, "b.weight": 50, "c.weight": 5}, {"a.weight": 100, "b.weight": 60, "c.weight": 5}
-    plot_layers(counts, sizes, tmp_path / "layers.png", "t")
-    assert (tmp_path / "layers.png").stat().st_size > 5_000
+    drawn = plot_layers(counts, sizes, tmp_path / "layers.png", "t")
+    assert list(drawn) == ["a.weight", "b.weight", "c.weight"]  # every layer, input (top) to output
+    assert [round(length, 4) for length, _ in drawn.values()] == [0.1, 0.8333, 1.0]
+    assert [text for _, text in drawn.values()] == ["10.0%  (10 of 100)", "83.3%  (50 of 60)", "100.0%  (5 of 5)"]
+    assert (tmp_path / "layers.png").is_file()
 
 
 def test_summary_prints_the_whole_run_folder_and_explains_dead_units(tmp_path):

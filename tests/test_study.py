@@ -68,14 +68,32 @@ def test_study_resumes_without_recomputing_finished_cells(smoke, tmp_path):
 
 
 def test_report_regenerates_from_the_csv(smoke, tmp_path):
+    """The folder's CSVs and the study.yaml kept beside them regenerate the study's own report, byte for byte."""
     out, _ = smoke
-    copy = tmp_path / "r"
+    copy = tmp_path / out.name  # the report's title names the folder
     copy.mkdir()
-    shutil.copy(out / "results.csv", copy / "results.csv")
+    for name in ("results.csv", "predictiveness.csv", "study.yaml"):
+        shutil.copy(out / name, copy / name)
     r = run_cli("report", str(copy))
     assert r.returncode == 0, r.stderr
-    assert (copy / "report.md").read_text().startswith("# Study report")
+    original = (out / "report.md").read_text()
+    assert (copy / "report.md").read_text() == original
+    assert "kstarts − random" in original and "- T1 at 95 %" in original  # the smoke file's compare: and targets:
     assert (copy / "accuracy_vs_sparsity.png").is_file()
+
+
+@pytest.mark.parametrize("study", ["study_fmnist_full"])
+def test_report_regenerates_the_tables_docs_quote(tmp_path, study):
+    """docs/results.md quotes `evo-pai report`'s tables (accuracy, compute, the study file's comparisons)
+    for the CSV shipped in docs/data: regenerated from it, every table line stands in the docs verbatim."""
+    from evo_pai.study.tables import write_report
+
+    shutil.copy(ROOT / "docs/data" / f"{study}_results.csv", tmp_path / "results.csv")
+    report = write_report(tmp_path, load_study(ROOT / "configs" / f"{study}.yaml")).read_text()
+    tables = [line for line in report.splitlines() if line.startswith("|")]
+    assert sum(line.startswith("| K-starts beats random pruning") for line in tables) == 1
+    docs = set((ROOT / "docs/results.md").read_text().splitlines())
+    assert [line for line in tables if line not in docs] == []
 
 
 def test_bad_study_input_is_one_line_exit_2(tmp_path):

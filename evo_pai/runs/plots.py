@@ -111,8 +111,9 @@ def _legend(ax, ax2) -> dict[str, list[float]]:
     return drawn
 
 
-def plot_layers(counts: Mapping[str, int], sizes: Mapping[str, int], path: Path, title: str) -> None:
-    """Kept fraction per layer (input to output), with the kept/total counts and the overall density."""
+def plot_layers(counts: Mapping[str, int], sizes: Mapping[str, int], path: Path, title: str) -> dict[str, tuple[float, str]]:
+    """Kept fraction per layer (input to output), with the kept/total counts and the overall density.
+    Returns what was drawn, read back from the figure: layer label (top to bottom) -> (bar length, its text)."""
     names = list(counts)
     density = [counts[k] / sizes[k] if sizes[k] else 1.0 for k in names]
     overall = sum(counts.values()) / max(1, sum(sizes.values()))
@@ -130,7 +131,14 @@ def plot_layers(counts: Mapping[str, int], sizes: Mapping[str, int], path: Path,
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    bars = sorted(ax.patches, key=lambda b: -b.get_y())  # top first
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    ticks = list(ax.get_yticks())
+    texts = sorted(ax.texts, key=lambda t: -t.get_position()[1])
+    drawn = {labels[ticks.index(round(b.get_y() + b.get_height() / 2))]: (b.get_width(), t.get_text())
+             for b, t in zip(bars, texts)}
     plt.close(fig)
+    return drawn
 
 
 def threads_text(t: dict) -> str:
