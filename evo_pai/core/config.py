@@ -318,9 +318,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def shipped_configs() -> Path:
     """The example configs: evo_pai/configs in an installed wheel, the repository's configs/ in a checkout."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "configs"
-    return packaged if packaged.is_dir() else here.parent / "configs"
+    package = Path(__file__).resolve().parents[1]  # evo_pai/ (this file is evo_pai/core/config.py)
+    packaged = package / "configs"
+    return packaged if packaged.is_dir() else package.parent / "configs"
 
 
 def resolve_config(path: str | Path) -> Path:
