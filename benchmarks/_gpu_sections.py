@@ -13,7 +13,7 @@ from evo_pai.core.config import build_config, load_config
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
 from evo_pai.evaluation.local import LocalEvaluator
-from evo_pai.evaluation.vectorized import VectorizedEvaluator
+from evo_pai.evaluation.vectorized import BatchedTrainer, VectorizedEvaluator
 from evo_pai.models.networks import count_flops
 from evo_pai.runs.api import run
 from evo_pai.search.experiment import Experiment
@@ -108,7 +108,8 @@ def _data_raw(c: Check, train: int, small_eval: bool = False) -> dict:
 def agreement(c: Check) -> dict:
     other = c.device if c.cuda else "cpu"
     out = {"compared": f"cpu vs {other}" + ("" if c.cuda else " (no CUDA here: the code path only)"), "models": {}}
-    for model, train in [("mlp", 256 if c.smoke else 4096), ("conv4", 64 if c.smoke else 256)]:
+    for model, train in [("mlp", 256 if c.smoke else 4096), ("conv4", 64 if c.smoke else 256),
+                         ("resnet20", 32 if c.smoke else 256)]:  # BatchNorm: running statistics in the state
         raw = {"seed": 0, "data": _data_raw(c, train, small_eval=True), "model": {"name": model},
                "train": {"dtype": "float64", "batch_size": 64}, "evaluation": {"device": "cpu"}}
         cfg = build_config(raw)
@@ -125,16 +126,24 @@ def agreement(c: Check) -> dict:
             "traits_max_abs_float32": max(float((a.traits[t][k] - b.traits[t][k]).abs().max())
                                           for t in a.traits for k in a.traits[t]),
             "n_train": data.n_train}
+        if model == "resnet20":  # BatchNorm batched over K*C channels on the device vs one model at a time there
+            tasks = [task, BurstTask(exp.random_mask(0.7, 1), 1.0, 54321, keep_state=True)]
+            seq, vec = [dev.run(t) for t in tasks], BatchedTrainer(dev).run(tasks)
+            out["models"][model]["vectorized_vs_sequential_metrics_max_abs"] = max(
+                abs(x.metrics[k] - y.metrics[k]) for x, y in zip(seq, vec) for k in y.metrics)
+            out["models"][model]["vectorized_vs_sequential_state_max_abs"] = max(
+                float((x.state[k].double() - y.state[k].double()).abs().max()) for x, y in zip(seq, vec) for k in x.state)
     out["target_metrics_max_abs"] = 1e-9
-    out["met"] = all(m["metrics_max_abs"] <= 1e-9 for m in out["models"].values())
+    out["met"] = all(m["metrics_max_abs"] <= 1e-9 and m.get("vectorized_vs_sequential_metrics_max_abs", 0) <= 1e-9
+                     for m in out["models"].values())
     return out
 
 
 # -- local vs vectorized throughput -----------------------------------------------------------------
 def _throughput_plan(c: Check) -> list[tuple[str, int, list[int]]]:
     if c.smoke:
-        return [("mlp", 256, [1, 2]), ("conv4", 64, [2])]
-    return [("mlp", 16384, [1, 8, 32, 128, 512]), ("conv4", 2048, [8, 32])]
+        return [("mlp", 256, [1, 2]), ("conv4", 64, [2]), ("resnet20", 32, [2])]
+    return [("mlp", 16384, [1, 8, 32, 128, 512]), ("conv4", 2048, [8, 32]), ("resnet20", 2048, [8, 32])]
 
 
 def _timed(c: Check, fn, repeats: int) -> float:

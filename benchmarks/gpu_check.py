@@ -5,9 +5,10 @@
 Writes DIR/gpu_report.md and DIR/gpu_report.json, rewritten after every section (a run stopped
 midway still leaves what it measured). Sections, in order:
   environment  card, torch/CUDA versions, datasheet peaks, measured 8192^3 matmul TFLOP/s per dtype
-  agreement    one float64 burst (LeNet-300-100, Conv-4) on CPU and on CUDA from the same θ0, mask
-               and seed: max |Δ| of metrics, weights and traits (target: metrics <= 1e-9)
-  throughput   local vs vectorized on CUDA, LeNet-300-100 K = 1, 8, 32, 128, 512 and Conv-4 K = 8, 32
+  agreement    one float64 burst (LeNet-300-100, Conv-4, ResNet-20) on CPU and on CUDA from the same θ0, mask
+               and seed: max |Δ| of metrics, weights (BatchNorm statistics too) and traits (target: metrics
+               <= 1e-9); ResNet-20 also vectorized vs sequential on CUDA (BatchNorm over K*C channels)
+  throughput   local vs vectorized on CUDA, LeNet-300-100 K = 1, 8, 32, 128, 512, Conv-4 and ResNet-20 K = 8, 32
                (or up to the largest that fits): model-epochs/s, speed-up over sequential, peak
                memory, achieved TFLOP/s against the card's peak; Conv-4 grouped vs per-model
                convolutions and LeNet with evaluation.compile on vs off

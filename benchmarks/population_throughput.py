@@ -4,7 +4,7 @@
 
 One burst = one epoch of Adam (batch 128) on a Fashion-MNIST training subset, then validation
 (LeNet-300-100: 16384 training / 1800 validation examples, the 9:1 ratio of the full set;
-Conv-4: 256 / 128, its cost per example is ~500x LeNet's). Both backends get the same tasks
+Conv-4: 256 / 128, its cost per example is ~500x LeNet's; ResNet-20 with BatchNorm: 256 / 128). Both backends get the same tasks
 (masks, seeds) each round; seeds change between rounds so the result cache never hits.
 Times are each way's best round; speedup = best sequential / best vectorized; "paired" is
 the median over rounds of the two times measured back to back.
@@ -56,20 +56,20 @@ def case(model: str, train: int | None, val: int, ks: list[int], with_vmap: bool
 
 def main() -> None:
     def extra(p):
-        p.add_argument("--models", default="mlp,conv4", help="comma-separated: mlp (LeNet-300-100), conv4")
+        p.add_argument("--models", default="mlp,conv4", help="comma-separated: mlp (LeNet-300-100), conv4, resnet20")
         p.add_argument("--ks", default=None, help="comma-separated population sizes (default 8,16,32; quick 8,16 / 4)")
         p.add_argument("--with-vmap", action="store_true", help="also time torch.func.vmap as the batching mechanism")
 
     args = parse(__doc__.splitlines()[0], extra)
     load_components()
     if args.quick:
-        plan = [("mlp", 1024, 256, [8, 16]), ("conv4", 16, 16, [4])]
+        plan = [("mlp", 1024, 256, [8, 16]), ("conv4", 16, 16, [4]), ("resnet20", 16, 16, [4])]
     else:
-        plan = [("mlp", 16384, 1800, [8, 16, 32]), ("conv4", 256, 128, [8, 16, 32])]
+        plan = [("mlp", 16384, 1800, [8, 16, 32]), ("conv4", 256, 128, [8, 16, 32]), ("resnet20", 256, 128, [8, 16])]
     models = args.models.split(",")
     plan = [(m, tr, va, [int(k) for k in args.ks.split(",")] if args.ks else ks) for m, tr, va, ks in plan if m in models]
     if not plan:
-        raise SystemExit("--models: choose from mlp, conv4")
+        raise SystemExit("--models: choose from mlp, conv4, resnet20")
     print(f"population_throughput: {machine()}, repeats={args.repeats}{' (quick)' if args.quick else ''}")
     header = ["model", "K", "train", "seq_s", "vec_s", "speedup", "seq_model_ep/s", "vec_model_ep/s", "paired"]
     if args.with_vmap:

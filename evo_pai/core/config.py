@@ -18,6 +18,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class AugmentConfig(_Section):
+    # Per training batch, on the training device, from the burst's seed: off by default (the CIFAR
+    # recipes use crop_padding 4 and flip). Validation and test batches are never augmented.
+    crop_padding: int = Field(0, ge=0)  # random crop of the input size from the image padded by this many pixels
+    flip: bool = False  # horizontal flip with probability 1/2
+
+
 class DataConfig(_Section):
     name: str = "digits"
     root: str | None = None  # None: the dataset's default location
@@ -26,6 +33,8 @@ class DataConfig(_Section):
     test_subset: int | None = Field(None, ge=10)
     split_seed: int = 0  # fixed so every seed of a study sees the same split
     params: dict[str, Any] = {}  # dataset-specific options (e.g. synthetic sizes)
+    augment: AugmentConfig = AugmentConfig()
+    workers: int = Field(0, ge=0)  # DataLoader worker processes for a streamed dataset (0: in the training process)
 
 
 class ModelConfig(_Section):

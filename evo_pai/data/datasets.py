@@ -1,26 +1,26 @@
-"""Datasets as in-memory tensors: registry entries, splitting, standardization.
+"""Datasets: the registry's built-ins, splitting, standardization, and `DataSplits`.
 
-Every loader returns standardized train/val/test tensors; `load_data` then applies the
-optional train/test subsets. Nothing is ever downloaded: missing files raise an
-`EvoPaiError` that says where the files were looked for and how to provide them.
+A loader returns standardized train/val/test tensors (the fast default for what fits in memory), or
+map-style datasets read from disk as training goes (data/streaming.py); `load_data` then applies the
+optional train/test subsets. File formats are in data/formats.py. Nothing is ever downloaded: missing
+files raise an `EvoPaiError` that says where the files were looked for and how to provide them.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import gzip
-import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset
 
 from evo_pai.core.config import DataConfig
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import DATASET, register_dataset
+from evo_pai.data.formats import find_idx, image_folder_index, read_cifar_batch, read_idx
+from evo_pai.data.streaming import CifarBatches, ImageFiles, channel_stats
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist/"
 DEFAULT_ROOT = "./data"
@@ -33,27 +33,41 @@ IDX_FILES = {
 
 # Independent random streams derived from split_seed, so e.g. the digits test split and
 # the validation split are not the same permutation.
-_STREAM_TEST, _STREAM_VAL, _STREAM_TRAIN_SUBSET, _STREAM_TEST_SUBSET, _STREAM_SYNTHETIC = range(5)
+_STREAM_TEST, _STREAM_VAL, _STREAM_TRAIN_SUBSET, _STREAM_TEST_SUBSET, _STREAM_SYNTHETIC, _STREAM_STATS = range(6)
 
 
 @dataclass
 class DataSplits:
+    """Train / validation / test data and what a model needs to know of it.
+
+    Either the six tensors (standardized, in memory) or the three `*_set` datasets (streamed: items
+    `(x, label)`, standardized per batch on the device with `stats`, the per-channel mean and std)."""
+
     name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
     num_classes: int
     input_shape: tuple[int, ...]
+    train_x: torch.Tensor | None = None
+    train_y: torch.Tensor | None = None
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.train_set is not None
 
     @property
     def n_train(self) -> int:
-        return int(self.train_y.shape[0])
+        return len(self.train_set) if self.streamed else int(self.train_y.shape[0])
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "DataSplits":
-        """Copy onto `device`; inputs (float tensors) also cast to `dtype` when given."""
+        """Copy the tensors onto `device`; inputs (float tensors) also cast to `dtype` when given. A streamed
+        dataset stays on disk: its batches are moved as they are read."""
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
 
@@ -145,78 +159,54 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int, stream: 
     return x[idx], y[idx]
 
 
+def assemble_streamed(name: str, cfg: DataConfig, train: Dataset, test: Dataset, num_classes: int,
+                      input_shape: tuple[int, ...]) -> DataSplits:
+    """The streamed counterpart of `_assemble`: the validation split carved off `train` by the same
+    permutation, standardization statistics from a seeded sample of the training part."""
+    n = len(train)
+    n_val = min(max(1, round(n * cfg.val_fraction)), n - 1)
+    perm = _permutation(n, cfg.split_seed, _STREAM_VAL).tolist()
+    train_part = Subset(train, perm[n_val:])
+    stats = channel_stats(train_part, cfg.split_seed + _STREAM_STATS)
+    return DataSplits(name=name, num_classes=num_classes, input_shape=tuple(input_shape), train_set=train_part,
+                      val_set=Subset(train, perm[:n_val]), test_set=test, stats=stats)
+
+
+def _check_splits(name: str, s: DataSplits) -> None:
+    tensors = [getattr(s, f) for f in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")]
+    sets = [s.train_set, s.val_set, s.test_set]
+    if not (all(t is not None for t in tensors) or all(d is not None and len(d) > 0 for d in sets)):
+        raise EvoPaiError(f"data.name: dataset '{name}' returned neither six tensors (train/val/test x and y) nor "
+                          "three non-empty datasets (train_set, val_set, test_set); fix its loader")
+
+
+def _subset_set(dataset: Dataset, n: int | None, seed: int, stream: int) -> Dataset:
+    if n is None or n >= len(dataset):
+        return dataset
+    return Subset(dataset, _permutation(len(dataset), seed, stream)[:n].tolist())
+
+
 def load_data(cfg: DataConfig) -> DataSplits:
     """Load the dataset named in `cfg` and apply the optional train/test subsets."""
     loader = DATASET.get(cfg.name)
     splits = loader(cfg)
+    _check_splits(cfg.name, splits)
+    if splits.streamed:
+        return dataclasses.replace(
+            splits, train_set=_subset_set(splits.train_set, cfg.train_subset, cfg.split_seed, _STREAM_TRAIN_SUBSET),
+            test_set=_subset_set(splits.test_set, cfg.test_subset, cfg.split_seed, _STREAM_TEST_SUBSET))
     train_x, train_y = _subset(splits.train_x, splits.train_y, cfg.train_subset, cfg.split_seed, _STREAM_TRAIN_SUBSET)
     test_x, test_y = _subset(splits.test_x, splits.test_y, cfg.test_subset, cfg.split_seed, _STREAM_TEST_SUBSET)
     return dataclasses.replace(splits, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
 
 
-# ----------------------------------------------------------------------------- file readers
-
-_IDX_DTYPES = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-def _read_bytes(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise EvoPaiError(f"data file '{path}' is a corrupt gzip archive ({exc}): replace the file") from None
-    return raw
-
-
-@functools.lru_cache(maxsize=16)
-def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    p = Path(path)
-    data = _read_bytes(p)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise EvoPaiError(f"data file '{p}' is not an IDX file (bad magic number): replace the file")
-    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise EvoPaiError(f"data file '{p}' is truncated (IDX header incomplete): replace the file")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    count = int(np.prod(dims)) if dims else 1
-    if len(data) - header != count * dtype.itemsize:
-        raise EvoPaiError(
-            f"data file '{p}' has {len(data) - header} data bytes but its header {dims} needs "
-            f"{count * dtype.itemsize}: replace the file"
-        )
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
-    arr.flags.writeable = False  # cached and shared: callers must copy before changing it
-    return arr
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (gzipped or not) into a read-only numpy array; cached per file."""
-    p = Path(path).resolve()
-    st = p.stat()
-    # mtime and size in the key so a replaced file is re-read rather than served stale.
-    return _read_idx_cached(str(p), st.st_mtime_ns, st.st_size)
-
-
-def _find(directory: Path, base: str) -> Path | None:
-    for candidate in (directory / f"{base}.gz", directory / base):
-        if candidate.is_file():
-            return candidate
-    return None
+# ----------------------------------------------------------------------------- IDX datasets
 
 
 def _load_idx_dataset(name: str, cfg: DataConfig, directory: Path, fix: str) -> DataSplits:
     arrays = {}
     for key, base in IDX_FILES.items():
-        path = _find(directory, base)
+        path = find_idx(directory, base)
         if path is None:
             raise EvoPaiError(f"dataset {name}: '{directory / base}[.gz]' not found: {fix}")
         arrays[key] = read_idx(path)
@@ -238,61 +228,6 @@ def _load_idx_dataset(name: str, cfg: DataConfig, directory: Path, fix: str) -> 
     train_y, test_y = labels(arrays["train_y"]), labels(arrays["test_y"])
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     return _assemble(name, cfg, images(arrays["train_x"]), train_y, images(arrays["test_x"]), test_y, num_classes)
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Rebuilds only what a CIFAR-10 python batch holds: builtin containers, bytes/str, ints, numpy arrays.
-
-    `pickle.load` runs any callable a file names; here every global outside that set is refused
-    before it is called, so a crafted batch file cannot run code."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("_codecs", "encode"):  # bytes in a protocol-2 pickle written by Python 3
-            return _latin1_bytes
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise _Refused(f"{module}.{name}")
-
-
-class _Refused(Exception):
-    pass
-
-
-def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
-    if encoding not in ("latin1", "latin-1"):
-        raise _Refused(f"_codecs.encode(..., {encoding!r})")
-    return text.encode("latin-1")
-
-
-@functools.lru_cache(maxsize=4)
-def _read_cifar_cached(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as fh:
-            batch = _CifarUnpickler(fh, encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except _Refused as exc:
-        raise EvoPaiError(f"data file '{path}' asks to run {exc}, which no CIFAR-10 batch needs; refused without "
-                          "running it: replace the file with the official one") from None
-    except Exception as exc:  # any unpickling / key / shape problem means the file is not a CIFAR batch
-        raise EvoPaiError(
-            f"data file '{path}' is not a CIFAR-10 python batch ({type(exc).__name__}): replace the file"
-        ) from None
-    if data.shape[0] != labels.shape[0]:
-        raise EvoPaiError(f"data file '{path}' has {data.shape[0]} images but {labels.shape[0]} labels: replace the file")
-    data.flags.writeable = False
-    labels.flags.writeable = False
-    return data, labels
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    p = path.resolve()
-    st = p.stat()
-    return _read_cifar_cached(str(p), st.st_mtime_ns, st.st_size)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -318,7 +253,7 @@ def load_fashion_mnist(cfg: DataConfig) -> DataSplits:
     root = Path(cfg.root or FASHION_MNIST_ROOT)
     # Also accept a torchvision-style root (ROOT/FashionMNIST/raw) when the files are not at ROOT.
     tv = root / "FashionMNIST" / "raw"
-    directory = tv if _find(root, IDX_FILES["train_x"]) is None and tv.is_dir() else root
+    directory = tv if find_idx(root, IDX_FILES["train_x"]) is None and tv.is_dir() else root
     fix = "install it with `apt-get install dataset-fashion-mnist` or set data.root"
     return _load_idx_dataset("fashion_mnist", cfg, directory, fix)
 
@@ -330,28 +265,72 @@ def load_mnist(cfg: DataConfig) -> DataSplits:
     return _load_idx_dataset("mnist", cfg, directory, "place the torchvision files there or set data.root")
 
 
-@register_dataset("cifar10", "CIFAR-10 32x32 colour images, 10 classes (torchvision files in ROOT/cifar-10-batches-py)")
+def _load_cifar(name: str, cfg: DataConfig, folder: str, train: list[str], test: list[str], label_key: bytes,
+                classes: int) -> DataSplits:
+    directory = Path(cfg.root or DEFAULT_ROOT) / folder
+    for fname in train + test:
+        if not (directory / fname).is_file():
+            raise EvoPaiError(f"dataset {name}: '{directory / fname}' not found: place the torchvision files there "
+                              "or set data.root")
+    stream = cfg.params.get("stream", False)
+    if not isinstance(stream, bool):
+        raise EvoPaiError(f"data.params.stream: must be true or false, got {stream!r}")
+    if stream:  # uint8 in the host's memory, standardized per batch on the device
+        return assemble_streamed(name, cfg, CifarBatches([directory / f for f in train], label_key),
+                                 CifarBatches([directory / f for f in test], label_key), classes, (3, 32, 32))
+    tr = [read_cifar_batch(directory / f, label_key) for f in train]
+    te = [read_cifar_batch(directory / f, label_key) for f in test]
+
+    def cat(parts: list[tuple[np.ndarray, np.ndarray]], i: int) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([p[i] for p in parts]))  # uint8 images: standardization scales
+
+    return _assemble(name, cfg, cat(tr, 0), cat(tr, 1), cat(te, 0), cat(te, 1), classes)
+
+
+@register_dataset("cifar10", "CIFAR-10 32x32 colour images, 10 classes (torchvision files in ROOT/cifar-10-batches-py; "
+                             "params: stream)")
 def load_cifar10(cfg: DataConfig) -> DataSplits:
-    _check_params("cifar10", cfg.params)
-    directory = Path(cfg.root or DEFAULT_ROOT) / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    batches = []
-    for fname in names:
-        path = directory / fname
-        if not path.is_file():
-            raise EvoPaiError(
-                f"dataset cifar10: '{path}' not found: place the torchvision files there or set data.root"
-            )
-        batches.append(_read_cifar_batch(path))
+    _check_params("cifar10", cfg.params, ("stream",))
+    return _load_cifar("cifar10", cfg, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                       ["test_batch"], b"labels", 10)
 
-    def images(arrs: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate(arrs))  # uint8; standardization does the scaling
 
-    train_x = images([b[0] for b in batches[:5]])
-    train_y = torch.from_numpy(np.concatenate([b[1] for b in batches[:5]]))
-    test_x = images([batches[5][0]])
-    test_y = torch.from_numpy(batches[5][1].copy())
-    return _assemble("cifar10", cfg, train_x, train_y, test_x, test_y, 10)
+@register_dataset("cifar100", "CIFAR-100 32x32 colour images, 100 classes or 20 superclasses (torchvision files in "
+                              "ROOT/cifar-100-python; params: labels fine|coarse, stream)")
+def load_cifar100(cfg: DataConfig) -> DataSplits:
+    _check_params("cifar100", cfg.params, ("labels", "stream"))
+    labels = cfg.params.get("labels", "fine")
+    if labels not in ("fine", "coarse"):
+        raise EvoPaiError(f"data.params.labels: must be fine (100 classes) or coarse (20 superclasses), got {labels!r}")
+    return _load_cifar("cifar100", cfg, "cifar-100-python", ["train"], ["test"], f"{labels}_labels".encode(),
+                       100 if labels == "fine" else 20)
+
+
+_IMAGE_FOLDER_DEFAULTS: dict[str, Any] = {"train": "train", "test": "val", "size": None, "channels": 3}
+
+
+@register_dataset("image_folder", "class folders of image files under ROOT/train and ROOT/val (ImageNet layout), "
+                                  "streamed from disk (params: train, test, size, channels)")
+def load_image_folder(cfg: DataConfig) -> DataSplits:
+    _check_params("image_folder", cfg.params, tuple(_IMAGE_FOLDER_DEFAULTS))
+    p = {**_IMAGE_FOLDER_DEFAULTS, **cfg.params}
+    if p["channels"] not in (1, 3):
+        raise EvoPaiError(f"data.params.channels: must be 1 (grayscale) or 3 (RGB), got {p['channels']!r}")
+    size = p["size"]
+    if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2
+                                 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise EvoPaiError(f"data.params.size: must be [height, width] in pixels, got {size!r}")
+    root = Path(cfg.root or DEFAULT_ROOT)
+    classes, train = image_folder_index(root / p["train"])
+    test_classes, test = image_folder_index(root / p["test"])
+    if test_classes != classes:
+        raise EvoPaiError(f"data.params.test: the class folders of '{root / p['test']}' ({len(test_classes)}) are "
+                          f"not those of '{root / p['train']}' ({len(classes)}); use the same class names")
+    if size is None:  # every image is read at the first training image's size (resized when it differs)
+        size = tuple(ImageFiles(train[:1], p["channels"], None)[0][0].shape[1:])
+    size = tuple(size)
+    return assemble_streamed("image_folder", cfg, ImageFiles(train, p["channels"], size),
+                             ImageFiles(test, p["channels"], size), len(classes), (p["channels"], *size))
 
 
 _SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_train": 1000, "n_test": 500, "dim": 20, "classes": 4, "noise": 1.5}

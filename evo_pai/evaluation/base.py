@@ -53,7 +53,7 @@ class WorkerContext:
                 self.model, start, self.theta0, task.mask, self.data, self.cfg.train,
                 task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
                 opt_state=task.opt_state, offset=task.offset, horizon=task.horizon, dynamic=task.dynamic,
-                on_epoch=on_epoch,
+                on_epoch=on_epoch, data_cfg=self.cfg.data,
             )
 
 

@@ -107,7 +107,7 @@ class BatchedTrainer:
                         chunk[0].epochs, [t.seed for t in chunk], [t.keep_state for t in chunk],
                         [t.test for t in chunk], update=self.update,
                         opt_states=[t.opt_state for t in chunk], offset=chunk[0].offset, horizon=chunk[0].horizon,
-                        on_epoch=on_epoch,
+                        on_epoch=on_epoch, data_cfg=ctx.cfg.data,
                     )
                     for i, res in zip(members[lo : lo + self.chunk], out):
                         results[i] = res

@@ -21,6 +21,7 @@ def config_hash(cfg: Config) -> str:
     change no result worth a new folder name)."""
     raw = {k: v for k, v in to_dict(cfg).items() if k != "logging"}
     raw["train"].pop("threads", None)
+    raw["data"].pop("workers", None)  # loader processes change how fast batches come, not which
     return hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -14,6 +14,7 @@ import psutil
 import torch
 
 from evo_pai.core.config import Config
+from evo_pai.data.augment import check as check_augment
 from evo_pai.data.datasets import DataSplits, load_data
 from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.operators.fitness import check_params as check_fitness_params
@@ -190,6 +191,7 @@ def preflight(cfg: Config) -> DataSplits:
     """Everything that can reject the input, done before a run folder exists; returns the loaded data."""
     check_config(cfg)
     data = load_data(cfg.data)
+    check_augment(cfg.data.augment, data.input_shape, cfg.data.name)  # crop / flip need images
     model = check_model(cfg, data)
     check_backend(cfg, data, model)
     return data

@@ -15,6 +15,7 @@ import torch
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.core.individual import derive_seed
+from evo_pai.data.batches import examples
 from evo_pai.operators.pruners import ScoreContext, prune
 from evo_pai.core.registry import COMMON_PARAMS, PRUNER, register_method
 
@@ -30,7 +31,8 @@ def score_context(exp: Experiment, examples: int) -> ScoreContext:
     gen = torch.Generator().manual_seed(derive_seed(exp.cfg.seed, "prune-batch"))
     idx = torch.randperm(exp.data.n_train, generator=gen)[:examples]
     dtype = next(exp.model.parameters()).dtype
-    return ScoreContext(exp.model, list(exp.shapes), exp.data.train_x[idx].to(dtype), exp.data.train_y[idx],
+    x, y = examples(exp.data, idx)
+    return ScoreContext(exp.model, list(exp.shapes), x.to(dtype), y,
                         torch.Generator().manual_seed(derive_seed(exp.cfg.seed, "prune-random")))
 
 

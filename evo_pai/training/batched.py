@@ -10,20 +10,21 @@ optimizer is K independent ones (up to float rounding of the fused kernel).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evo_pai.core.config import TrainConfig
+from evo_pai.core.config import DataConfig, TrainConfig
 from evo_pai.data.datasets import DataSplits
 from evo_pai.core.masks import MaskSet
 from evo_pai.models.networks import probe_forward
 from evo_pai.training.compiled import Update, update_eager
 from evo_pai.training.precision import autocast_forward
 from evo_pai.training.stacked import StackedForward
-from evo_pai.training.burst import BurstResult, burst_traits, EpochCallback, batch_order, batches_on, epoch_done, steps_for
+from evo_pai.data.batches import TrainBatches, eval_batches
+from evo_pai.training.burst import BurstResult, burst_traits, EpochCallback, epoch_done, steps_for
 from evo_pai.training.optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_stacked_optimizer, masked_state,
                     set_lr, stack_states, unstack_state)
 
@@ -34,19 +35,22 @@ def eval_rows(hp: TrainConfig) -> int:
 
 
 @torch.no_grad()
-def evaluate_batched(forward: StackedForward, params: dict[str, torch.Tensor], x: torch.Tensor,
-                     y: torch.Tensor, rows: int, buffers: dict[str, torch.Tensor] | None = None) -> tuple[list[float], list[float]]:
-    """Per-model (mean loss, accuracy) on one shared split; BatchNorm from its running statistics
-    (`model.eval()`)."""
-    k = next(iter(params.values())).shape[0]
-    loss = torch.zeros(k, dtype=torch.float64, device=x.device)
-    correct = torch.zeros(k, dtype=torch.long, device=x.device)
-    for i in range(0, len(x), rows):
-        xb, yb = x[i : i + rows], y[i : i + rows]
+def evaluate_batched(forward: StackedForward, params: dict[str, torch.Tensor],
+                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     buffers: dict[str, torch.Tensor] | None = None) -> tuple[list[float], list[float]]:
+    """Per-model (mean loss, accuracy) on one shared split's (x, y) batches (data.batches.eval_batches);
+    BatchNorm from its running statistics (`model.eval()`)."""
+    p0 = next(iter(params.values()))
+    k = p0.shape[0]
+    loss = torch.zeros(k, dtype=torch.float64, device=p0.device)
+    correct = torch.zeros(k, dtype=torch.long, device=p0.device)
+    n = 0
+    for xb, yb in batches:
         out = forward(params, xb.expand(k, *xb.shape), buffers, False)
         loss += F.cross_entropy(out.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1).sum(1).double()
         correct += (out.argmax(-1) == yb).sum(1)
-    n = max(1, len(x))
+        n += len(yb)
+    n = max(1, n)
     return (loss / n).tolist(), (correct.double() / n).tolist()
 
 
@@ -67,6 +71,7 @@ def train_batched(
     offset: int = 0,
     horizon: int | None = None,
     on_epoch: EpochCallback | None = None,
+    data_cfg: DataConfig = DataConfig(),
 ) -> list[BurstResult]:
     """`train_masked` for every (start, opt_state, mask, seed); `model` only supplies names, dtype and
     device. `update` does grad_accum += |g| and g *= keep (training/compiled.py: eager or compiled).
@@ -95,22 +100,16 @@ def train_batched(
     grad_accum = {n: torch.zeros_like(params[n]) for n in masked}
     tmp = {n: torch.empty_like(params[n]) for n in masked}  # |g|, reused: no fresh pages every step
     steps = steps_for(epochs, data.n_train, hp.batch_size)
-    orders = [batch_order(data.n_train, steps, hp.batch_size, torch.Generator().manual_seed(s), skip=offset) for s in seeds]
-    # step -> the K models' batches side by side (K batches of the same size B), one copy to the device
-    step_idx = batches_on([torch.cat([o[step] for o in orders]) for step in range(steps)], device)
-    del orders
+    # step -> the K models' batches side by side (K batches of the same size B), as train_masked draws each
+    batches = TrainBatches(data, hp.batch_size, seeds, steps, offset, device, dtype, data_cfg.augment, data_cfg.workers)
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
     horizon = offset + steps if horizon is None else horizon
     loss_sum = torch.zeros(k, dtype=dtype, device=device)
-    for step in range(steps):
+    for step, (x, y) in enumerate(batches):
         if scheduled:
             set_lr(opt, hp.lr * lr_factor(hp, offset + step, horizon, per_epoch))
-        idx = step_idx[step]
-        b = idx.shape[0] // k
-        # index_select: the same rows as train_x[idx], gathered ~5x faster than advanced indexing
-        x = torch.index_select(data.train_x, 0, idx).view(k, b, *data.train_x.shape[1:])
         out = forward(params, x, buffers)
-        losses = F.cross_entropy(out.flatten(0, 1), data.train_y[idx], reduction="none").view(k, b).mean(1)
+        losses = F.cross_entropy(out.flatten(0, 1), y, reduction="none").view(k, x.shape[1]).mean(1)
         # set_to_none: backward then writes the gradient instead of adding it to zeros (same values,
         # two fewer passes over K models' gradients).
         opt.zero_grad(set_to_none=True)
@@ -125,19 +124,21 @@ def train_batched(
         epoch_done(step, steps, per_epoch, on_epoch)
     final_opt = export_state(opt, params) if any(keep_state) else None
     return _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp,
-                    keep_state, test, final_opt)
+                    keep_state, test, final_opt, data_cfg.workers)
 
 
 def _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state,
-             test, final_opt):
+             test, final_opt, workers):
     k = loss_sum.shape[0]
     params = {n: p.detach() for n, p in params.items()}
     trained = {**params, **buffers}
     train_loss = (loss_sum.double() / steps).tolist()
     finite_params = torch.stack([torch.isfinite(p.flatten(1)).all(1) for p in params.values()]).all(0).tolist()
-    rows = eval_rows(hp)
-    val_loss, val_acc = evaluate_batched(forward, params, data.val_x, data.val_y, rows, buffers)
-    test_metrics = evaluate_batched(forward, params, data.test_x, data.test_y, rows, buffers) if any(test) else None
+    rows, p0 = eval_rows(hp), next(iter(params.values()))
+    val_loss, val_acc = evaluate_batched(forward, params, eval_batches(data, "val", rows, p0.device, p0.dtype, workers),
+                                         buffers)
+    test_metrics = (evaluate_batched(forward, params, eval_batches(data, "test", rows, p0.device, p0.dtype, workers),
+                                     buffers) if any(test) else None)
     masked = list(grad_accum)
     stacked, scale = burst_traits(params, reference, grad_accum, masked)
     state_keys = list(model.state_dict())

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evo_pai.core.config import TrainConfig
+from evo_pai.core.config import DataConfig, TrainConfig
+from evo_pai.data.batches import TrainBatches, batch_order, eval_batches  # noqa: F401  (batch_order: re-exported)
 from evo_pai.data.datasets import DataSplits
 from evo_pai.core.masks import MaskSet
 from evo_pai.training.optim import OptState, constant_lr, load_state, lr_factor, make_optimizer, masked_state, set_lr, export_state
@@ -71,38 +72,23 @@ def steps_for(epochs: float, n_train: int, batch_size: int) -> int:
     return max(1, int(round(epochs * math.ceil(n_train / batch_size))))
 
 
-def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator, skip: int = 0) -> list[torch.Tensor]:
-    """Index batches for `steps` steps after the first `skip` of the stream: a fresh permutation per
-    epoch, last partial batch kept. Skipping lets a continued run take the batches its lineage
-    would have taken next (a 2-epoch run = 1 epoch + 1 more with skip = one epoch's steps)."""
-    batches: list[torch.Tensor] = []
-    while len(batches) < skip + steps:
-        perm = torch.randperm(n, generator=generator)
-        batches.extend(perm.split(batch_size))
-    return batches[skip : skip + steps]
-
-
-def batches_on(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """A burst's index batches on `device` in one host-to-device copy: a copy per step would make
-    the host wait for the GPU at every step."""
-    if device.type == "cpu":
-        return batches
-    return list(torch.cat(batches).to(device).split([len(b) for b in batches]))
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forward=None) -> dict[str, float]:
-    """Mean loss and accuracy; sums stay on the device (float64), read once at the end."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], forward=None) -> dict[str, float]:
+    """Mean loss and accuracy over (x, y) batches (data.batches.eval_batches); sums stay on the device
+    (float64), read once at the end."""
     forward = forward or model
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for i in range(0, len(x), EVAL_BATCH):
-        out = forward(x[i : i + EVAL_BATCH])
-        loss += F.cross_entropy(out, y[i : i + EVAL_BATCH], reduction="sum").double()
-        correct += (out.argmax(1) == y[i : i + EVAL_BATCH]).sum()
+    p = next(model.parameters())
+    loss = torch.zeros((), dtype=torch.float64, device=p.device)
+    correct = torch.zeros((), dtype=torch.long, device=p.device)
+    n = 0
+    for x, y in batches:
+        out = forward(x)
+        loss += F.cross_entropy(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
     model.train()
-    n = max(1, len(x))
+    n = max(1, n)
     return {"loss": float(loss) / n, "accuracy": int(correct) / n}
 
 
@@ -122,6 +108,7 @@ def train_masked(
     horizon: int | None = None,
     dynamic: DynamicSpec | None = None,
     on_epoch: EpochCallback | None = None,
+    data_cfg: DataConfig = DataConfig(),
 ) -> BurstResult:
     """Train `model` from `start` (and `opt_state`) with `mask` held fixed; traits are measured
     against `reference` (θ0).
@@ -131,7 +118,8 @@ def train_masked(
     gradient so pruned weights also get a score (useful for regrowth). With `dynamic`, the mask is
     updated every ΔT steps (RigL / SET, training/dynamic.py) and the result carries the last mask. `offset` is the number of
     steps the lineage has already taken (the batch stream and the learning-rate schedule continue
-    from there); `horizon` the length of the lineage's schedule (None: this run's end).
+    from there); `horizon` the length of the lineage's schedule (None: this run's end). `data_cfg` gives the
+    augmentation and the loader workers (data.batches.TrainBatches: one batch source for every trainer).
     """
     device = next(model.parameters()).device
     model.load_state_dict(start)
@@ -145,19 +133,20 @@ def train_masked(
     load_state(opt, params, masked_state(opt_state, masks) if opt_state else None)
     grad_accum = {k: torch.zeros_like(params[k]) for k in masks}
     forward = autocast_forward(model, hp.precision, device, next(model.parameters()).dtype)
-    gen = torch.Generator().manual_seed(seed)  # on CPU: the same batch order on every device
     steps = steps_for(epochs, data.n_train, hp.batch_size)
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
     horizon = offset + steps if horizon is None else horizon
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
     loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
     updater = None if dynamic is None else MaskUpdater(dynamic, masks, params, opt, steps, per_epoch, seed)
-    for i, idx in enumerate(batches_on(batch_order(data.n_train, steps, hp.batch_size, gen, skip=offset), device)):
+    dtype = next(model.parameters()).dtype
+    batches = TrainBatches(data, hp.batch_size, [seed], steps, offset, device, dtype, data_cfg.augment, data_cfg.workers)
+    for i, (x, y) in enumerate(batches):
         t = i + 1  # the mask updater counts this run's steps from 1
         if scheduled:
             set_lr(opt, hp.lr * lr_factor(hp, offset + i, horizon, per_epoch))
-        out = forward(data.train_x[idx])
-        loss = F.cross_entropy(out, data.train_y[idx])
+        out = forward(x[0])
+        loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=False)
         loss.backward()
         update = updater is not None and updater.due(t)
@@ -176,10 +165,10 @@ def train_masked(
         epoch_done(i, steps, per_epoch, on_epoch)
     train_loss = float(loss_sum) / steps
     finite = math.isfinite(train_loss) and all(bool(torch.isfinite(p).all()) for p in params.values())
-    val = evaluate(model, data.val_x, data.val_y, forward)
+    val = evaluate(model, eval_batches(data, "val", EVAL_BATCH, device, dtype, data_cfg.workers), forward)
     metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"], "finite": float(finite)}
     if test:
-        t = evaluate(model, data.test_x, data.test_y, forward)
+        t = evaluate(model, eval_batches(data, "test", EVAL_BATCH, device, dtype, data_cfg.workers), forward)
         metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
     if updater is not None:
         metrics.update(mask_updates=float(updater.updates), mask_turnover=updater.turnover())

@@ -1,0 +1,94 @@
+"""Datasets read from disk as training goes: map-style `torch.utils.data.Dataset`s and their loaders.
+
+A streamed dataset's items are `(x, label)` with x a tensor of the input shape (uint8 or float);
+batches are standardized on the training device with per-channel statistics of a training sample,
+so a uint8 batch crosses to the GPU at a quarter of the float size. The datasets hold file names (and
+read files lazily), never the arrays: pickled to a DataLoader worker or rebuilt in a Ray actor from
+the config, they read that node's files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from evo_pai.data.formats import read_cifar_batch, read_image
+
+STATS_SAMPLE = 2048  # training images whose pixels give the standardization statistics
+
+
+class CifarBatches(Dataset):
+    """The torchvision CIFAR-10/100 python batches as one dataset of uint8 (3, 32, 32) images.
+
+    The batch files are unpickled on first use in each process (cached per file): random access needs
+    the whole of a batch file, so this saves the float copy and the device memory, not the file's bytes."""
+
+    def __init__(self, files: Sequence[Path], label_key: bytes = b"labels"):
+        self.files, self.label_key = [Path(f) for f in files], label_key
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._len = sum(len(read_cifar_batch(f, label_key)[1]) for f in self.files)  # also checks the files now
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            parts = [read_cifar_batch(f, self.label_key) for f in self.files]
+            self._arrays = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        return self._arrays
+
+    def labels(self) -> np.ndarray:
+        return self._load()[1]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self._load()
+        return torch.from_numpy(x[i].copy()), int(y[i])
+
+    def __getstate__(self) -> dict:  # a worker re-reads the files rather than receiving the arrays
+        return {**self.__dict__, "_arrays": None}
+
+
+class ImageFiles(Dataset):
+    """Image files with class indices (an ImageFolder tree, formats.image_folder_index), decoded per item."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], channels: int, size: tuple[int, int] | None):
+        self.samples, self.channels, self.size = list(samples), channels, size
+
+    def labels(self) -> np.ndarray:
+        return np.asarray([c for _, c in self.samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return read_image(path, self.channels, self.size), label
+
+
+def channel_stats(dataset: Dataset, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, std) of up to STATS_SAMPLE items drawn with `seed`, shaped to broadcast over
+    an item ((C, 1, 1) for images, (D,) for vectors)."""
+    n = len(dataset)
+    idx = np.random.default_rng(seed).permutation(n)[:STATS_SAMPLE]
+    x = torch.stack([dataset[int(i)][0] for i in np.sort(idx)]).double()
+    dims = (0, 2, 3) if x.dim() == 4 else (0,)
+    std, mean = torch.std_mean(x, dim=dims, keepdim=True)
+    return mean[0].float(), std[0].clamp_min(1e-6).float()
+
+
+def loader(dataset: Dataset, batches: Iterable[Sequence[int]], workers: int, device: torch.device) -> DataLoader:
+    """The given index batches of `dataset`, in order, read by `workers` processes (0: this one)."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
+
+
+def on_device(x: torch.Tensor, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None,
+              device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loaded batch on the training device in `dtype`, standardized there when `stats` are given."""
+    x = x.to(device, non_blocking=True).to(dtype)
+    if stats is not None:
+        mean, std = stats
+        x = (x - mean.to(device, dtype)) / std.to(device, dtype)
+    return x, y.to(device, non_blocking=True)
