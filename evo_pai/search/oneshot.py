@@ -24,12 +24,12 @@ ONE_SHOT_PARAMS = {"examples": "scoring examples for data-dependent pruners, def
                    "budget": "the ranking's layer budget (erk, uniform or global), default masks.budget"}
 
 
-def score_context(exp: Experiment, examples: int) -> ScoreContext:
-    """θ0 and a seeded random sample of training examples, in the model's dtype."""
-    if examples < 1:
-        raise EvoPaiError(f"search.params.examples: must be at least 1, got {examples}")
+def score_context(exp: Experiment, count: int) -> ScoreContext:
+    """θ0 and a seeded random sample of `count` training examples, in the model's dtype."""
+    if count < 1:
+        raise EvoPaiError(f"search.params.examples: must be at least 1, got {count}")
     gen = torch.Generator().manual_seed(derive_seed(exp.cfg.seed, "prune-batch"))
-    idx = torch.randperm(exp.data.n_train, generator=gen)[:examples]
+    idx = torch.randperm(exp.data.n_train, generator=gen)[:count]
     dtype = next(exp.model.parameters()).dtype
     x, y = examples(exp.data, idx)
     return ScoreContext(exp.model, list(exp.shapes), x.to(dtype), y,
