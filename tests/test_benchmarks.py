@@ -47,7 +47,8 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
                                                             ["environment", "agreement", "throughput", "runs", "precision", "ray"]}
     assert sections["agreement"]["result"]["met"]  # CPU vs CPU here: exactly equal
     rows = sections["throughput"]["result"]["rows"]
-    assert [(r["model"], r["K"], r["status"]) for r in rows] == [("mlp", 1, "ok"), ("mlp", 2, "ok"), ("conv4", 2, "ok")]
+    assert [(r["model"], r["K"], r["status"]) for r in rows] == [("mlp", 1, "ok"), ("mlp", 2, "ok"), ("conv4", 2, "ok"),
+                                                                     ("resnet20", 2, "ok")]
     assert all(r["model_epochs_per_s"] > 0 and r["achieved_tflops"] > 0 for r in rows)
     assert set(sections["precision"]["result"]) >= {"fp32", "tf32", "bf16"}
     md = (tmp_path / "gpu_report.md").read_text()
