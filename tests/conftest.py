@@ -109,6 +109,15 @@ def whole_and_interrupted(cfg, tmp_path: Path, monkeypatch, n: int):
 
 
 @pytest.fixture(scope="module")
+def local_ray(one_thread):
+    """A Ray instance on this machine for the in-process tests of a module; the evaluator reuses it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module: tiny models on a shared 2-core machine run much faster on one,
     and it is what a 1-CPU Ray actor uses (identical floats)."""
