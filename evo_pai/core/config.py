@@ -187,18 +187,10 @@ class PBTConfig(_Section):
     """`search.pbt` — exploit / explore for `search.method: pbt` (Ray Tune's PopulationBasedTraining)."""
     interval: int = Field(1, ge=1)  # generations between exploit steps
     quantile: float = Field(0.25, gt=0, le=0.5)  # bottom share copies the top share
-    perturb_factors: list[float] = [0.8, 1.2]
+    perturb_factors: list[Annotated[float, Field(gt=0)]] = Field([0.8, 1.2], min_length=1)
     resample_probability: float = Field(0.25, ge=0, le=1)
-    # gene -> [low, high] | {low, high, log} | {choices: [...]} (checked by operators/hyperparams.py)
-    genes: dict[str, Any] = {}
+    genes: dict[str, Any] = {}  # gene -> [low, high] | {low, high, log} | {choices: [...]} (operators/hyperparams.py)
     initial: Literal["recipe", "sample"] = "recipe"  # generation 0: the recipe's values, or drawn from the spaces
-
-    @field_validator("perturb_factors")
-    @classmethod
-    def _factors(cls, v: list[float]) -> list[float]:
-        if not v or not all(x > 0 for x in v):
-            raise ValueError("must be a non-empty list of positive numbers, e.g. [0.8, 1.2]")
-        return v
 
 
 class SearchConfig(_Section):
