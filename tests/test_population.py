@@ -7,16 +7,15 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_raw, whole_and_interrupted, without_timing
+from conftest import assert_same_training, search_outcome, tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.core.config import build_config
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.individual import Individual
-from evo_pai.core.registry import METHOD
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.operators.hyperparams import explore, exploit_pairs, parse_gene, parse_genes
 from evo_pai.runs.preflight import check_config
-from evo_pai.runs.runner import run_experiment, seed_everything
+from evo_pai.runs.runner import run_experiment
 from evo_pai.search.experiment import Experiment
 from evo_pai.search.lineages import exploit
 from evo_pai.training.carry import Carry
@@ -51,12 +50,7 @@ def test_vectorized_trains_each_model_with_its_own_lr_and_weight_decay(optimizer
              for i, (s, w) in enumerate(genes)]
     a_res, b_res = local.evaluate(tasks), vec.evaluate(tasks)
     for a, b in zip(a_res, b_res):
-        for k in a.state:
-            assert float((a.state[k] - b.state[k]).abs().max()) <= 1e-10, k
-        for name in a.opt_state:
-            for key in a.opt_state[name]:
-                assert float((a.opt_state[name][key].double() - b.opt_state[name][key].double()).abs().max()) <= 1e-10
-        assert abs(a.metrics["val_loss"] - b.metrics["val_loss"]) <= 1e-10
+        assert_same_training(a, b)
     plain = local.evaluate([BurstTask(tasks[1].mask, 1.0, 11, start=parent.state, opt_state=parent.opt_state,
                                       keep_state=True, offset=per, horizon=3 * per)])[0]
     assert plain.metrics["val_loss"] != a_res[1].metrics["val_loss"]
@@ -136,17 +130,6 @@ def lineage_raw(method: str = "pbt", backend: str = "local", **search) -> dict:
     return raw
 
 
-def search_of(raw: dict):
-    cfg = build_config(raw)
-    data = load_data(cfg.data)
-    seed_everything(cfg.seed)
-    records: list[dict] = []
-    with make_evaluator(cfg, data) as ev:
-        exp = Experiment(cfg, ev, data, log=records.append)
-        outcome = METHOD.get(cfg.search.method)(exp)
-    return outcome, records
-
-
 def test_exploit_copies_mask_state_level_and_genes_then_perturbs():
     cfg = build_config(lineage_raw(pbt={"genes": {"lr_scale": [0.1, 10.0]}, "resample_probability": 0.0}))
     data = load_data(cfg.data)
@@ -166,7 +149,7 @@ def test_exploit_copies_mask_state_level_and_genes_then_perturbs():
 
 
 def test_pbt_logs_genes_and_exploits_and_trains_the_winner_with_its_genes():
-    outcome, records = search_of(lineage_raw())
+    outcome, records = search_outcome(lineage_raw())
     assert len(records) == 4 and all(len(r["hparams"]["lr_scale"]) == 4 for r in records)
     assert [len(r["exploit"]) for r in records] == [1, 1, 1, 0]  # K=4, quantile 0.25; none after the last
     for r, nxt in zip(records, records[1:]):
@@ -209,7 +192,7 @@ def test_pbt_resumed_after_an_exploit_equals_the_uninterrupted_run(tmp_path, mon
 def backend_records(backend: str, **evaluation):
     raw = lineage_raw(backend=backend)
     raw["evaluation"].update(evaluation)
-    outcome, records = search_of(raw)
+    outcome, records = search_outcome(raw)
     return outcome.mask, records
 
 
