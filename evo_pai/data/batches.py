@@ -14,7 +14,7 @@ import torch
 from evo_pai.core.config import AugmentConfig
 from evo_pai.data import augment
 from evo_pai.data.datasets import DataSplits
-from evo_pai.data.streaming import loader, on_device
+from evo_pai.data.streaming import in_order, loader, on_device
 
 
 def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator, skip: int = 0) -> list[torch.Tensor]:
@@ -76,8 +76,7 @@ def eval_batches(data: DataSplits, split: str, rows: int, device: torch.device, 
     """The `split` ("val" or "test") in order, `rows` examples at a time, never augmented."""
     if data.streamed:
         dataset = getattr(data, f"{split}_set")
-        chunks = [list(range(i, min(i + rows, len(dataset)))) for i in range(0, len(dataset), rows)]
-        for x, y in loader(dataset, chunks, workers, device):
+        for x, y in loader(dataset, in_order(len(dataset), rows), workers, device):
             yield on_device(x, y, data.stats, device, dtype)
         return
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
