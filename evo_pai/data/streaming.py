@@ -120,9 +120,10 @@ def read_all(dataset: Dataset, stats: tuple[torch.Tensor, torch.Tensor] | None,
 
 def on_device(x: torch.Tensor, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None,
               device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """A loaded batch on the training device in `dtype`, standardized there when `stats` are given."""
+    """A loaded batch on the training device in `dtype`, standardized there when `stats` are given
+    (in place: `x` is a batch the loader just made, and the copy would double a chunk's memory)."""
     x = x.to(device, non_blocking=True).to(dtype)
     if stats is not None:
         mean, std = stats
-        x = (x - mean.to(device, dtype)) / std.to(device, dtype)
+        x = x.sub_(mean.to(device, dtype)).div_(std.to(device, dtype))
     return x, y.to(device, non_blocking=True)
