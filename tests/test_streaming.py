@@ -247,3 +247,25 @@ def test_dataset_larger_than_the_memory_budget_trains_in_bounded_memory(tmp_path
     print(f"\nRSS growth {(peak - before) / 2**20:.2f} MiB while streaming {on_disk / 2**20:.1f} MiB of PNG "
           f"({decoded / 2**20:.1f} MiB decoded, budget {budget / 2**20:.2f} MiB)")
     assert on_disk > 3 * budget and peak - before < budget
+
+
+def test_the_dataset_authors_example_in_extending_md_trains(tmp_path):
+    """docs/extending.md's streamed dataset (a Dataset of .pt files through `assemble_streamed`), run as
+    written: registered, loaded from data.root, trained by a short search with loader workers."""
+    text = (ROOT / "docs" / "extending.md").read_text()
+    block = next(b.split("```", 1)[0] for b in text.split("```python\n")[1:] if 'register_dataset("shards"' in b)
+    exec(compile(block, "docs/extending.md", "exec"), {})
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 40), ("test", 10)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            torch.save((torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=gen), i % 10),
+                       tmp_path / split / f"{i}.pt")
+    raw = tiny_raw(population=2, generations=1)
+    raw["data"] = {"name": "shards", "root": str(tmp_path), "workers": 2, "augment": AUG.model_dump()}
+    raw["model"] = {"name": "lenet5"}
+    raw["final"] = {"epochs": 1}
+    (tmp_path / "run").mkdir()
+    summary = run_experiment(build_config(raw), tmp_path / "run")
+    assert summary["sparsity"] > 0.7 and 0 <= summary["test_accuracy"] <= 1
+    one_line_error("data.root|no .pt files", lambda: load_data(DataConfig(name="shards", root=str(tmp_path / "x"))))
