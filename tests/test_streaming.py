@@ -17,7 +17,7 @@ from conftest import ROOT, cli_inproc, tiny_raw, whole_and_interrupted, without_
 from evo_pai.core.config import AugmentConfig, DataConfig, build_config
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.masks import MaskSet
-from evo_pai.data.batches import TrainBatches
+from evo_pai.data.batches import TrainBatches, examples
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.runs.runner import run_experiment
@@ -74,6 +74,8 @@ def test_streamed_batches_are_the_in_memory_batches(cifar_root):
     assert len(a) == 7 and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
     assert all(torch.equal(x1, x3) and torch.equal(y1, y3) for (x1, y1), (x3, y3) in zip(a, c))
     assert not torch.equal(a[0][0], batches(streamed, [5, 6], AugmentConfig())[0][0])  # augmented
+    idx = torch.tensor([3, 170, 0, 42])  # a pruner's scoring sample (snip, grasp, ...)
+    assert all(torch.equal(u, v) for u, v in zip(examples(streamed, idx), examples(memory, idx)))
     loaded = load_data(DataConfig(name="cifar10", root=str(cifar_root)))  # stream: false, standardized at load
     assert torch.equal(loaded.train_y, memory.train_y) and torch.equal(loaded.test_y, memory.test_y)
     assert torch.allclose(loaded.train_x, memory.train_x, atol=1e-5)  # statistics summed in another order
