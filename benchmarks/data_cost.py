@@ -8,8 +8,9 @@ augment: one burst (1 epoch of Adam, batch 128, then validation) on a Fashion-MN
 stream: the same Fashion-MNIST images written as an ImageFolder tree of PNGs, trained (LeNet-5, one
   burst) from memory (`DataSplits.in_memory()`: the same examples, order and batches) and streamed
   through a DataLoader with 0 and 2 worker processes (every image decoded from its file per epoch).
-rss: a generated ImageFolder tree of 64x64 RGB noise (PNG does not compress it) streamed for one
-  epoch: the process's peak resident-memory growth against the tree's size on disk.
+rss: generated ImageFolder trees of 64x64 RGB noise (PNG does not compress it) streamed for one epoch
+  each: the process's peak resident-memory growth against the tree's size on disk (two sizes: it should
+  not grow with the tree).
 Times are each variant's best round, rounds interleaved (rotating order); "paired" is the median
 of the per-round ratios. The machine is shared: load only ever adds time.
 """
@@ -95,6 +96,26 @@ def stream_cost(train: int, repeats: int) -> None:
         print(f"ratio {v}/memory (LeNet-5, Fashion-MNIST {n} PNGs): {t.ratio(v, 'memory'):.3f}")
 
 
+def rss_peak_during(fn) -> tuple[int, int]:
+    """(resident bytes before, peak resident bytes while `fn` runs), sampled every 2 ms by a thread."""
+    proc, peak, done = psutil.Process(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            done.wait(0.002)
+
+    before = proc.memory_info().rss
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return before, max(peak[0], proc.memory_info().rss)
+
+
 def rss_growth(images: int) -> None:
     """Peak RSS growth while one epoch streams `images` 64x64 RGB PNGs (after a warm-up burst)."""
     from PIL import Image
@@ -110,20 +131,8 @@ def rss_growth(images: int) -> None:
         data = load_data(cfg.data)
         run = burst(cfg, data)
         run(-1)  # allocator, loader and model warmed up
-        proc, peak, done = psutil.Process(), [0], threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                done.wait(0.005)
-
-        before = proc.memory_info().rss
-        thread = threading.Thread(target=sample)
-        thread.start()
-        run(0)
-        done.set()
-        thread.join()
-        growth = max(peak[0], proc.memory_info().rss) - before
+        before, peak = rss_peak_during(lambda: run(0))
+        growth = peak - before
     in_memory = (data.n_train + len(data.val_set)) * 3 * 64 * 64 * 4
     print(f"rss: {data.n_train} training images streamed, {on_disk / 2**20:.1f} MiB of PNG on disk "
           f"({in_memory / 2**20:.1f} MiB as the float32 tensors of the in-memory path); RSS before "
@@ -135,7 +144,8 @@ def rss_growth(images: int) -> None:
 def main() -> None:
     def extra(p):
         p.add_argument("--sections", default="augment,stream,rss", help="comma-separated: augment, stream, rss")
-        p.add_argument("--rss-images", type=int, default=None, help="images of the rss tree (default 20000; quick 400)")
+        p.add_argument("--rss-images", default=None, help="comma-separated sizes of the rss trees in images "
+                                                          "(default 4000,20000; quick 400)")
 
     args = parse(__doc__.splitlines()[0], extra)
     load_components()
@@ -146,7 +156,8 @@ def main() -> None:
     if "stream" in sections:
         stream_cost(512 if args.quick else 4096, args.repeats)
     if "rss" in sections:
-        rss_growth(args.rss_images or (400 if args.quick else 20000))
+        for images in (args.rss_images or ("400" if args.quick else "4000,20000")).split(","):
+            rss_growth(int(images))
 
 
 if __name__ == "__main__":
