@@ -143,6 +143,27 @@ def test_resumed_streamed_run_equals_uninterrupted(tmp_path, monkeypatch):
     assert without_timing(whole) == without_timing(run_experiment(cfg, tmp_path / "run", resume=ckpt))
 
 
+def test_cifar100_streamed_with_subsets(tmp_path):
+    """CIFAR-100's layout (one `train` and one `test` pickle, fine and coarse labels), streamed, with
+    data.train_subset / test_subset drawn as for tensors: the same examples as the in-memory loader's."""
+    import pickle
+
+    (tmp_path / "cifar-100-python").mkdir()
+    rng = np.random.default_rng(2)
+    for fname, n in (("train", 60), ("test", 30)):
+        fine = [int(v) for v in rng.integers(0, 100, n)]
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": fine,
+                 b"coarse_labels": [v // 5 for v in fine]}
+        (tmp_path / "cifar-100-python" / fname).write_bytes(pickle.dumps(batch, protocol=2))
+    for labels, classes in (("fine", 100), ("coarse", 20)):
+        cfg = DataConfig(name="cifar100", root=str(tmp_path), train_subset=20, test_subset=10,
+                         params={"labels": labels, "stream": True})
+        s = load_data(cfg)
+        memory = load_data(cfg.model_copy(update={"params": {"labels": labels}}))
+        assert s.streamed and s.num_classes == classes and (s.n_train, len(s.test_set)) == (20, 10)
+        assert torch.equal(s.in_memory().train_y, memory.train_y) and torch.equal(s.in_memory().test_y, memory.test_y)
+
+
 def test_image_folder_layouts(tmp_path):
     """Class folders sorted by name, images resized to the first training image's size, the test split
     from ROOT/val or from Tiny-ImageNet's images/ + val_annotations.txt; stream: false reads it whole."""
