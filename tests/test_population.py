@@ -32,15 +32,17 @@ def raw64(optimizer: str = "sgd", backend: str = "local", **search) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_vectorized_trains_each_model_with_its_own_lr_and_weight_decay(optimizer):
+@pytest.mark.parametrize("optimizer,momentum", [("sgd", 0.9), ("sgd", 0.0), ("adam", 0.9)])
+def test_vectorized_trains_each_model_with_its_own_lr_and_weight_decay(optimizer, momentum):
     """Per-model lr scale and weight decay in the stacked step: each model as the local backend trains
     it alone (float64, to 1e-10), from θ0 and from a carried state; the genes change the result."""
-    raw = raw64(optimizer)
+    raw, raw_vec = raw64(optimizer), raw64(optimizer, "vectorized")
+    for r in (raw, raw_vec):
+        r["train"]["momentum"] = momentum
     cfg = build_config(raw)
     data = load_data(cfg.data)
     local = make_evaluator(cfg, data)
-    vec = make_evaluator(build_config(raw64(optimizer, "vectorized")), data)
+    vec = make_evaluator(build_config(raw_vec), data)
     exp = Experiment(cfg, local, data)
     per = exp.steps(1.0)
     parent = local.evaluate([BurstTask(exp.dense_mask(), 1.0, 3, keep_state=True, horizon=3 * per)])[0]
@@ -48,6 +50,8 @@ def test_vectorized_trains_each_model_with_its_own_lr_and_weight_decay(optimizer
     tasks = [BurstTask(exp.random_mask(0.5, i), 1.0, 10 + i, start=parent.state, opt_state=parent.opt_state,
                        keep_state=True, offset=per, horizon=3 * per, lr_scale=s, weight_decay=w)
              for i, (s, w) in enumerate(genes)]
+    tasks += [BurstTask(exp.random_mask(0.6, 7 + i), 1.0, 30 + i, keep_state=True, lr_scale=s, weight_decay=w)
+              for i, (s, w) in enumerate([(0.7, 2e-3), (1.5, None)])]  # fresh optimizers: their own group
     a_res, b_res = local.evaluate(tasks), vec.evaluate(tasks)
     for a, b in zip(a_res, b_res):
         assert_same_training(a, b)
