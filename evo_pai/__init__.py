@@ -1,4 +1,7 @@
 """evo-pai: evolutionary pruning at initialization (K-starts, dissipating gradients, their combination)."""
+import sys as _sys
+import types as _types
+
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import (
     register_backend,
@@ -21,6 +24,41 @@ def run(*args, **kwargs):
     from evo_pai.runs.api import run as _run
 
     return _run(*args, **kwargs)
+
+
+class _Search:
+    """`evo_pai.search(model, train, *, val=None, test=None, method="combined", sparsity=0.9, config=None,
+    overrides=(), out=None, overwrite=False, progress=True) -> SearchResult`: a sparse mask for your own
+    nn.Module on your own data (`.mask`, `.apply(model)`, `.summary`, `.export(format)`); docs/python.md.
+
+    `evo_pai.search` is also the subpackage of search methods: `evo_pai.search.nsga2` and
+    `import evo_pai.search.nsga2 as m` reach its modules through this object."""
+
+    __name__ = __qualname__ = "search"
+
+    def __call__(self, model, train, **kwargs):
+        from evo_pai.runs.python_search import search as _search
+
+        return _search(model, train, **kwargs)
+
+    def __getattr__(self, name):
+        import importlib
+
+        return getattr(importlib.import_module("evo_pai.search"), name)
+
+    def __repr__(self) -> str:
+        return "<function evo_pai.search(model, train, **kwargs)>"
+
+
+search = _Search()
+
+
+def export(run, model=None, format="compact", out=None, member=None) -> dict:
+    """`evo-pai export` from Python, for a run folder or a SearchResult; `model=` is the nn.Module a run of
+    `search()` was made on (see `evo_pai.runs.python_export.export`)."""
+    from evo_pai.runs.python_export import export as _export
+
+    return _export(run, model=model, format=format, out=out, member=member)
 
 
 def load_mask(run_dir):
@@ -57,7 +95,20 @@ def load_semi_structured(path):
     return _load(path)
 
 
+# `evo_pai.search` is also a subpackage: importing `evo_pai.search.<module>` would set this attribute to
+# the package; the module class below keeps the function whatever is imported, and when.
+class _Facade(_types.ModuleType):
+    def __setattr__(self, name, value):
+        if name == "search" and isinstance(value, _types.ModuleType):
+            return  # the subpackage stays reachable as sys.modules["evo_pai.search"]
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Facade
+
 __all__ = [
+    "search",
+    "export",
     "load_compact",
     "load_csr",
     "load_torch_prune",
