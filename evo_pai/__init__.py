@@ -74,18 +74,20 @@ def load_compact(path):
     return _load(path)
 
 
-def load_csr(path):
-    """The module with torch.sparse_csr Linear weights `evo-pai export --format csr` wrote."""
+def load_csr(path, model=None):
+    """The module with torch.sparse_csr Linear weights `evo-pai export --format csr` wrote (`model=`: the
+    nn.Module a run of `search()` was made on)."""
     from evo_pai.deploy.csr import load_csr as _load
 
-    return _load(path)
+    return _load(path, model)
 
 
-def load_torch_prune(path):
-    """The model with torch.nn.utils.prune masks `evo-pai export --format torch-prune` wrote."""
+def load_torch_prune(path, model=None):
+    """The model with torch.nn.utils.prune masks `evo-pai export --format torch-prune` wrote (`model=`: the
+    nn.Module a run of `search()` was made on)."""
     from evo_pai.runs.export import load_torch_prune as _load
 
-    return _load(path)
+    return _load(path, model)
 
 
 def load_semi_structured(path):

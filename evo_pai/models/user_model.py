@@ -36,7 +36,12 @@ class UserModel:
 
     def __call__(self, input_shape=None, num_classes=None, **params: Any) -> nn.Module:
         if self.instance is not None:
-            return copy.deepcopy(self.instance)
+            try:
+                return copy.deepcopy(self.instance)  # training must never touch the user's own object
+            except Exception as exc:
+                raise EvoPaiError(f"model: the {type(self.instance).__name__} instance cannot be copied ({brief(exc)}); "
+                                  "pass a zero-argument function that builds it instead, e.g. "
+                                  "search(lambda: MyNet(), ...)") from None
         try:
             net = self.factory()
         except Exception as exc:
