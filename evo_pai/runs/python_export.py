@@ -13,7 +13,6 @@ from evo_pai.core.config import load_config
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import MODEL
 from evo_pai.models.user_model import UserModel, is_user_name, not_rebuildable
-from evo_pai.runs.search_result import SearchResult
 
 
 def export(run, model=None, format: str = "compact", out: str | Path | None = None, member: int | None = None) -> dict:
@@ -21,8 +20,8 @@ def export(run, model=None, format: str = "compact", out: str | Path | None = No
     returns what `evo-pai export` prints: path, format, sparsity, the read-back check."""
     from evo_pai.runs.export import export as write_export
 
-    if isinstance(run, SearchResult):
-        run_dir, model = run.run_dir, model if model is not None else run.model
+    if hasattr(run, "run_dir"):  # a SearchResult (which calls this module: no import back)
+        run_dir, model = Path(run.run_dir), model if model is not None else run.model
     else:
         run_dir = Path(run)
     if not (run_dir / "config.yaml").is_file():
