@@ -120,7 +120,8 @@ def test_dataset_and_dataloader_inputs(one_thread):
                           overrides=[o for o in TINY if not o.startswith("train.batch_size")], progress=False)
     cfg = yaml.safe_load((res2.run_dir / "config.yaml").read_text())
     assert cfg["train"]["batch_size"] == 16 and cfg["data"]["name"] == "python:DataLoader"
-    assert any("batch_size (16) are used" in n and "shuffle" in n for n in res2.notes)
+    assert any(n.startswith("train:") and "batch_size (16) are used" in n and "shuffle" in n for n in res2.notes)
+    assert any(n.startswith("test:") and "its batch_size, sampler/shuffle" in n for n in res2.notes)
     # the same examples as tensors, a Dataset or a DataLoader: the same data fingerprint
     assert cfg["data"]["params"]["fingerprint"] == yaml.safe_load((res.run_dir / "config.yaml").read_text())["data"]["params"]["fingerprint"]
 
@@ -242,6 +243,8 @@ def test_temporary_folder_save_and_export_with_the_module(one_thread, tmp_path):
     assert cli.returncode == 2 and "evo_pai.export(" in cli.stderr and cli.stderr.count("\n") == 1, cli.stderr
     torch.manual_seed(5)
     other = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+    with pytest.raises(EvoPaiError, match="does not fit this run's trained weights"):
+        evo_pai.export(tmp_path / "kept", model=nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)), format="csr")
     info = evo_pai.export(tmp_path / "kept", model=other, format="torch-prune")
     loaded = evo_pai.load_torch_prune(info["path"], model=other)
     assert abs(accuracy(loaded, *TEST) - res.summary["test_accuracy"]) < 1e-9

@@ -70,9 +70,10 @@ def to_split(name: str, obj) -> Split:
     """One split as tensors, with what of a DataLoader was used and what was not."""
     if isinstance(obj, DataLoader):
         x, y = _from_dataset(name, obj.dataset)
-        note = (f"{name}: a DataLoader: its dataset and batch_size ({obj.batch_size}) are used; its {LOADER_IGNORES} "
-                "are not (evo-pai draws seeded batches itself)")
-        split = Split(x, y, "DataLoader", obj.batch_size, [note])
+        used = f"its dataset and batch_size ({obj.batch_size}) are" if name == "train" else "its dataset is"
+        ignored = LOADER_IGNORES if name == "train" else f"batch_size, {LOADER_IGNORES}"
+        note = f"{name}: a DataLoader: {used} used; its {ignored} are not (evo-pai draws seeded batches itself)"
+        split = Split(x, y, "DataLoader", obj.batch_size if name == "train" else None, [note])
     elif isinstance(obj, Dataset):
         split = Split(*_from_dataset(name, obj), "Dataset")
     elif isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):

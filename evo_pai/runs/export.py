@@ -53,7 +53,11 @@ class Source:
         torch.manual_seed(self.cfg.seed)  # θ0 when no trained weights exist
         net = build_model(self.cfg.model, self.input_shape, self.num_classes).to(dtype_of(self.cfg))
         if self.state is not None:
-            net.load_state_dict(self.state)
+            try:
+                net.load_state_dict(self.state)
+            except RuntimeError as exc:  # e.g. evo_pai.export(run, model=<another network>)
+                raise EvoPaiError(f"model: {type(net).__name__} does not fit this run's trained weights "
+                                  f"({' '.join(str(exc).split())[:200]}); pass the module the run searched") from None
         return net.eval()
 
 

@@ -75,10 +75,9 @@ def base_config(config: str | Path | Mapping | Config | None) -> dict:
 
 def output_classes(net: torch.nn.Module, x: torch.Tensor) -> int:
     """The width of the model's logits on two training examples (BatchNorm statistics untouched)."""
-    probe = x[:2]
-    if probe.is_floating_point():
-        first = next(iter(net.parameters()), None)
-        probe = probe.to(first.dtype) if first is not None else probe
+    probe, first = x[:2], next(iter(net.parameters()), None)
+    if first is not None:  # a module already on a GPU, or in float64
+        probe = probe.to(first.device, first.dtype) if probe.is_floating_point() else probe.to(first.device)
     try:
         with torch.no_grad(), eval_mode(net):
             out = net(probe)
