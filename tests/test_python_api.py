@@ -186,6 +186,7 @@ def test_unpicklable_instance_on_ray_is_one_line_before_any_folder(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, field", [
+    ({"out": ROOT / "docs"}, "out: "),
     ({"sparsity": 1.5}, "search.sparsity"),
     ({"train": (TRAIN[0], TRAIN[1].float())}, "train: labels"),
     ({"test": (TEST[0][:, :5], TEST[1])}, "test: inputs of shape"),

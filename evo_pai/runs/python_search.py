@@ -117,6 +117,8 @@ def interrupted_run(run_dir: Path, cfg: Config, overwrite: bool) -> bool:
     from evo_pai.core.config import load_config
     from evo_pai.runs.checkpoint import search_hash
 
+    if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file():
+        raise EvoPaiError(f"out: '{run_dir}' exists and is not a run folder; choose a new folder or pass overwrite=True")
     if overwrite or not (run_dir / "config.yaml").is_file() or (run_dir / "summary.json").exists():
         if (run_dir / "summary.json").exists() and not overwrite:
             raise EvoPaiError(f"out: '{run_dir}' holds a finished run; choose a new folder or pass overwrite=True")
