@@ -7,6 +7,7 @@ draws the same batches, and a continued lineage draws what the uninterrupted one
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, Sequence
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from evo_pai.core.config import AugmentConfig
 from evo_pai.data import augment
 from evo_pai.data.datasets import DataSplits
-from evo_pai.data.streaming import loader, on_device
+from evo_pai.data.streaming import in_order, loader, on_device
 
 
 def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator, skip: int = 0) -> list[torch.Tensor]:
@@ -71,13 +72,18 @@ class TrainBatches:
             yield x.view(k, x.shape[0] // k, *x.shape[1:]), y
 
 
+EVAL_BYTES = 32 * 2**20  # inputs of one evaluation chunk at most: 224x224 RGB images come 55 at a time
+
+
 def eval_batches(data: DataSplits, split: str, rows: int, device: torch.device, dtype: torch.dtype,
                  workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The `split` ("val" or "test") in order, `rows` examples at a time, never augmented."""
+    """The `split` ("val" or "test") in order, `rows` examples at a time (fewer when their inputs would
+    take over EVAL_BYTES: a streamed chunk is read, converted and standardized in memory), never augmented.
+    The chunking depends on the input shape only, so streamed and in-memory data sum the same chunks."""
+    rows = max(1, min(rows, EVAL_BYTES // (math.prod(data.input_shape) * dtype.itemsize)))
     if data.streamed:
         dataset = getattr(data, f"{split}_set")
-        chunks = [list(range(i, min(i + rows, len(dataset)))) for i in range(0, len(dataset), rows)]
-        for x, y in loader(dataset, chunks, workers, device):
+        for x, y in loader(dataset, in_order(len(dataset), rows), workers, device):
             yield on_device(x, y, data.stats, device, dtype)
         return
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")

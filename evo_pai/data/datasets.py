@@ -20,7 +20,7 @@ from evo_pai.core.config import DataConfig
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import DATASET, register_dataset
 from evo_pai.data.formats import find_idx, image_folder_index, read_cifar_batch, read_idx
-from evo_pai.data.streaming import CifarBatches, ImageFiles, channel_stats
+from evo_pai.data.streaming import CifarBatches, ImageFiles, channel_stats, read_all
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist/"
 DEFAULT_ROOT = "./data"
@@ -76,7 +76,19 @@ class DataSplits:
             for f in dataclasses.fields(self)
             if isinstance(getattr(self, f.name), torch.Tensor)
         }
+        if self.stats is not None:  # on the device once, not copied with every batch
+            moved["stats"] = tuple(move(t) for t in self.stats)
         return dataclasses.replace(self, **moved)
+
+    def in_memory(self) -> "DataSplits":
+        """A streamed dataset read whole into standardized float32 tensors (the fast default for what
+        fits): the same examples in the same order, so training on it draws the streamed batches."""
+        if not self.streamed:
+            return self
+        (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = (read_all(d, self.stats) for d in
+                                                    (self.train_set, self.val_set, self.test_set))
+        return dataclasses.replace(self, train_x=tr_x, train_y=tr_y, val_x=va_x, val_y=va_y, test_x=te_x,
+                                   test_y=te_y, train_set=None, val_set=None, test_set=None, stats=None)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -160,14 +172,18 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int, stream: 
 
 
 def assemble_streamed(name: str, cfg: DataConfig, train: Dataset, test: Dataset, num_classes: int,
-                      input_shape: tuple[int, ...]) -> DataSplits:
-    """The streamed counterpart of `_assemble`: the validation split carved off `train` by the same
-    permutation, standardization statistics from a seeded sample of the training part."""
+                      input_shape: tuple[int, ...], standardize: bool = True) -> DataSplits:
+    """The streamed counterpart of `_assemble` (a dataset author's helper): the validation split carved
+    off `train` by the same permutation; with `standardize`, per-channel statistics of a seeded sample
+    of the training part, applied to every batch on the training device."""
     n = len(train)
+    if n < 2:
+        raise EvoPaiError(f"data.name: dataset '{name}' has {n} training item(s); it needs at least 2 "
+                          "(one to train on, one to validate on)")
     n_val = min(max(1, round(n * cfg.val_fraction)), n - 1)
     perm = _permutation(n, cfg.split_seed, _STREAM_VAL).tolist()
     train_part = Subset(train, perm[n_val:])
-    stats = channel_stats(train_part, cfg.split_seed + _STREAM_STATS)
+    stats = channel_stats(train_part, cfg.split_seed + _STREAM_STATS) if standardize else None
     return DataSplits(name=name, num_classes=num_classes, input_shape=tuple(input_shape), train_set=train_part,
                       val_set=Subset(train, perm[:n_val]), test_set=test, stats=stats)
 
@@ -267,7 +283,11 @@ def load_mnist(cfg: DataConfig) -> DataSplits:
 
 def _load_cifar(name: str, cfg: DataConfig, folder: str, train: list[str], test: list[str], label_key: bytes,
                 classes: int) -> DataSplits:
-    directory = Path(cfg.root or DEFAULT_ROOT) / folder
+    root = Path(cfg.root or DEFAULT_ROOT)
+    directory = root / folder
+    if not directory.is_dir() and (root / train[0]).is_file():
+        raise EvoPaiError(f"data.root: '{root}' holds the {name} batch files themselves; set data.root to the folder "
+                          f"that contains {folder}: '{root.parent}'")
     for fname in train + test:
         if not (directory / fname).is_file():
             raise EvoPaiError(f"dataset {name}: '{directory / fname}' not found: place the torchvision files there "
@@ -306,11 +326,12 @@ def load_cifar100(cfg: DataConfig) -> DataSplits:
                        100 if labels == "fine" else 20)
 
 
-_IMAGE_FOLDER_DEFAULTS: dict[str, Any] = {"train": "train", "test": "val", "size": None, "channels": 3}
+_IMAGE_FOLDER_DEFAULTS: dict[str, Any] = {"train": "train", "test": "val", "size": None, "channels": 3, "stream": True}
 
 
-@register_dataset("image_folder", "class folders of image files under ROOT/train and ROOT/val (ImageNet layout), "
-                                  "streamed from disk (params: train, test, size, channels)")
+@register_dataset("image_folder", "class folders of image files under ROOT/train and ROOT/val (ImageNet / "
+                                  "Tiny-ImageNet layout), streamed from disk (params: train, test, size, channels, "
+                                  "stream)")
 def load_image_folder(cfg: DataConfig) -> DataSplits:
     _check_params("image_folder", cfg.params, tuple(_IMAGE_FOLDER_DEFAULTS))
     p = {**_IMAGE_FOLDER_DEFAULTS, **cfg.params}
@@ -320,17 +341,17 @@ def load_image_folder(cfg: DataConfig) -> DataSplits:
     if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2
                                  and all(isinstance(v, int) and v > 0 for v in size)):
         raise EvoPaiError(f"data.params.size: must be [height, width] in pixels, got {size!r}")
+    if not isinstance(p["stream"], bool):
+        raise EvoPaiError(f"data.params.stream: must be true or false, got {p['stream']!r}")
     root = Path(cfg.root or DEFAULT_ROOT)
     classes, train = image_folder_index(root / p["train"])
-    test_classes, test = image_folder_index(root / p["test"])
-    if test_classes != classes:
-        raise EvoPaiError(f"data.params.test: the class folders of '{root / p['test']}' ({len(test_classes)}) are "
-                          f"not those of '{root / p['train']}' ({len(classes)}); use the same class names")
+    test = image_folder_index(root / p["test"], classes, f"'{root / p['train']}'")[1]
     if size is None:  # every image is read at the first training image's size (resized when it differs)
         size = tuple(ImageFiles(train[:1], p["channels"], None)[0][0].shape[1:])
     size = tuple(size)
-    return assemble_streamed("image_folder", cfg, ImageFiles(train, p["channels"], size),
-                             ImageFiles(test, p["channels"], size), len(classes), (p["channels"], *size))
+    splits = assemble_streamed("image_folder", cfg, ImageFiles(train, p["channels"], size),
+                               ImageFiles(test, p["channels"], size), len(classes), (p["channels"], *size))
+    return splits if p["stream"] else splits.in_memory()
 
 
 _SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_train": 1000, "n_test": 500, "dim": 20, "classes": 4, "noise": 1.5}

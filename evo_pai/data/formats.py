@@ -132,19 +132,40 @@ def find_idx(directory: Path, base: str) -> Path | None:
     return None
 
 
-def image_folder_index(directory: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def image_folder_index(directory: Path, classes: list[str] | None = None,
+                       train: str = "") -> tuple[list[str], list[tuple[str, int]]]:
     """(class names, [(file, class index)]) of an ImageFolder tree: one sub-folder per class, sorted by
-    name as torchvision's ImageFolder sorts them, files sorted within each class."""
+    name as torchvision's ImageFolder sorts them, files sorted within each class. With the training
+    split's `classes`, a test split must have those folders, or be Tiny-ImageNet's val layout
+    (`images/` and `val_annotations.txt`: file, class per line)."""
     if not directory.is_dir():
         raise EvoPaiError(f"data.root: image folder '{directory}' not found: put one sub-folder of images per "
                           "class there or set data.root / data.params")
-    classes = sorted(d.name for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
-    samples = [(str(f), i) for i, c in enumerate(classes) for f in sorted((directory / c).rglob("*"))
+    if classes is not None and (directory / "val_annotations.txt").is_file():
+        return classes, _annotated(directory, classes)
+    found = sorted(d.name for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
+    samples = [(str(f), i) for i, c in enumerate(found) for f in sorted((directory / c).rglob("*"))
                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
-    if len(classes) < 2 or not samples:
-        raise EvoPaiError(f"data.root: image folder '{directory}' has {len(classes)} class folder(s) and "
+    if len(found) < 2 or not samples:
+        raise EvoPaiError(f"data.root: image folder '{directory}' has {len(found)} class folder(s) and "
                           f"{len(samples)} image(s); it needs at least 2 class folders of images")
-    return classes, samples
+    if classes is not None and found != classes:
+        raise EvoPaiError(f"data.params.test: the class folders of '{directory}' ({len(found)}) are not those of "
+                          f"{train} ({len(classes)}); use the same class names")
+    return found, samples
+
+
+def _annotated(directory: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """Tiny-ImageNet's val split: images/<file> labelled by val_annotations.txt (tab-separated)."""
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for n, line in enumerate((directory / "val_annotations.txt").read_text().splitlines(), 1):
+        parts = line.split("\t")
+        if len(parts) < 2 or parts[1] not in index or not (directory / "images" / parts[0]).is_file():
+            raise EvoPaiError(f"data.root: line {n} of '{directory / 'val_annotations.txt'}' names no image of "
+                              f"'{directory / 'images'}' with a training class: fix or replace the file")
+        samples.append((str(directory / "images" / parts[0]), index[parts[1]]))
+    return sorted(samples)
 
 
 def read_image(path: str, channels: int, size: tuple[int, int] | None) -> torch.Tensor:

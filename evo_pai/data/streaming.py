@@ -8,13 +8,15 @@ the config, they read that node's files.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from evo_pai.core.errors import EvoPaiError
 from evo_pai.data.formats import read_cifar_batch, read_image
 
 STATS_SAMPLE = 2048  # training images whose pixels give the standardization statistics
@@ -52,20 +54,25 @@ class CifarBatches(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Image files with class indices (an ImageFolder tree, formats.image_folder_index), decoded per item."""
+    """Image files with class indices (an ImageFolder tree, formats.image_folder_index), decoded per item.
+
+    Paths and labels are held in numpy arrays, not lists of Python objects: a loader worker reading a
+    list would touch every object's reference count and so copy the whole list into its own memory
+    (ImageNet: over a million paths per worker)."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], channels: int, size: tuple[int, int] | None):
-        self.samples, self.channels, self.size = list(samples), channels, size
+        self.paths = np.asarray([os.fsencode(f) for f, _ in samples], dtype=np.bytes_)
+        self.targets = np.asarray([c for _, c in samples], dtype=np.int64)
+        self.channels, self.size = channels, size
 
     def labels(self) -> np.ndarray:
-        return np.asarray([c for _, c in self.samples], dtype=np.int64)
+        return self.targets
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[i]
-        return read_image(path, self.channels, self.size), label
+        return read_image(os.fsdecode(self.paths[i]), self.channels, self.size), int(self.targets[i])
 
 
 def channel_stats(dataset: Dataset, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,16 +86,44 @@ def channel_stats(dataset: Dataset, seed: int) -> tuple[torch.Tensor, torch.Tens
     return mean[0].float(), std[0].clamp_min(1e-6).float()
 
 
-def loader(dataset: Dataset, batches: Iterable[Sequence[int]], workers: int, device: torch.device) -> DataLoader:
-    """The given index batches of `dataset`, in order, read by `workers` processes (0: this one)."""
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
+def loader(dataset: Dataset, batches: Iterable[Sequence[int]], workers: int,
+           device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The given index batches of `dataset`, in order, read by `workers` processes (0: this one).
+
+    The order is the caller's (seeded), so the worker count changes how fast batches come, never which.
+    A DataLoader re-raises a worker's error with the worker's traceback in the message; an EvoPaiError
+    comes back as its own line."""
+    try:
+        yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
+    except EvoPaiError as exc:
+        raise EvoPaiError(_worker_error(str(exc))) from None
+
+
+def _worker_error(message: str) -> str:
+    prefix = f"{EvoPaiError.__module__}.{EvoPaiError.__qualname__}: "
+    lines = [line for line in message.splitlines() if line.startswith(prefix)]
+    return lines[-1][len(prefix):] if lines else message
+
+
+def in_order(n: int, rows: int) -> list[list[int]]:
+    """Index batches 0..n-1 in order, `rows` at a time (evaluation, reading a whole split)."""
+    return [list(range(i, min(i + rows, n))) for i in range(0, n, rows)]
+
+
+def read_all(dataset: Dataset, stats: tuple[torch.Tensor, torch.Tensor] | None,
+             rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item of `dataset` as (x, y) tensors on CPU, standardized as the streamed batches are."""
+    parts = [on_device(x, y, stats, torch.device("cpu"), torch.float32)
+             for x, y in loader(dataset, in_order(len(dataset), rows), 0, torch.device("cpu"))]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]).long()
 
 
 def on_device(x: torch.Tensor, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None,
               device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """A loaded batch on the training device in `dtype`, standardized there when `stats` are given."""
+    """A loaded batch on the training device in `dtype`, standardized there when `stats` are given
+    (in place: `x` is a batch the loader just made, and the copy would double a chunk's memory)."""
     x = x.to(device, non_blocking=True).to(dtype)
     if stats is not None:
         mean, std = stats
-        x = (x - mean.to(device, dtype)) / std.to(device, dtype)
+        x = x.sub_(mean.to(device, dtype)).div_(std.to(device, dtype))
     return x, y.to(device, non_blocking=True)
