@@ -67,6 +67,8 @@ def load_mask(run_dir):
     from evo_pai.runs.mask_file import load_mask as _load
 
     return _load(run_dir)
+
+
 def load_compact(path):
     """The smaller dense network `evo-pai export --format compact` wrote (evo_pai/deploy/compact.py)."""
     from evo_pai.deploy.compact import load_compact as _load

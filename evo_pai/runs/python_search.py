@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from evo_pai.core.config import Config, apply_overrides, build_config, read_yaml, to_dict
+from evo_pai.core.config import Config, SearchConfig, apply_overrides, build_config, read_yaml, to_dict
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.data.user_data import read_splits, register_user_data
 from evo_pai.models.shapes import eval_mode
@@ -143,7 +143,8 @@ def resume_run(cfg: Config, run_dir: Path, progress: RunProgress) -> dict:
         return run_experiment(cfg, run_dir, progress, data, resume=checkpoint)
 
 
-def search(model, train, *, val=None, test=None, method: str = "combined", sparsity: float = 0.9,
+def search(model, train, *, val=None, test=None, method: str = SearchConfig.model_fields["method"].default,
+           sparsity: float = SearchConfig.model_fields["sparsity"].default,
            config: str | Path | Mapping | Config | None = None, overrides: list[str] | tuple[str, ...] = (),
            out: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> SearchResult:
     """Search a sparse mask for `model` on `train` (docs/python.md).
