@@ -36,7 +36,13 @@ class TqdmProgress(RunProgress):
         self.bar, self.label, self.generations = None, "", None
 
     def phase(self, label: str, total: int | None, generations: int | None = None) -> None:
-        from tqdm.auto import tqdm
+        import warnings
+
+        from tqdm import TqdmWarning
+
+        with warnings.catch_warnings():  # a notebook without ipywidgets: tqdm's text bar, not its warning too
+            warnings.simplefilter("ignore", TqdmWarning)
+            from tqdm.auto import tqdm
 
         self.close()
         self.label, self.generations = label, generations
