@@ -67,6 +67,27 @@ def test_study_resumes_without_recomputing_finished_cells(smoke, tmp_path):
     assert after == before  # the rerun cell is deterministic, the others were not touched
 
 
+def test_a_slice_runs_only_its_cells_and_the_full_grid_adds_the_rest(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    gone = [c for c in sorted((copy / "cells").iterdir()) if c.name.startswith(("kstarts-", "random-", "dense-"))]
+    for cell in gone:
+        (cell / "summary.json").unlink()
+    sparsity = load_study(SMOKE).sparsities[0]
+    r = run_cli("study", str(SMOKE), "--out", str(copy), "--rows", "kstarts", "--rows", "dense", "--sparsity", str(sparsity))
+    assert r.returncode == 0, r.stderr
+    ran = {c.name.split("-s")[0] for c in gone if (c / "summary.json").exists()}
+    assert ran == {"kstarts", "dense"}  # random left out; kstarts only at the chosen sparsity
+    assert [c for c in gone if c.name.startswith("kstarts-") and (c / "summary.json").exists()] == \
+        [c for c in gone if c.name.startswith(f"kstarts-s{sparsity:g}-")]
+    assert "left out by the slice" in r.stderr
+    r = run_cli("study", str(SMOKE), "--out", str(copy), "--rows", "nope*")
+    assert r.returncode == 2 and "--rows: 'nope*' matches no row" in r.stderr
+    r = run_cli("study", str(SMOKE), "--out", str(copy))
+    assert r.returncode == 0 and all((c / "summary.json").exists() for c in gone)
+
+
 def test_report_regenerates_from_the_csv(smoke, tmp_path):
     """The folder's CSVs and the study.yaml kept beside them regenerate the study's own report, byte for byte."""
     out, _ = smoke
