@@ -125,3 +125,32 @@ def test_spearman_table_ranks_fitness_against_final_accuracy():
     assert t["good"]["rho_mean"] == pytest.approx(1.0) and t["good"]["pick_rank"] == 1
     assert t["bad"]["rho_mean"] == pytest.approx(-1.0) and t["bad"]["pick_gain"] < 0
     assert t["flat"]["cells"] == 0 and t["flat"]["rho_mean"] is None
+
+
+def test_population_study_runs_smoke_sized_at_equal_compute(tmp_path):
+    """configs/study_population.yaml with its rows, pairs and gene spaces kept, shrunk to digits and
+    3 generations: every row runs, every row spends the same search model-epochs (gmp's one lineage
+    included), and the report has the P1 / P2 comparisons."""
+    spec = yaml.safe_load((ROOT / "configs/study_population.yaml").read_text())
+    search = spec["base"]["search"]
+    for row in spec["methods"]:  # the shipped file: gmp's lineage is as long as K lineages
+        if isinstance(row, dict) and row.get("method") == "gmp":
+            assert row["set"]["search.dg.epochs"] == search["population"] * search["generations"]
+    spec.update(name="population_smoke", sparsities=[0.8], seeds=[0], jobs=1)
+    spec["base"].update(data={"name": "digits"}, final={"epochs": 1, "init": "rewind"})
+    search["generations"] = 3
+    for row in spec["methods"]:
+        if isinstance(row, dict):
+            row["set"] = {k: v for k, v in row.get("set", {}).items() if not k.startswith("data.")}
+            if "search.dg.epochs" in row["set"]:
+                row["set"]["search.dg.epochs"] = search["population"] * 3
+    path = tmp_path / "study_population_smoke.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = run_cli("study", str(path), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    got = rows(tmp_path / "out" / "results.csv")
+    assert len(got) == len(grid(load_study(path))) == 16
+    assert {float(row["search_model_epochs"]) for row in got} == {12.0}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "P1: exploit/explore beats independent lineages (LeNet-5): lenet5_pbt − lenet5_independent" in report
+    assert "P2: pbt from lr x10 within 0.3 pt of pbt (LeNet-300-100): pbt_lr_x10 − pbt" in report
