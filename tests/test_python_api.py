@@ -148,8 +148,9 @@ def test_batchnorm_model_on_the_vectorized_backend_and_apply(one_thread):
     assert abs(accuracy(model, TEST[0].reshape(-1, 1, 4, 3), TEST[1]) - res.summary["test_accuracy"]) < 1e-9
 
 
-def test_ray_backend_agrees_with_local(local_result):
-    """A factory defined in this test file reaches Ray's actors (by value); masks equal the local run's."""
+def test_ray_backend_agrees_with_local(local_result, local_ray):
+    """A factory defined in this test file reaches Ray's actors (by value) on a Ray the caller started (as in
+    a notebook: conftest's local_ray); masks equal the local run's."""
     _, _, local = local_result
     res = evo_pai.search(net, TRAIN, test=TEST, sparsity=0.8, progress=False, overrides=[
         *TINY, "evaluation.backend=ray", "evaluation.num_actors=2", "evaluation.cpus_per_actor=1",
