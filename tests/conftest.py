@@ -85,6 +85,33 @@ def crash_after(monkeypatch, n: int) -> None:
     monkeypatch.setattr(runner, "save_checkpoint", save_then_crash)
 
 
+def assert_same_training(a, b, tol: float = 1e-10) -> None:
+    """Two BurstResults of one task on two backends: weights, optimizer state and val loss within `tol`."""
+    for k in a.state:
+        assert float((a.state[k] - b.state[k]).abs().max()) <= tol, k
+    for name in a.opt_state:
+        for key in a.opt_state[name]:
+            assert float((a.opt_state[name][key].double() - b.opt_state[name][key].double()).abs().max()) <= tol
+    assert abs(a.metrics["val_loss"] - b.metrics["val_loss"]) <= tol
+
+
+def search_outcome(raw: dict):
+    """(SearchOutcome, generation log records) of the config's method on a fresh evaluator."""
+    from evo_pai.core.registry import METHOD
+    from evo_pai.data.datasets import load_data
+    from evo_pai.evaluation.base import make_evaluator
+    from evo_pai.runs.runner import seed_everything
+    from evo_pai.search.experiment import Experiment
+
+    cfg = build_config(raw)
+    data = load_data(cfg.data)
+    seed_everything(cfg.seed)
+    records: list[dict] = []
+    with make_evaluator(cfg, data) as ev:
+        outcome = METHOD.get(cfg.search.method)(Experiment(cfg, ev, data, log=records.append))
+    return outcome, records
+
+
 TIMING = {"search_seconds", "final_seconds", "wall_seconds"}
 
 
@@ -106,6 +133,15 @@ def whole_and_interrupted(cfg, tmp_path: Path, monkeypatch, n: int):
         with pytest.raises(KeyboardInterrupt):
             run_experiment(cfg, tmp_path / "run")
     return whole, load_checkpoint(tmp_path / "run" / FILENAME, cfg)
+
+
+@pytest.fixture(scope="module")
+def local_ray(one_thread):
+    """A Ray instance on this machine for the in-process tests of a module; the evaluator reuses it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_raw, whole_and_interrupted, without_timing
+from conftest import assert_same_training, search_outcome, tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.core.config import build_config
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import WorkerContext, make_evaluator
@@ -89,12 +89,7 @@ def test_vectorized_equals_local_with_carried_state():
                        keep_state=True, offset=per, horizon=3 * per) for i in range(3)]
     tasks.append(BurstTask(exp.random_mask(0.5, 9), 1.0, 20, keep_state=True))  # a fresh one: its own group
     for a, b in zip(exp.evaluator.evaluate(tasks), vec.evaluate(tasks)):
-        for k in a.state:
-            assert float((a.state[k] - b.state[k]).abs().max()) <= 1e-10, k
-        for name in a.opt_state:
-            for key in a.opt_state[name]:
-                assert float((a.opt_state[name][key].double() - b.opt_state[name][key].double()).abs().max()) <= 1e-10
-        assert abs(a.metrics["val_loss"] - b.metrics["val_loss"]) <= 1e-10
+        assert_same_training(a, b)
 
 
 def test_crossover_child_takes_each_layer_from_its_parent():
@@ -121,14 +116,8 @@ def inherit_raw(backend: str = "local", **evaluation) -> dict:
 
 
 def search_records(raw: dict) -> tuple[MaskSet, list[dict]]:
-    cfg = build_config(raw)
-    data = load_data(cfg.data)
-    seed_everything(cfg.seed)
-    records: list[dict] = []
-    with make_evaluator(cfg, data) as ev:
-        exp = Experiment(cfg, ev, data, log=records.append)
-        mask = METHOD.get("combined")(exp).mask
-    return mask, records
+    outcome, records = search_outcome(raw)
+    return outcome.mask, records
 
 
 def test_backends_agree_with_inheritance_float64():

@@ -102,7 +102,7 @@ def test_fields_a_method_does_not_read_are_not_checked_for_it():
 def test_the_declarations_the_run_and_study_layers_read():
     load_components([])
     evolutionary = {e.name for e in METHOD if e.obj.evolutionary}
-    assert evolutionary == {"kstarts", "kstarts_sh", "dissipating", "combined", "nsga2"}
+    assert evolutionary == {"kstarts", "kstarts_sh", "dissipating", "combined", "nsga2", "pbt"}  # independent: the control
     assert [e.name for e in METHOD if e.obj.members] == ["nsga2"]
     assert [e.name for e in METHOD if not e.obj.sparse] == ["dense"]
     assert all(e.obj.plan is not None and e.obj.params is not None for e in METHOD)  # every built-in declares

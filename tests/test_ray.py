@@ -62,14 +62,6 @@ def reference(one_thread, tmp_path_factory):
     return summary, MaskSet.load(out / "mask.safetensors")
 
 
-@pytest.fixture(scope="module")
-def local_ray(one_thread):
-    """A Ray instance on this machine for the in-process tests; the evaluator reuses it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def search(cfg, on_progress=None):
     """The combined search on a fresh evaluator; on_progress(evaluator, tasks_done) can inject faults."""
     data = load_data(cfg.data)

@@ -101,14 +101,6 @@ def test_streamed_and_in_memory_train_identically(cifar_root):
     assert runs[0][0].metrics["train_loss"] != runs[0][1].metrics["train_loss"]
 
 
-@pytest.fixture(scope="module")
-def local_ray(one_thread):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_streamed_search_agrees_on_local_vectorized_and_ray(cifar_root, tmp_path, local_ray):
     """One streamed search (float64, augmentation, loader workers in some) on the three backends: the same
     mask, and metrics within 1e-10. Ray actors build the data from the config: they open the files."""

@@ -67,6 +67,27 @@ def test_study_resumes_without_recomputing_finished_cells(smoke, tmp_path):
     assert after == before  # the rerun cell is deterministic, the others were not touched
 
 
+def test_a_slice_runs_only_its_cells_and_the_full_grid_adds_the_rest(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    gone = [c for c in sorted((copy / "cells").iterdir()) if c.name.startswith(("kstarts-", "random-", "dense-"))]
+    for cell in gone:
+        (cell / "summary.json").unlink()
+    sparsity = load_study(SMOKE).sparsities[0]
+    r = run_cli("study", str(SMOKE), "--out", str(copy), "--rows", "kstarts", "--rows", "dense", "--sparsity", str(sparsity))
+    assert r.returncode == 0, r.stderr
+    ran = {c.name.split("-s")[0] for c in gone if (c / "summary.json").exists()}
+    assert ran == {"kstarts", "dense"}  # random left out; kstarts only at the chosen sparsity
+    assert [c for c in gone if c.name.startswith("kstarts-") and (c / "summary.json").exists()] == \
+        [c for c in gone if c.name.startswith(f"kstarts-s{sparsity:g}-")]
+    assert "left out by the slice" in r.stderr
+    r = run_cli("study", str(SMOKE), "--out", str(copy), "--rows", "nope*")
+    assert r.returncode == 2 and "--rows: 'nope*' matches no row" in r.stderr
+    r = run_cli("study", str(SMOKE), "--out", str(copy))
+    assert r.returncode == 0 and all((c / "summary.json").exists() for c in gone)
+
+
 def test_report_regenerates_from_the_csv(smoke, tmp_path):
     """The folder's CSVs and the study.yaml kept beside them regenerate the study's own report, byte for byte."""
     out, _ = smoke
@@ -125,3 +146,32 @@ def test_spearman_table_ranks_fitness_against_final_accuracy():
     assert t["good"]["rho_mean"] == pytest.approx(1.0) and t["good"]["pick_rank"] == 1
     assert t["bad"]["rho_mean"] == pytest.approx(-1.0) and t["bad"]["pick_gain"] < 0
     assert t["flat"]["cells"] == 0 and t["flat"]["rho_mean"] is None
+
+
+def test_population_study_runs_smoke_sized_at_equal_compute(tmp_path):
+    """configs/study_population.yaml with its rows, pairs and gene spaces kept, shrunk to digits and
+    3 generations: every row runs, every row spends the same search model-epochs (gmp's one lineage
+    included), and the report has the P1 / P2 comparisons."""
+    spec = yaml.safe_load((ROOT / "configs/study_population.yaml").read_text())
+    search = spec["base"]["search"]
+    for row in spec["methods"]:  # the shipped file: gmp's lineage is as long as K lineages
+        if isinstance(row, dict) and row.get("method") == "gmp":
+            assert row["set"]["search.dg.epochs"] == search["population"] * search["generations"]
+    spec.update(name="population_smoke", sparsities=[0.8], seeds=[0], jobs=1)
+    spec["base"].update(data={"name": "digits"}, final={"epochs": 1, "init": "rewind"})
+    search["generations"] = 3
+    for row in spec["methods"]:
+        if isinstance(row, dict):
+            row["set"] = {k: v for k, v in row.get("set", {}).items() if not k.startswith("data.")}
+            if "search.dg.epochs" in row["set"]:
+                row["set"]["search.dg.epochs"] = search["population"] * 3
+    path = tmp_path / "study_population_smoke.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = run_cli("study", str(path), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    got = rows(tmp_path / "out" / "results.csv")
+    assert len(got) == len(grid(load_study(path))) == 16
+    assert {float(row["search_model_epochs"]) for row in got} == {12.0}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "P1: exploit/explore beats independent lineages (LeNet-5): lenet5_pbt − lenet5_independent" in report
+    assert "P2: pbt from lr x10 within 0.3 pt of pbt (LeNet-300-100): pbt_lr_x10 − pbt" in report

@@ -183,6 +183,16 @@ class DSTConfig(_Section):
     anneal: Literal["cosine", "constant"] = "cosine"  # f_t = f (1 + cos(π t / T_end)) / 2, or f throughout
 
 
+class PBTConfig(_Section):
+    """`search.pbt` — exploit / explore for `search.method: pbt` (Ray Tune's PopulationBasedTraining)."""
+    interval: int = Field(1, ge=1)  # generations between exploit steps
+    quantile: float = Field(0.25, gt=0, le=0.5)  # bottom share copies the top share
+    perturb_factors: list[Annotated[float, Field(gt=0)]] = Field([0.8, 1.2], min_length=1)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    genes: dict[str, Any] = {}  # gene -> [low, high] | {low, high, log} | {choices: [...]} (operators/hyperparams.py)
+    initial: Literal["recipe", "sample"] = "recipe"  # generation 0: the recipe's values, or drawn from the spaces
+
+
 class SearchConfig(_Section):
     method: str = "combined"
     sparsity: float = Field(0.9, ge=0, lt=1)
@@ -221,6 +231,7 @@ class SearchConfig(_Section):
     dg: DGConfig = DGConfig()
     dst: DSTConfig = DSTConfig()
     nsga2: NSGA2Config = NSGA2Config()
+    pbt: PBTConfig = PBTConfig()
     params: dict[str, Any] = {}  # method-specific options for plugin or baseline methods
     # combined: a child trains from its parent's trained weights and optimizer state (parent) or
     # from θ0 (rewind, the paper's loop).

@@ -47,6 +47,8 @@ class Individual:
         # Weight inheritance (search.inherit: parent): the trained state a child starts from, a
         # `training.carry.Carry` (weights, optimizer state, steps); None = θ0 and a fresh optimizer.
         self.carry: Any = None
+        # Hyperparameter genes (independent / pbt lineages): name -> value; None = the recipe's
+        self.hparams: dict[str, float] | None = None
 
     @property
     def objectives(self) -> int:
@@ -63,6 +65,7 @@ class Individual:
         other.metrics = dict(self.metrics)
         other.origin = self.origin
         other.carry = self.carry
+        other.hparams = None if self.hparams is None else dict(self.hparams)
         return other
 
     def __repr__(self) -> str:

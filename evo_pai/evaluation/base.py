@@ -12,6 +12,7 @@ from evo_pai.data.datasets import DataSplits, load_data
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import BACKEND
 from evo_pai.training.burst import BurstResult, train_masked
+from evo_pai.training.optim import task_recipe
 from evo_pai.training.precision import numerics
 from evo_pai.training.tasks import BurstTask, Evaluator, Progress, dtype_of, initial_model
 
@@ -50,7 +51,8 @@ class WorkerContext:
         start = self.theta0 if task.start is None else {k: v.to(self.device) for k, v in task.start.items()}
         with numerics(self.cfg.train.precision):
             return train_masked(
-                self.model, start, self.theta0, task.mask, self.data, self.cfg.train,
+                self.model, start, self.theta0, task.mask, self.data,
+                task_recipe(self.cfg.train, task.lr_scale, task.weight_decay),
                 task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
                 opt_state=task.opt_state, offset=task.offset, horizon=task.horizon, dynamic=task.dynamic,
                 on_epoch=on_epoch, data_cfg=self.cfg.data,

@@ -108,6 +108,7 @@ class BatchedTrainer:
                         [t.test for t in chunk], update=self.update,
                         opt_states=[t.opt_state for t in chunk], offset=chunk[0].offset, horizon=chunk[0].horizon,
                         on_epoch=on_epoch, data_cfg=ctx.cfg.data,
+                        lr_scales=[t.lr_scale for t in chunk], weight_decays=[t.weight_decay for t in chunk],
                     )
                     for i, res in zip(members[lo : lo + self.chunk], out):
                         results[i] = res

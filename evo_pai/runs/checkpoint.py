@@ -60,6 +60,7 @@ def encode(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
             "metrics": value.metrics,
             "origin": value.origin,
             "carry": encode(value.carry, f"{prefix}/carry", tensors) if value.carry is not None else None,
+            "hparams": value.hparams,  # floats: JSON keeps them exactly (repr round-trips)
         }
     if isinstance(value, Carry):  # an inheriting search's trained weights and optimizer state
         return {"type": "carry", "weights": encode(value.weights, f"{prefix}/weights", tensors),
@@ -91,6 +92,8 @@ def decode(desc: dict, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
         ind.metrics, ind.origin = dict(desc["metrics"]), desc["origin"]
         if desc.get("carry") is not None:
             ind.carry = decode(desc["carry"], f"{prefix}/carry", tensors)
+        if desc.get("hparams") is not None:
+            ind.hparams = {str(k): float(v) for k, v in desc["hparams"].items()}
         return ind
     if kind == "carry":
         return Carry(decode(desc["weights"], f"{prefix}/weights", tensors),

@@ -4,7 +4,9 @@ fitness.png: per generation (or pruning step) the best fitness, the population's
 is a population, the sparsity reached (for one-network methods the pruned-to sparsity), the target
 sparsity, and the best individual's validation accuracy; a one-generation K-starts run shows its k
 candidates instead (fitness and validation accuracy, the winner marked). layers.png: the kept fraction
-of every layer of the final mask, against the overall density.
+of every layer of the final mask, against the overall density. hyperparams.png (a run whose log
+records carry `hparams`): each member's hyperparameter genes over the generations, one panel per gene,
+with the members that copied another (exploit) marked where they start from the copy.
 """
 from __future__ import annotations
 
@@ -55,6 +57,35 @@ def plot_fitness(records: list[dict], path: Path, title: str, target: float | No
     if any(a == a for a in acc):
         ax2.plot(gens, acc, "^-", color="tab:green", ms=4, lw=1, label="val accuracy (best)")
     return _finish(fig, ax, ax2, target, "sparsity / validation accuracy", title, path)
+
+
+def plot_hyperparams(records: list[dict], path: Path, title: str) -> dict[str, list[list[float]]]:
+    """One panel per gene: a line per member over generations; x where a member restarts as a copy."""
+    rows = [r for r in records if r.get("hparams")]
+    genes = list(rows[0]["hparams"])
+    fig, axes = plt.subplots(len(genes), 1, figsize=(7.0, 1.9 * len(genes) + 0.8), sharex=True, squeeze=False)
+    drawn: dict[str, list[list[float]]] = {}
+    gens = [r["generation"] for r in rows]
+    copied = {(r["generation"] + 1, i) for r in rows for i, _ in r.get("exploit", [])}
+    for ax, gene in zip(axes[:, 0], genes):
+        members = list(zip(*[r["hparams"][gene] for r in rows]))
+        drawn[gene] = [list(map(float, m)) for m in members]
+        for i, values in enumerate(members):
+            line, = ax.plot(gens, values, "o-", ms=3, lw=1.2, label=f"member {i}")
+            marks = [(g, v) for g, v in zip(gens, values) if (g, i) in copied]
+            if marks:
+                ax.plot(*zip(*marks), "x", color=line.get_color(), ms=9, mew=2)
+        ax.set_ylabel(gene)
+        if gene in ("lr_scale", "weight_decay") and all(v > 0 for m in members for v in m):
+            ax.set_yscale("log")
+    axes[-1, 0].set_xlabel("generation (x: the member restarts as a copy of a better one, genes perturbed)")
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].legend(fontsize=7, ncol=min(4, len(drawn[genes[0]])), loc="best")
+    axes[0, 0].set_title(f"hyperparameter genes: {title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
 
 
 def _plot_candidates(candidates: list[dict], winner: int | None, path: Path, title: str, target: float | None,

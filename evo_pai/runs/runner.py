@@ -30,7 +30,7 @@ from evo_pai.runs.loggers import open_loggers
 from evo_pai.runs.preflight import extra_epochs, preflight  # noqa: F401  (preflight: the runner's public entry)
 from evo_pai.runs.front_plot import plot_front
 from evo_pai.runs.members import headline, member_rows, pick_members, train_members, write_members
-from evo_pai.runs.plots import plot_fitness, plot_layers
+from evo_pai.runs.plots import plot_fitness, plot_hyperparams, plot_layers
 from evo_pai.runs.folder import GenerationLog, write_atomic, write_config, write_json
 from evo_pai.runs.progress import RunProgress
 
@@ -52,7 +52,8 @@ def final_training(exp: Experiment, outcome: SearchOutcome, on_epoch=None):
         start, opt, replayed = res.state, res.opt_state, res.epochs
     # Its own run: the learning-rate schedule spans the final epochs, whatever the search's was.
     task = BurstTask(outcome.mask, cfg.final.epochs + extra_epochs(cfg), seed, start=start, keep_state=True, test=True,
-                     opt_state=opt if cfg.search.optimizer_state == "keep" else None, dynamic=outcome.dynamic)
+                     opt_state=opt if cfg.search.optimizer_state == "keep" else None, dynamic=outcome.dynamic,
+                     lr_scale=outcome.final_lr_scale, weight_decay=outcome.final_weight_decay)
     return exp.run_task(task, on_epoch), replayed
 
 
@@ -265,5 +266,7 @@ def save_artifacts(out: Path, mask: MaskSet, state: dict | None, records: list[d
     if records:
         target = summary["target_sparsity"] or None  # an unpruned run has no target line
         plot_fitness(records, out / "fitness.png", title, target, summary.get("candidates"), summary.get("winner_index"))
+    if any(r.get("hparams") for r in records):
+        plot_hyperparams(records, out / "hyperparams.png", title)
     plot_layers(mask.counts(), mask.sizes(), out / "layers.png", f"final mask per layer: {title}")
     write_json(out / "summary.json", summary)

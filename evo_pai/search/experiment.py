@@ -51,6 +51,15 @@ class SearchOutcome:
     # Several answers (nsga2's non-dominated front): the runner trains the picked members (final.members);
     # `mask` is then the headline member's, the one nearest search.sparsity.
     members: list[Individual] | None = None
+    # The winner's own hyperparameters (genes) for the final training: train.lr x lr_scale, weight decay
+    final_lr_scale: float = 1.0
+    final_weight_decay: float | None = None  # None: train.weight_decay
+
+
+def hyper(ind: Individual) -> dict:
+    """The training hyperparameters an individual's genes set for its bursts (BurstTask fields)."""
+    hp = ind.hparams or {}
+    return {k: hp[k] for k in ("lr_scale", "weight_decay") if k in hp}
 
 
 def mutation_params(cfg: Config, name: str) -> dict:
@@ -159,8 +168,8 @@ class Experiment:
         trained state becomes its carry. `horizon`: the lineage's schedule length in steps.
         `fitness` / `costs`: as in `assign` (nsga2's objectives)."""
         epochs = self.cfg.search.burst_epochs if epochs is None else epochs
-        tasks = [self.inherited_task(ind, epochs, horizon) if inherit else BurstTask(ind.mask, epochs, self.task_seed(ind))
-                 for ind in population]
+        tasks = [self.inherited_task(ind, epochs, horizon) if inherit
+                 else BurstTask(ind.mask, epochs, self.task_seed(ind), **hyper(ind)) for ind in population]
         results = self.evaluator.evaluate(tasks, progress if progress is not None else self.progress)
         for ind, task, res in zip(population, tasks, results):
             self.assign(ind, res, fitness, costs)
@@ -171,10 +180,11 @@ class Experiment:
     def inherited_task(self, ind: Individual, epochs: float, horizon: int | None) -> BurstTask:
         c, keep = ind.carry, self.cfg.search.optimizer_state == "keep"
         if c is None:
-            return BurstTask(ind.mask, epochs, self.task_seed(ind), keep_state=True, horizon=horizon if keep else None)
+            return BurstTask(ind.mask, epochs, self.task_seed(ind), keep_state=True, horizon=horizon if keep else None,
+                             **hyper(ind))
         return BurstTask(ind.mask, epochs, self.task_seed(ind), start=c.weights, keep_state=True,
                          opt_state=c.opt_state if keep else None, offset=c.steps if keep else 0,
-                         horizon=horizon if keep else None)
+                         horizon=horizon if keep else None, **hyper(ind))
 
     def assign(self, ind: Individual, res: BurstResult, fitness: str | None = None,
                costs: Callable[[Individual], tuple[float, ...]] | None = None) -> None:

@@ -25,8 +25,8 @@ from evo_pai.training.precision import autocast_forward
 from evo_pai.training.stacked import StackedForward
 from evo_pai.data.batches import TrainBatches, eval_batches
 from evo_pai.training.burst import BurstResult, burst_traits, EpochCallback, epoch_done, steps_for
-from evo_pai.training.optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_stacked_optimizer, masked_state,
-                    set_lr, stack_states, unstack_state)
+from evo_pai.training.optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_optimizer,
+                                   make_stacked_optimizer, masked_state, per_model_step, set_lr, stack_states, unstack_state)
 
 
 def eval_rows(hp: TrainConfig) -> int:
@@ -72,11 +72,15 @@ def train_batched(
     horizon: int | None = None,
     on_epoch: EpochCallback | None = None,
     data_cfg: DataConfig = DataConfig(),
+    lr_scales: Sequence[float] | None = None,
+    weight_decays: Sequence[float | None] | None = None,
 ) -> list[BurstResult]:
     """`train_masked` for every (start, opt_state, mask, seed); `model` only supplies names, dtype and
     device. `update` does grad_accum += |g| and g *= keep (training/compiled.py: eager or compiled).
     The models share `offset` and `horizon` (one learning rate per step) and, for Adam, the
-    optimizer step count of their states (one bias correction): the caller groups them so."""
+    optimizer step count of their states (one bias correction): the caller groups them so.
+    `lr_scales` / `weight_decays`: each model's own (hyperparameter genes; None: the recipe's); when any
+    differs, the step is `per_model_step` instead of torch's fused kernel."""
     k = len(masks)
     device = next(model.parameters()).device
     names = [n for n, _ in model.named_parameters()]
@@ -94,7 +98,12 @@ def train_batched(
     with torch.no_grad():
         for n in masked:
             params[n].mul_(keep[n])
-    opt = make_stacked_optimizer(list(params.values()), hp)
+    scales = [1.0] * k if lr_scales is None else [float(x) for x in lr_scales]
+    decays = [hp.weight_decay if w is None else float(w) for w in (weight_decays or [None] * k)]
+    own_hp = any(x != 1.0 for x in scales) or any(w != hp.weight_decay for w in decays)
+    # per model: the optimizer only holds the state; per_model_step does the update
+    opt = (make_optimizer if own_hp else make_stacked_optimizer)(list(params.values()), hp)
+    wds = torch.tensor(decays, dtype=torch.float64)
     stacked = stack_states(list(opt_states or [None] * k), {n: starts[0][n].shape for n in names})
     load_state(opt, params, masked_state(stacked, keep) if stacked else None)
     grad_accum = {n: torch.zeros_like(params[n]) for n in masked}
@@ -106,8 +115,9 @@ def train_batched(
     horizon = offset + steps if horizon is None else horizon
     loss_sum = torch.zeros(k, dtype=dtype, device=device)
     for step, (x, y) in enumerate(batches):
+        factor = lr_factor(hp, offset + step, horizon, per_epoch) if scheduled else None
         if scheduled:
-            set_lr(opt, hp.lr * lr_factor(hp, offset + step, horizon, per_epoch))
+            set_lr(opt, hp.lr * factor)
         out = forward(params, x, buffers)
         losses = F.cross_entropy(out.flatten(0, 1), y, reduction="none").view(k, x.shape[1]).mean(1)
         # set_to_none: backward then writes the gradient instead of adding it to zeros (same values,
@@ -117,7 +127,11 @@ def train_batched(
         with torch.no_grad():
             update([params[n].grad for n in masked], [grad_accum[n] for n in masked], [keep[n] for n in masked],
                    [tmp[n] for n in masked])
-        opt.step()
+        if own_hp:  # model k's lr as train_masked computes it: (train.lr x scale) x schedule factor
+            per_model_step(opt, torch.tensor([hp.lr * s * factor if scheduled else hp.lr * s for s in scales],
+                                             dtype=torch.float64), wds)
+        else:
+            opt.step()
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0, as train_masked does.
         loss_sum += losses.detach()

@@ -28,6 +28,14 @@ def make_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
 
+def task_recipe(hp: TrainConfig, lr_scale: float = 1.0, weight_decay: float | None = None) -> TrainConfig:
+    """The recipe one model trains with: train.lr x its lr_scale, its own weight decay (hyperparameter genes)."""
+    if lr_scale == 1.0 and weight_decay is None:
+        return hp
+    return hp.model_copy(update={"lr": hp.lr * lr_scale,
+                                 "weight_decay": hp.weight_decay if weight_decay is None else weight_decay})
+
+
 def make_stacked_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
     # fused: one pass over the stacked tensors instead of ~7 elementwise kernels (measured
     # 1.5x -> 2.4x on K=16 LeNet-300-100); same update math as make_optimizer.
@@ -35,6 +43,40 @@ def make_stacked_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
     if hp.optimizer == "sgd":
         return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=fused)
     return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
+
+
+@torch.no_grad()
+def per_model_step(opt: torch.optim.Optimizer, lrs: torch.Tensor, weight_decays: torch.Tensor) -> None:
+    """One step of `opt`'s rule (SGD or Adam) on K stacked models, model k with its own learning rate
+    `lrs[k]` and weight decay `weight_decays[k]` (torch's kernels take one scalar of each). The math and
+    the state entries are torch's single-tensor SGD / Adam, so each model's state is what its own
+    optimizer would hold; `opt` is only the state's container (load_state / export_state)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            lr, wd = lrs.to(p.device, p.dtype).view(shape), weight_decays.to(p.device, p.dtype).view(shape)
+            g, st = p.grad + wd * p, opt.state[p]
+            if isinstance(opt, torch.optim.SGD):
+                if group["momentum"]:
+                    buf = st.get("momentum_buffer")
+                    if buf is None:
+                        buf = st["momentum_buffer"] = g.clone()
+                    else:
+                        buf.mul_(group["momentum"]).add_(g, alpha=1 - group["dampening"])
+                    g = g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                p.sub_(lr * g)
+                continue
+            b1, b2 = group["betas"]
+            if not st:
+                st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            st["step"] += 1
+            step = float(st["step"])
+            st["exp_avg"].lerp_(g, 1 - b1)
+            st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2**step)).add_(group["eps"])
+            p.sub_(lr / (1 - b1**step) * (st["exp_avg"] / denom))
 
 
 # -- optimizer state ---------------------------------------------------------------------------

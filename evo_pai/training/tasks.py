@@ -31,7 +31,9 @@ class BurstTask:
     `start` / `opt_state`: the weights and optimizer state to start from (None: θ0 and a fresh
     optimizer); `offset`: steps the lineage already took (the batch stream and the learning-rate
     schedule continue from there); `horizon`: the lineage's schedule length in steps (None: this
-    run's end). `keep_state` returns the final weights and optimizer state.
+    run's end). `keep_state` returns the final weights and optimizer state. `lr_scale` /
+    `weight_decay`: this model's own hyperparameters (genes, search/lineages.py): train.lr x lr_scale
+    and, unless None, this weight decay instead of train.weight_decay.
     """
 
     mask: MaskSet
@@ -45,14 +47,20 @@ class BurstTask:
     horizon: int | None = None
 
     dynamic: DynamicSpec | None = None  # update the mask while training (RigL / SET), else it stays fixed
+    lr_scale: float = 1.0
+    weight_decay: float | None = None  # None: train.weight_decay
+
+    def hyper(self) -> tuple:
+        """(lr_scale, weight_decay) when they differ from the recipe's, else (): part of the cache key."""
+        return () if self.lr_scale == 1.0 and self.weight_decay is None else (float(self.lr_scale), self.weight_decay)
 
     def cache_key(self) -> tuple | None:
         if (self.start is not None or self.opt_state is not None or self.keep_state or self.test
                 or self.dynamic is not None):
             return None  # not a pure function of (mask, θ0): never reuse
         if self.offset or self.horizon is not None:
-            return (self.mask.hash(), float(self.epochs), int(self.seed), int(self.offset), self.horizon)
-        return (self.mask.hash(), float(self.epochs), int(self.seed))
+            return (self.mask.hash(), float(self.epochs), int(self.seed), int(self.offset), self.horizon, *self.hyper())
+        return (self.mask.hash(), float(self.epochs), int(self.seed), *self.hyper())
 
 
 def dtype_of(cfg: Config) -> torch.dtype:
