@@ -15,7 +15,7 @@ import torch
 
 from evo_pai.core.config import Config
 from evo_pai.data.augment import check as check_augment
-from evo_pai.data.datasets import DataSplits, load_data
+from evo_pai.data.datasets import DataSplits, check_workers, load_data
 from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.operators.fitness import check_params as check_fitness_params
 from evo_pai.models.networks import build_model, masked_names
@@ -198,6 +198,7 @@ def preflight(cfg: Config) -> DataSplits:
     check_config(cfg)
     data = load_data(cfg.data)
     check_augment(cfg.data.augment, data.input_shape, cfg.data.name)  # crop / flip need images
+    check_workers(cfg.data, data)
     model = check_model(cfg, data)
     check_backend(cfg, data, model)
     return data
