@@ -175,3 +175,14 @@ def test_population_study_runs_smoke_sized_at_equal_compute(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "P1: exploit/explore beats independent lineages (LeNet-5): lenet5_pbt − lenet5_independent" in report
     assert "P2: pbt from lr x10 within 0.3 pt of pbt (LeNet-300-100): pbt_lr_x10 − pbt" in report
+
+
+def test_a_dense_row_pairs_with_every_column():
+    """A dense row is stored at sparsity 0 and shown in every column: a comparison with it pairs there too."""
+    from evo_pai.study.tables import paired
+
+    rows = [{"label": "dense", "target_sparsity": "0.0", "seed": "0", "test_accuracy": "0.80"},
+            {"label": "dense_aug", "target_sparsity": "0.0", "seed": "0", "test_accuracy": "0.78"},
+            {"label": "gmp", "target_sparsity": "0.95", "seed": "0", "test_accuracy": "0.75"}]
+    assert paired(rows, "gmp", "dense", 0.95)[:3] == pytest.approx((-0.05, 0.0, 1))
+    assert paired(rows, "dense_aug", "dense", 0.95)[:3] == pytest.approx((-0.02, 0.0, 1))
