@@ -1,4 +1,7 @@
 """evo-pai: evolutionary pruning at initialization (K-starts, dissipating gradients, their combination)."""
+import sys as _sys
+import types as _types
+
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import (
     register_backend,
@@ -23,12 +26,49 @@ def run(*args, **kwargs):
     return _run(*args, **kwargs)
 
 
+class _Search:
+    """`evo_pai.search(model, train, *, val=None, test=None, method="combined", sparsity=0.9, config=None,
+    overrides=(), out=None, overwrite=False, progress=True) -> SearchResult`: a sparse mask for your own
+    nn.Module on your own data (`.mask`, `.apply(model)`, `.summary`, `.export(format)`); docs/python.md.
+
+    `evo_pai.search` is also the subpackage of search methods: `evo_pai.search.nsga2` and
+    `import evo_pai.search.nsga2 as m` reach its modules through this object."""
+
+    __name__ = __qualname__ = "search"
+
+    def __call__(self, model, train, **kwargs):
+        from evo_pai.runs.python_search import search as _search
+
+        return _search(model, train, **kwargs)
+
+    def __getattr__(self, name):
+        import importlib
+
+        return getattr(importlib.import_module("evo_pai.search"), name)
+
+    def __repr__(self) -> str:
+        return "<function evo_pai.search(model, train, **kwargs)>"
+
+
+search = _Search()
+
+
+def export(run, model=None, format="compact", out=None, member=None) -> dict:
+    """`evo-pai export` from Python, for a run folder or a SearchResult; `model=` is the nn.Module a run of
+    `search()` was made on (see `evo_pai.runs.python_export.export`)."""
+    from evo_pai.runs.python_export import export as _export
+
+    return _export(run, model=model, format=format, out=out, member=member)
+
+
 def load_mask(run_dir):
     """A run's winning mask (a MaskSet): `.apply_(model)`, `.to_torch_prune(model)`, `.to_npz(path)`;
     see `evo_pai.runs.mask_file.load_mask`."""
     from evo_pai.runs.mask_file import load_mask as _load
 
     return _load(run_dir)
+
+
 def load_compact(path):
     """The smaller dense network `evo-pai export --format compact` wrote (evo_pai/deploy/compact.py)."""
     from evo_pai.deploy.compact import load_compact as _load
@@ -36,18 +76,20 @@ def load_compact(path):
     return _load(path)
 
 
-def load_csr(path):
-    """The module with torch.sparse_csr Linear weights `evo-pai export --format csr` wrote."""
+def load_csr(path, model=None):
+    """The module with torch.sparse_csr Linear weights `evo-pai export --format csr` wrote (`model=`: the
+    nn.Module a run of `search()` was made on)."""
     from evo_pai.deploy.csr import load_csr as _load
 
-    return _load(path)
+    return _load(path, model)
 
 
-def load_torch_prune(path):
-    """The model with torch.nn.utils.prune masks `evo-pai export --format torch-prune` wrote."""
+def load_torch_prune(path, model=None):
+    """The model with torch.nn.utils.prune masks `evo-pai export --format torch-prune` wrote (`model=`: the
+    nn.Module a run of `search()` was made on)."""
     from evo_pai.runs.export import load_torch_prune as _load
 
-    return _load(path)
+    return _load(path, model)
 
 
 def load_semi_structured(path):
@@ -57,7 +99,20 @@ def load_semi_structured(path):
     return _load(path)
 
 
+# `evo_pai.search` is also a subpackage: importing `evo_pai.search.<module>` would set this attribute to
+# the package; the module class below keeps the function whatever is imported, and when.
+class _Facade(_types.ModuleType):
+    def __setattr__(self, name, value):
+        if name == "search" and isinstance(value, _types.ModuleType):
+            return  # the subpackage stays reachable as sys.modules["evo_pai.search"]
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Facade
+
 __all__ = [
+    "search",
+    "export",
     "load_compact",
     "load_csr",
     "load_torch_prune",

@@ -152,3 +152,22 @@ def test_the_folders_are_the_layers():
             continue
         assert path.name not in seen, f"{path.relative_to(PACKAGE)} and {seen[path.name].relative_to(PACKAGE)} share a file name"
         seen[path.name] = path
+
+
+def test_run_study_and_cli_layers_name_no_method():
+    """Issue 17: methods declare what the run, study and CLI layers need (core/registry.Method), so
+    those layers never name a registered method in a string."""
+    import re
+
+    from evo_pai.core.registry import METHOD
+    from evo_pai.runs.components import load_builtins
+
+    load_builtins()
+    # dense / random / magnitude / set are also plain words (summary keys, fitness names); left out
+    names = [n for n in METHOD.names() if n not in {"dense", "random", "magnitude", "set"}]
+    assert len(names) >= 10
+    quoted = re.compile(r"[\"'](" + "|".join(map(re.escape, names)) + r")[\"']")
+    hits = [f"{p.relative_to(PACKAGE.parent)}:{i}" for folder in ("runs", "study", "cli")
+            for p in sorted((PACKAGE / folder).rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if quoted.search(line)]
+    assert hits == []

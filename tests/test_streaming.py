@@ -19,6 +19,7 @@ from evo_pai.core.masks import MaskSet
 from evo_pai.data.batches import TrainBatches, examples
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
+from evo_pai.runs.preflight import preflight
 from evo_pai.runs.runner import run_experiment
 from evo_pai.search.experiment import Experiment
 from evo_pai.training.tasks import BurstTask
@@ -209,6 +210,8 @@ def test_missing_files_and_wrong_layouts_are_one_line_errors(tmp_path, cifar_roo
     write_images(tmp_path / "other", per_class=4)
     (tmp_path / "other" / "val" / "dog").mkdir()
     one_line_error("data.params.test|same class names", data("image_folder", tmp_path / "other"))
+    cfg = build_config({**tiny_raw(), "data": {"name": "digits", "workers": 2}})
+    one_line_error("data.workers|held in memory|data.workers: 0", lambda: preflight(cfg))
     code, _, err = cli_inproc(capsys, "run", str(ROOT / "configs" / "quickstart.yaml"), "--set", f"data.root={tmp_path}",
                               "--set", "data.name=cifar10", "--set", "model.name=lenet5",
                               "--out", str(tmp_path / "run"))

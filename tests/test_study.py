@@ -67,6 +67,27 @@ def test_study_resumes_without_recomputing_finished_cells(smoke, tmp_path):
     assert after == before  # the rerun cell is deterministic, the others were not touched
 
 
+def test_a_slice_runs_only_its_cells_and_the_full_grid_adds_the_rest(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    gone = [c for c in sorted((copy / "cells").iterdir()) if c.name.startswith(("kstarts-", "random-", "dense-"))]
+    for cell in gone:
+        (cell / "summary.json").unlink()
+    sparsity = load_study(SMOKE).sparsities[0]
+    r = run_cli("study", str(SMOKE), "--out", str(copy), "--rows", "kstarts", "--rows", "dense", "--sparsity", str(sparsity))
+    assert r.returncode == 0, r.stderr
+    ran = {c.name.split("-s")[0] for c in gone if (c / "summary.json").exists()}
+    assert ran == {"kstarts", "dense"}  # random left out; kstarts only at the chosen sparsity
+    assert [c for c in gone if c.name.startswith("kstarts-") and (c / "summary.json").exists()] == \
+        [c for c in gone if c.name.startswith(f"kstarts-s{sparsity:g}-")]
+    assert "left out by the slice" in r.stderr
+    r = run_cli("study", str(SMOKE), "--out", str(copy), "--rows", "nope*")
+    assert r.returncode == 2 and "--rows: 'nope*' matches no row" in r.stderr
+    r = run_cli("study", str(SMOKE), "--out", str(copy))
+    assert r.returncode == 0 and all((c / "summary.json").exists() for c in gone)
+
+
 def test_report_regenerates_from_the_csv(smoke, tmp_path):
     """The folder's CSVs and the study.yaml kept beside them regenerate the study's own report, byte for byte."""
     out, _ = smoke
@@ -82,7 +103,7 @@ def test_report_regenerates_from_the_csv(smoke, tmp_path):
     assert (copy / "accuracy_vs_sparsity.png").is_file()
 
 
-@pytest.mark.parametrize("study", ["study_fmnist_full"])
+@pytest.mark.parametrize("study", ["study_fmnist_full", "study_fmnist_resnet", "study_fmnist_conv_augment"])
 def test_report_regenerates_the_tables_docs_quote(tmp_path, study):
     """docs/results.md quotes `evo-pai report`'s tables (accuracy, compute, the study file's comparisons)
     for the CSV shipped in docs/data: regenerated from it, every table line stands in the docs verbatim."""
@@ -91,7 +112,7 @@ def test_report_regenerates_the_tables_docs_quote(tmp_path, study):
     shutil.copy(ROOT / "docs/data" / f"{study}_results.csv", tmp_path / "results.csv")
     report = write_report(tmp_path, load_study(ROOT / "configs" / f"{study}.yaml")).read_text()
     tables = [line for line in report.splitlines() if line.startswith("|")]
-    assert sum(line.startswith("| K-starts beats random pruning") for line in tables) == 1
+    assert sum(line.startswith("| comparison (a − b)") for line in tables) == 1
     docs = set((ROOT / "docs/results.md").read_text().splitlines())
     assert [line for line in tables if line not in docs] == []
 
@@ -154,3 +175,14 @@ def test_population_study_runs_smoke_sized_at_equal_compute(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "P1: exploit/explore beats independent lineages (LeNet-5): lenet5_pbt − lenet5_independent" in report
     assert "P2: pbt from lr x10 within 0.3 pt of pbt (LeNet-300-100): pbt_lr_x10 − pbt" in report
+
+
+def test_a_dense_row_pairs_with_every_column():
+    """A dense row is stored at sparsity 0 and shown in every column: a comparison with it pairs there too."""
+    from evo_pai.study.tables import paired
+
+    rows = [{"label": "dense", "target_sparsity": "0.0", "seed": "0", "test_accuracy": "0.80"},
+            {"label": "dense_aug", "target_sparsity": "0.0", "seed": "0", "test_accuracy": "0.78"},
+            {"label": "gmp", "target_sparsity": "0.95", "seed": "0", "test_accuracy": "0.75"}]
+    assert paired(rows, "gmp", "dense", 0.95)[:3] == pytest.approx((-0.05, 0.0, 1))
+    assert paired(rows, "dense_aug", "dense", 0.95)[:3] == pytest.approx((-0.02, 0.0, 1))

@@ -202,16 +202,20 @@ def study(
     config: Path = typer.Argument(..., help="study YAML, e.g. configs/study_fmnist.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", help="study folder (default: studies/<name>); rerun to resume"),
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="cells run in parallel (default: the study's jobs)"),
+    rows: Optional[list[str]] = typer.Option(None, "--rows", help="run only rows whose label matches this glob "
+                                             "(repeatable), e.g. 'lenet5_*'; a later run without it adds the rest"),
+    sparsities: Optional[list[float]] = typer.Option(None, "--sparsity", help="run only this sparsity (repeatable)"),
 ) -> None:
     """Run a grid of methods x sparsities x seeds (resumable), then write the report."""
-    from evo_pai.study.grid import load_study
+    from evo_pai.study.grid import load_study, study_slice
     from evo_pai.study.grid_runner import run_study
 
     spec = load_study(config)
+    select = study_slice(spec, rows, sparsities)
     root = out if out else Path("studies") / spec.name
     with resumable(lambda: f"evo-pai study {config} --out {root}" if root.exists() else None):
         counts = run_study(spec, root, jobs, say=lambda line: err_console.print(line, markup=False, highlight=False,
-                                                                        soft_wrap=True))
+                                                                        soft_wrap=True), select=select)
     out_console.print(f"{counts['cells']} cells ({counts['ran']} run now, {counts['errors']} failed); "
                       f"report: {root / 'report.md'}")
 

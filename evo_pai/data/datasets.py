@@ -202,6 +202,14 @@ def _subset_set(dataset: Dataset, n: int | None, seed: int, stream: int) -> Data
     return Subset(dataset, _permutation(len(dataset), seed, stream)[:n].tolist())
 
 
+def check_workers(cfg: DataConfig, data: DataSplits) -> None:
+    """Before a run folder exists: loader workers read streamed datasets; on tensors they would do nothing."""
+    if cfg.workers and not data.streamed:
+        raise EvoPaiError(f"data.workers: dataset '{cfg.name}' is held in memory, where loader workers have nothing "
+                          "to read; set data.workers: 0, or stream it from disk (data.params.stream: true for "
+                          "cifar10 / cifar100)")
+
+
 def load_data(cfg: DataConfig) -> DataSplits:
     """Load the dataset named in `cfg` and apply the optional train/test subsets."""
     loader = DATASET.get(cfg.name)

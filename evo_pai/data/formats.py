@@ -117,12 +117,14 @@ def _read_cifar_cached(path: str, mtime_ns: int, size: int, label_key: bytes) ->
     return data, labels
 
 
-def read_cifar_batch(path: Path, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path, label_key: bytes = b"labels", cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images N x 3 x 32 x 32, int64 labels) of one torchvision CIFAR python batch; read-only, cached
-    per file. `label_key`: b"labels" (CIFAR-10), b"fine_labels" / b"coarse_labels" (CIFAR-100)."""
+    per file unless `cache` is false (a streamed set keeps its own copy: a cached one would be a second).
+    `label_key`: b"labels" (CIFAR-10), b"fine_labels" / b"coarse_labels" (CIFAR-100)."""
     p = path.resolve()
     st = p.stat()
-    return _read_cifar_cached(str(p), st.st_mtime_ns, st.st_size, label_key)
+    read = _read_cifar_cached if cache else _read_cifar_cached.__wrapped__
+    return read(str(p), st.st_mtime_ns, st.st_size, label_key)
 
 
 def find_idx(directory: Path, base: str) -> Path | None:

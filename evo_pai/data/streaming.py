@@ -25,17 +25,18 @@ STATS_SAMPLE = 2048  # training images whose pixels give the standardization sta
 class CifarBatches(Dataset):
     """The torchvision CIFAR-10/100 python batches as one dataset of uint8 (3, 32, 32) images.
 
-    The batch files are unpickled on first use in each process (cached per file): random access needs
-    the whole of a batch file, so this saves the float copy and the device memory, not the file's bytes."""
+    The batch files are unpickled once per process (here now, which also checks them; again in a loader
+    worker started by spawn): random access needs the whole of a batch file, so this saves the float copy
+    and the device memory, not the file's bytes. Forked workers share this process's arrays."""
 
     def __init__(self, files: Sequence[Path], label_key: bytes = b"labels"):
         self.files, self.label_key = [Path(f) for f in files], label_key
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
-        self._len = sum(len(read_cifar_batch(f, label_key)[1]) for f in self.files)  # also checks the files now
+        self._len = len(self._load()[1])
 
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
         if self._arrays is None:
-            parts = [read_cifar_batch(f, self.label_key) for f in self.files]
+            parts = [read_cifar_batch(f, self.label_key, cache=False) for f in self.files]
             self._arrays = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         return self._arrays
 

@@ -118,7 +118,7 @@ def semi_structured_model(model: nn.Module, mask: MaskSet, state: dict[str, torc
 CSR_FORMAT = "evo_pai.csr/1"
 
 
-def save_csr(net: nn.Module, path, model: dict, input_shape, num_classes: int) -> None:
+def save_csr(net: nn.Module, path, model: dict, input_shape, num_classes: int, plugins=()) -> None:
     """Linear weights as CSR triplets (crow, col, values), everything else dense; the architecture in metadata."""
     import json
 
@@ -134,21 +134,21 @@ def save_csr(net: nn.Module, path, model: dict, input_shape, num_classes: int) -
     skip = {f"{c['name']}.weight" for c in csr}
     tensors.update({k: v for k, v in net.state_dict().items() if k not in skip})
     meta = {"format": CSR_FORMAT, "model": json.dumps(model), "input_shape": json.dumps(list(input_shape)),
-            "num_classes": str(num_classes), "csr": json.dumps(csr)}
+            "num_classes": str(num_classes), "csr": json.dumps(csr), "plugins": json.dumps(list(plugins))}
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
 
 
-def load_csr(path) -> nn.Module:
-    """The module `evo-pai export --format csr` wrote: `evo_pai.load_csr("export/csr.safetensors")`."""
+def load_csr(path, model: nn.Module | None = None) -> nn.Module:
+    """The module `evo-pai export --format csr` wrote: `evo_pai.load_csr("export/csr.safetensors")`; the run's
+    plugins are imported; a run of `evo_pai.search()` on a module needs that module: `model=`."""
     import json
 
-    from evo_pai.core.config import ModelConfig
-    from evo_pai.models.networks import build_model
+    from evo_pai.models.user_model import rebuild
 
     try:
         meta, tensors = read_tagged(path, CSR_FORMAT, f"'{path}' is not a CSR network written by `evo-pai export --format csr`")
-        net = build_model(ModelConfig(**json.loads(meta["model"])), tuple(json.loads(meta["input_shape"])),
-                          int(meta["num_classes"]))
+        net = rebuild(json.loads(meta["model"]), json.loads(meta["input_shape"]), int(meta["num_classes"]),
+                      json.loads(meta.get("plugins", "[]")), model, "evo_pai.load_csr")
         layers = json.loads(meta["csr"])
     except EvoPaiError:
         raise

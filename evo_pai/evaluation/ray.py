@@ -31,7 +31,7 @@ from evo_pai.evaluation.ray_actors import dead_nodes, log, start_actors, stop_ac
 from evo_pai.evaluation.ray_checks import local_plan_check
 from evo_pai.evaluation.ray_cluster import RaylineFilter, connect, one_line, preserved_rng, reachable
 from evo_pai.evaluation.ray_plan import check_device, plan_actors
-from evo_pai.evaluation.ray_worker import BurstWorker, actor_trainer, failed_result, on_cpu
+from evo_pai.evaluation.ray_worker import BurstWorker, actor_trainer, failed_result, on_cpu, shipped_components
 
 __all__ = ["BurstWorker", "RayEvaluator", "actor_trainer", "failed_result", "on_cpu", "one_line", "plan_actors",
            "reachable"]
@@ -89,6 +89,7 @@ class RayEvaluator(Evaluator):
             local_plan_check(cfg)
         if model is not None and data is not None:
             actor_trainer(cfg, model, data)  # e.g. actor_trainer=vectorized with a BatchNorm model
+            shipped_components(cfg)  # a module handed to evo_pai.search() that cannot be pickled
 
     def _connect(self) -> None:
         if not self._ray.is_initialized():
@@ -108,8 +109,10 @@ class RayEvaluator(Evaluator):
             num_cpus=cpus, num_gpus=gpus, max_restarts=ev.max_retries, max_task_retries=ev.max_retries,
         )
         threads = max(1, int(cpus))
+        shipped = shipped_components(self.cfg)
+        shipped = ray.put(shipped) if shipped else None  # once, whatever the number of actors (and restarts)
         self.actors, self.nodes, gpu_ids = start_actors(
-            ray, lambda: remote.remote(to_dict(self.cfg), threads, device, self.trainer, gpus), n, self._theta0,
+            ray, lambda: remote.remote(to_dict(self.cfg), threads, device, self.trainer, gpus, shipped), n, self._theta0,
             ev.actor_start_timeout_s, self._rayline.last)
         self.gpu_ids = [ids for a, ids in zip(self.actors, gpu_ids) if a is not None]  # as Ray assigned them
         n = self.live_actors

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import sysconfig
 
 import torch
 
 from evo_pai.core.config import Config, build_config
 from evo_pai.data.datasets import DataSplits, load_data
 from evo_pai.core.errors import EvoPaiError
-from evo_pai.core.registry import import_plugins
+from evo_pai.core.registry import ALL, DATASET, MODEL, import_plugins
+from evo_pai.data.user_data import PREFIX
 from evo_pai.training.burst import BurstResult
 from evo_pai.training.stacked import StackedForward
 from evo_pai.training.tasks import BurstTask
@@ -31,11 +34,14 @@ def _describe(exc: Exception) -> str:
 class BurstWorker:
     """The body of one Ray actor. Plain class: wrapped with `ray.remote` at run time."""
 
-    def __init__(self, cfg_raw: dict, threads: int, device: str, trainer: str = "sequential", gpus: float = 0.0):
+    def __init__(self, cfg_raw: dict, threads: int, device: str, trainer: str = "sequential", gpus: float = 0.0,
+                 shipped: dict | None = None):
         torch.set_num_threads(threads)  # Ray sets OMP threads to 1 in workers; use the CPUs we reserved
         self.device, self.trainer, self.gpus, self.error, self.context = device, trainer, gpus, None, None
         try:
             self.cfg = build_config(cfg_raw)
+            for (kind, name), obj in (shipped or {}).items():  # a model / data handed to evo_pai.search()
+                ALL[kind].register(name)(obj)
             import_plugins(self.cfg.plugins)
             if device.startswith("cuda") and not torch.cuda.is_available():
                 raise EvoPaiError(f"evaluation.gpus_per_actor: Ray gave this actor GPU(s) {_gpu_ids()} but torch on "
@@ -87,6 +93,36 @@ class BurstWorker:
                      for t, r in zip(tasks, payload_refs)]
         results = self.batched.run(tasks) if self.batched is not None else [self.context.run(t) for t in tasks]
         return [result_on_cpu(r) for r in results]
+
+
+def shipped_components(cfg: Config) -> dict:
+    """The model and data of a run of evo_pai.search(): registered in this process only, so sent to every
+    actor through the object store (Ray's cloudpickle). A class or function from a module an actor may
+    not import (a script, a test file, a notebook) goes by value; what cannot be pickled is one line."""
+    import ray.cloudpickle as cloudpickle
+
+    shipped = {(reg.kind, name): reg.get(name) for reg, name in ((MODEL, cfg.model.name), (DATASET, cfg.data.name))
+               if name.startswith(PREFIX)}
+    for obj in shipped.values():
+        source = getattr(obj, "source", None)
+        module = sys.modules.get(getattr(source, "__module__", None) or type(source).__module__)
+        if module is not None and module.__name__ != "__main__" and not _installed(module):
+            cloudpickle.register_pickle_by_value(module)
+    try:
+        cloudpickle.dumps(shipped)
+    except Exception as exc:
+        raise EvoPaiError(f"model: the module handed to evo_pai.search() cannot be pickled for Ray actors "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:150]}); pass a zero-argument function "
+                          "that builds it instead, e.g. search(lambda: MyNet(), ...)") from None
+    return shipped
+
+
+def _installed(module) -> bool:
+    """A module every node imports by name: evo-pai's own, the standard library, installed packages."""
+    path = getattr(module, "__file__", None)
+    roots = {sysconfig.get_path(k) for k in ("purelib", "platlib", "stdlib")}
+    return path is None or module.__name__.split(".")[0] in ("evo_pai", "torch") or any(
+        root and os.path.abspath(path).startswith(os.path.abspath(root)) for root in roots)
 
 
 def _gpu_ids() -> list:

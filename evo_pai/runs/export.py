@@ -26,6 +26,9 @@ from evo_pai.core.masks import MaskSet
 from evo_pai.models.networks import build_model
 from evo_pai.deploy.csr import csr_model, load_csr, masked_copy, save_csr, semi_structured_model, semi_structured_supported
 from evo_pai.training.tasks import dtype_of
+from evo_pai.core.registry import MODEL
+from evo_pai.models.user_model import is_user_name, not_rebuildable, rebuild
+from evo_pai.runs.components import load_components
 from evo_pai.runs.mask_file import load_mask
 from evo_pai.runs.members import model_file
 
@@ -50,7 +53,11 @@ class Source:
         torch.manual_seed(self.cfg.seed)  # θ0 when no trained weights exist
         net = build_model(self.cfg.model, self.input_shape, self.num_classes).to(dtype_of(self.cfg))
         if self.state is not None:
-            net.load_state_dict(self.state)
+            try:
+                net.load_state_dict(self.state)
+            except RuntimeError as exc:  # e.g. evo_pai.export(run, model=<another network>)
+                raise EvoPaiError(f"model: {type(net).__name__} does not fit this run's trained weights "
+                                  f"({' '.join(str(exc).split())[:200]}); pass the module the run searched") from None
         return net.eval()
 
 
@@ -60,6 +67,10 @@ def load_source(run_dir: Path, member: int | None = None) -> Source:
     if not (run_dir / "config.yaml").is_file():
         raise EvoPaiError(f"{run_dir}: not a run folder (no config.yaml); pass a folder written by `evo-pai run`")
     cfg = load_config(run_dir / "config.yaml")
+    load_components(cfg.plugins)  # a plugin model is built from the plugins the run's config names
+    if is_user_name(cfg.model.name) and cfg.model.name not in MODEL:
+        raise not_rebuildable(cfg.model.name, f"export it from Python: evo_pai.export('{run_dir}', model=<that module>, "
+                                              "format=...)")
     mask = load_mask(run_dir, member)
     weights = run_dir / (model_file(member) if member is not None else "model.safetensors")
     state = load_file(str(weights)) if weights.is_file() else None
@@ -106,37 +117,43 @@ def export(run_dir: Path, fmt: str, member: int | None = None, out: Path | None 
         info["widths"] = widths(net)
         info["max_abs_diff"] = check_outputs(reference, load_compact(path), src.input_shape, dtype)
     elif fmt == "csr":
-        save_csr(csr_model(model, src.mask), path, to_dict(src.cfg)["model"], src.input_shape, src.num_classes)
-        info["max_abs_diff"] = check_outputs(reference, load_csr(path), src.input_shape, dtype)
+        save_csr(csr_model(model, src.mask), path, to_dict(src.cfg)["model"], src.input_shape, src.num_classes,
+                 src.cfg.plugins)
+        info["max_abs_diff"] = check_outputs(reference, load_csr(path, user_model(src)), src.input_shape, dtype)
     elif fmt == "torch-prune":
         pruned = src.mask.to_torch_prune(src.model())
         torch.save({"format": PRUNE_FORMAT, "model": to_dict(src.cfg)["model"], "input_shape": list(src.input_shape),
-                    "num_classes": src.num_classes, "state_dict": pruned.state_dict()}, path)
-        info["max_abs_diff"] = check_outputs(reference, load_torch_prune(path), src.input_shape, dtype)
+                    "num_classes": src.num_classes, "state_dict": pruned.state_dict(), "plugins": src.cfg.plugins}, path)
+        info["max_abs_diff"] = check_outputs(reference, load_torch_prune(path, user_model(src)), src.input_shape, dtype)
     else:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path),
                   metadata={"format": "evo_pai.semi_structured/1", "model": json.dumps(to_dict(src.cfg)["model"]),
                             "input_shape": json.dumps(list(src.input_shape)), "num_classes": str(src.num_classes),
-                            "pattern": "2:4" if src.mask.pattern == (2, 4) else ""})
-        net, converted = load_semi_structured(path, src.mask)
+                            "pattern": "2:4" if src.mask.pattern == (2, 4) else "", "plugins": json.dumps(src.cfg.plugins)})
+        net, converted = load_semi_structured(path, src.mask, user_model(src))
         info["converted"] = converted
         info["max_abs_diff"] = check_outputs(reference.to("cuda", torch.float16), net, src.input_shape, torch.float16, "cuda")
     return info
 
 
-def load_torch_prune(path) -> nn.Module:
-    """The model `evo-pai export --format torch-prune` wrote, with its torch.nn.utils.prune masks attached."""
-    from torch.nn.utils import prune
+def user_model(src: Source) -> nn.Module | None:
+    """The module of a run made by evo_pai.search() (registered in this process), for the read-back check."""
+    return src.model() if is_user_name(src.cfg.model.name) else None
 
-    from evo_pai.core.config import ModelConfig
+
+def load_torch_prune(path, model: nn.Module | None = None) -> nn.Module:
+    """The model `evo-pai export --format torch-prune` wrote, with its torch.nn.utils.prune masks attached;
+    the run's plugins are imported; a run of `evo_pai.search()` on a module needs that module: `model=`."""
+    from torch.nn.utils import prune
 
     try:
         blob = torch.load(str(path), weights_only=True)  # never unpickle code from a file a user hands in
         if not isinstance(blob, dict) or blob.get("format") != PRUNE_FORMAT:
             raise EvoPaiError(f"'{path}' is not a torch-prune export written by `evo-pai export --format torch-prune`")
-        net = build_model(ModelConfig(**blob["model"]), tuple(blob["input_shape"]), int(blob["num_classes"]))
+        net = rebuild(blob["model"], blob["input_shape"], blob["num_classes"], blob.get("plugins", []), model,
+                      "evo_pai.load_torch_prune")
         state = blob["state_dict"]
     except EvoPaiError:
         raise
@@ -157,20 +174,18 @@ def load_torch_prune(path) -> nn.Module:
     return net.eval()
 
 
-def load_semi_structured(path, mask: MaskSet | None = None) -> tuple[nn.Module, list[str]]:
+def load_semi_structured(path, mask: MaskSet | None = None, model: nn.Module | None = None) -> tuple[nn.Module, list[str]]:
     """A `--format semi-structured` export on CUDA (fp16), 2:4 Linear layers converted where the kernels accept them."""
     from safetensors.torch import load_file
     from safetensors import safe_open
-
-    from evo_pai.core.config import ModelConfig
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != "evo_pai.semi_structured/1":
         raise EvoPaiError(f"'{path}' is not a semi-structured export written by `evo-pai export`")
     state = load_file(str(path))
-    net = build_model(ModelConfig(**json.loads(meta["model"])), tuple(json.loads(meta["input_shape"])),
-                      int(meta["num_classes"]))
+    net = rebuild(json.loads(meta["model"]), json.loads(meta["input_shape"]), int(meta["num_classes"]),
+                  json.loads(meta.get("plugins", "[]")), model, "evo_pai.load_semi_structured")
     net.load_state_dict(state)
     mask = mask or MaskSet({k: v != 0 for k, v in state.items() if k.endswith("weight")}, None, (2, 4))
     return semi_structured_model(net, mask)

@@ -15,10 +15,11 @@ import torch
 
 from evo_pai.core.config import Config
 from evo_pai.data.augment import check as check_augment
-from evo_pai.data.datasets import DataSplits, load_data
+from evo_pai.data.datasets import DataSplits, check_workers, load_data
 from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.operators.fitness import check_params as check_fitness_params
 from evo_pai.models.networks import build_model, masked_names
+from evo_pai.models.user_model import is_user_name, not_rebuildable
 from evo_pai.core.patterns import parse_pattern
 from evo_pai.core.registry import BACKEND, CROSSOVER, DATASET, FITNESS, METHOD, MODEL, MUTATION, SELECTION, Method
 from evo_pai.search.experiment import check_mutation_params, mutation_params
@@ -50,6 +51,11 @@ def check_names(cfg: Config) -> None:
 
 
 def _unknown(reg, key: str, value: str) -> None:
+    if is_user_name(value) and reg in (MODEL, DATASET):  # a run of evo_pai.search(), resumed without its inputs
+        raise not_rebuildable(value, "resume it from Python: call evo_pai.search() with the same model, data and "
+                                     "settings and out=<this run folder>") if reg is MODEL else EvoPaiError(
+            f"data.name: '{value}' was data handed to evo_pai.search(); resume the run from Python: call "
+            "evo_pai.search() with the same model, data and settings and out=<this run folder>")
     raise EvoPaiError(f"{key}: unknown {reg.kind} '{value}'; choose one of {', '.join(reg.names())} (see `evo-pai list`)")
 
 
@@ -192,6 +198,7 @@ def preflight(cfg: Config) -> DataSplits:
     check_config(cfg)
     data = load_data(cfg.data)
     check_augment(cfg.data.augment, data.input_shape, cfg.data.name)  # crop / flip need images
+    check_workers(cfg.data, data)
     model = check_model(cfg, data)
     check_backend(cfg, data, model)
     return data

@@ -131,6 +131,26 @@ def grid(spec: StudySpec) -> list[Cell]:
     return cells
 
 
+def study_slice(spec: StudySpec, rows: list[str] | None, sparsities: list[float] | None):
+    """The predicate of `evo-pai study --rows GLOB --sparsity S`: cells of those rows and sparsities (dense
+    rows, stored at sparsity 0, go with any sparsity). Refuses a pattern or sparsity that selects nothing."""
+    from fnmatch import fnmatchcase
+
+    labels = [m.name for m in methods_of(spec)]
+    for pattern in rows or []:
+        if not any(fnmatchcase(x, pattern) for x in labels):
+            raise EvoPaiError(f"--rows: '{pattern}' matches no row of study '{spec.name}'; its rows: {', '.join(labels)}")
+    for s in sparsities or []:
+        if s not in spec.sparsities:
+            raise EvoPaiError(f"--sparsity: {s:g} is not in study '{spec.name}'s sparsities "
+                              f"{', '.join(f'{x:g}' for x in spec.sparsities)}")
+
+    def keep(cell: Cell) -> bool:
+        return ((not rows or any(fnmatchcase(cell.label, p) for p in rows))
+                and (not sparsities or cell.sparsity == 0.0 or cell.sparsity in sparsities))
+    return keep
+
+
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")

@@ -135,8 +135,10 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def run_study(spec: StudySpec, root: Path, jobs: int | None = None, say: Callable[[str], None] = print) -> dict:
-    """Run every missing cell, then predictiveness, then the report. Returns counts."""
+def run_study(spec: StudySpec, root: Path, jobs: int | None = None, say: Callable[[str], None] = print,
+              select: Callable[[Cell], bool] | None = None) -> dict:
+    """Run every missing cell (those `select` keeps: a slice of the grid, whose cells are the full grid's,
+    so a later run without it only adds the rest), then predictiveness, then the report. Returns counts."""
     from evo_pai.runs.lock import FolderLock, check_unlocked
     from evo_pai.study.predictiveness import predictiveness_jobs
 
@@ -146,10 +148,11 @@ def run_study(spec: StudySpec, root: Path, jobs: int | None = None, say: Callabl
     root.mkdir(parents=True, exist_ok=True)
     with FolderLock(root, "study"):
         save_study(spec, root)
-        return _run_locked(spec, root, cells, groups, jobs or spec.jobs, say)
+        return _run_locked(spec, root, cells, groups, jobs or spec.jobs, say, select or (lambda cell: True))
 
 
-def _run_locked(spec: StudySpec, root: Path, cells: list[Cell], groups: list, jobs: int, say: Callable[[str], None]) -> dict:
+def _run_locked(spec: StudySpec, root: Path, cells: list[Cell], groups: list, jobs: int, say: Callable[[str], None],
+                select: Callable[[Cell], bool]) -> dict:
     from evo_pai.core.errors import EvoPaiError
     from evo_pai.study.predictiveness import run_predictiveness_group, write_predictiveness_csv
     from evo_pai.study.tables import write_report
@@ -157,8 +160,11 @@ def _run_locked(spec: StudySpec, root: Path, cells: list[Cell], groups: list, jo
     def log(line: str) -> None:
         say(f"[{_clock()}] {line}")
 
-    todo = [c for c in cells if not (root / "cells" / c.dirname / "summary.json").exists()]
-    log(f"study '{spec.name}': {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run ({jobs} job(s))")
+    missing = [c for c in cells if not (root / "cells" / c.dirname / "summary.json").exists()]
+    todo = [c for c in missing if select(c)]
+    left = f", {len(missing) - len(todo)} left out by the slice" if len(todo) < len(missing) else ""
+    log(f"study '{spec.name}': {len(cells)} cells, {len(cells) - len(missing)} already done, {len(todo)} to run "
+        f"({jobs} job(s)){left}")
     errors: list[str] = []
 
     def reporter(total: int, write):
@@ -180,7 +186,7 @@ def _run_locked(spec: StudySpec, root: Path, cells: list[Cell], groups: list, jo
 
     _map(jobs, run_cell, [(c, root, spec.threads) for c in todo], [c.dirname for c in todo], reporter(len(todo), write_results))
     write_results()
-    if groups:
+    if groups and len(todo) == len(missing):  # predictiveness belongs to the whole grid, not a slice
         log(f"predictiveness: {len(groups)} K-starts cells, every candidate trained with the final recipe")
         _map(jobs, run_predictiveness_group, [(g, root, spec.threads) for g in groups], [g.dirname for g in groups],
              reporter(len(groups), lambda: write_predictiveness_csv(root)))

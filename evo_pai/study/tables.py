@@ -133,10 +133,13 @@ def compute_table(rows: list[dict]) -> str:
 
 
 def paired(rows: list[dict], a: str, b: str, s: float) -> tuple[float, float, int, int] | None:
-    """Mean and std of a − b over the seeds both have, and how many seeds a wins."""
+    """Mean and std of a − b over the seeds both have, and how many seeds a wins (a dense row, stored at
+    sparsity 0, pairs in every column, as it is shown)."""
+    dense = layout(rows)[2]
+    sa, sb = (0.0 if a in dense else s), (0.0 if b in dense else s)
     by = {(r["label"], float(r["target_sparsity"]), r["seed"]): _f(r["test_accuracy"]) for r in rows}
-    diffs = [by[(a, s, seed)] - by[(b, s, seed)] for (lab, sp, seed) in by if lab == a and sp == s
-             and (b, s, seed) in by and by[(a, s, seed)] is not None and by[(b, s, seed)] is not None]
+    diffs = [by[(a, sa, seed)] - by[(b, sb, seed)] for (lab, sp, seed) in by if lab == a and sp == sa
+             and (b, sb, seed) in by and by[(a, sa, seed)] is not None and by[(b, sb, seed)] is not None]
     if not diffs:
         return None
     m, sd, n = _stats(diffs)
