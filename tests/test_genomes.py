@@ -100,6 +100,19 @@ def test_regrow_on_a_hand_made_layer():
     assert out.counts() == mask.counts()
 
 
+def test_regrow_on_a_diverged_layer_keeps_its_density():
+    """A network trained at a learning rate far too high has NaN weights and gradients (the population
+    study's lr x10 rows): regrow must still swap n for n, dropping the NaN weights first."""
+    mask = MaskSet({"w": torch.tensor([[True, True, True, False], [True, False, False, False]])})
+    nan = float("nan")
+    w = torch.tensor([[nan, 0.5, nan, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    g = torch.tensor([[nan, nan, nan, nan], [nan, 0.7, nan, 0.4]])
+    ind = Individual(mask, {"weight": {"w": w}, "grad_accum": {"w": g}})
+    out = regrow(ind, PruneStep(0.5, 0.5, False, min_output_fan_in=0), torch.Generator(), fraction=0.5)
+    assert out.counts() == mask.counts()  # 4 kept, as before the swap
+    assert out["w"].tolist() == [[False, True, False, False], [True, True, False, True]]
+
+
 def test_regrow_keeps_every_layer_density_and_grows_only_pruned_weights():
     ind = trained(6)
     out = regrow(ind, PruneStep(0.6, 0.9, False), torch.Generator(), fraction=0.2)

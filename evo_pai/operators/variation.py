@@ -189,8 +189,10 @@ def regrow(ind: Individual, step: PruneStep, generator: torch.Generator, fractio
         if n <= 0:
             out[k] = m
             continue
-        drop = w[k].reshape(-1).abs().to(torch.float64).masked_fill(~flat, INF)
-        grow = g[k].reshape(-1).to(torch.float64).masked_fill(flat, -INF)
+        # NaN (a diverged network) ranks lowest, as in MaskSet.prune: sort would put it past ±inf and
+        # drop already-pruned weights instead, breaking the density this operator promises.
+        drop = torch.nan_to_num(w[k].reshape(-1).abs().to(torch.float64), nan=-INF).masked_fill(~flat, INF)
+        grow = torch.nan_to_num(g[k].reshape(-1).to(torch.float64), nan=-INF).masked_fill(flat, -INF)
         new = flat.clone()
         new[torch.sort(drop, stable=True).indices[:n]] = False
         new[torch.sort(grow, descending=True, stable=True).indices[:n]] = True
