@@ -58,6 +58,12 @@ class MaskConfig(_Section):
     allow_empty_layers: bool = False
     # "N:M": at most N kept of every M consecutive weights along the input dimension (2:4 = sparse tensor cores)
     pattern: str | None = None
+    # weight: masks choose single weights, search.sparsity = fraction of weights removed. channel: masks
+    # choose whole channels of the model's channel groups (docs/structured.md), search.sparsity = fraction
+    # of the dense network's multiply-adds (MACs) removed, within macs_tolerance (of the dense MACs).
+    granularity: Literal["weight", "channel"] = "weight"
+    macs_tolerance: float = Field(0.01, gt=0, lt=1)
+    min_channels: int = Field(1, ge=1)  # the narrowest a free group may become
 
     @field_validator("pattern")
     @classmethod

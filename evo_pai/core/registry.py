@@ -62,9 +62,10 @@ DATASET: Registry = Registry("dataset")
 BACKEND: Registry = Registry("backend")
 PRUNER: Registry = Registry("pruner")
 UNIT_CRITERION: Registry = Registry("unit criterion")  # scores whole units for the structured `neuron` mutation
+CHANNEL_CRITERION: Registry = Registry("channel criterion")  # scores a channel group's channels (width search)
 
 ALL = {r.kind: r for r in (FITNESS, MUTATION, CROSSOVER, SELECTION, METHOD, MODEL, DATASET, BACKEND, PRUNER,
-                           UNIT_CRITERION)}
+                           UNIT_CRITERION, CHANNEL_CRITERION)}
 
 register_fitness = FITNESS.register
 register_mutation = MUTATION.register
@@ -75,6 +76,7 @@ register_dataset = DATASET.register
 register_backend = BACKEND.register
 register_pruner = PRUNER.register
 register_unit_criterion = UNIT_CRITERION.register
+register_channel_criterion = CHANNEL_CRITERION.register
 
 # The config fields preflight validates only for a method that reads them (a method that ignores
 # search.fitness does not get a typo in it refused; `evo-pai list` shows what each method reads).

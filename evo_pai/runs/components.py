@@ -9,7 +9,7 @@ def load_builtins() -> None:
     """Import every module whose decorators fill the registries (idempotent: Python caches modules)."""
     from evo_pai.data import datasets  # noqa: F401
     from evo_pai.models import networks  # noqa: F401
-    from evo_pai.operators import fitness, genomes, pruners, structured, variation  # noqa: F401
+    from evo_pai.operators import fitness, genomes, pruners, structured, variation, widths  # noqa: F401
     from evo_pai.evaluation import local, vectorized  # noqa: F401
     from evo_pai.evaluation import ray as _ray_backend  # noqa: F401  (imports ray itself only when used)
     from evo_pai.search import methods  # noqa: F401

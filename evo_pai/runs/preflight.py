@@ -200,8 +200,19 @@ def preflight(cfg: Config) -> DataSplits:
     check_augment(cfg.data.augment, data.input_shape, cfg.data.name)  # crop / flip need images
     check_workers(cfg.data, data)
     model = check_model(cfg, data)
+    check_channels(cfg, data, model)
     check_backend(cfg, data, model)
     return data
+
+
+def check_channels(cfg: Config, data: DataSplits, model: torch.nn.Module) -> None:
+    """masks.granularity: channel — the model's channel groups proven and the operators structure-aware."""
+    from evo_pai.models.prunable import output_layer_name
+    from evo_pai.search.channel_mode import preflight as channel_preflight
+
+    names = masked_names(model, cfg.masks)
+    out = output_layer_name(model)
+    channel_preflight(cfg, model, data.input_shape, names, out if out in names else None)
 
 
 def expected_shapes(cfg: Config, data: DataSplits) -> tuple[dict[str, tuple], dict[str, tuple]]:

@@ -20,7 +20,7 @@ from deap import tools
 from evo_pai.core.budgets import sparsity_schedule
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.core.individual import Individual
-from evo_pai.core.registry import CHECKED_FIELDS, CROSSOVER, SELECTION, register_method
+from evo_pai.core.registry import CHECKED_FIELDS, SELECTION, register_method
 from evo_pai.search.kstarts import kstarts_population, winner_outcome
 
 
@@ -44,11 +44,10 @@ def next_generation(exp: Experiment, population: list[Individual], sparsity: flo
     select = SELECTION.get(s.selection)
     params = {"tournament_size": s.tournament_size} if s.selection == "tournament" else {}
     offspring = [ind.clone() for ind in select(population, len(population) - len(elites), **params)]
-    mate = CROSSOVER.get(s.crossover)
     for i in range(1, len(offspring), 2):
         if float(torch.rand((), generator=exp.generator)) < s.crossover_prob:
             a, b = offspring[i - 1], offspring[i]
-            offspring[i - 1], offspring[i] = mate(a, b, exp.generator)
+            offspring[i - 1], offspring[i] = exp.crossover(a, b)
             for child, parent in ((offspring[i - 1], a), (offspring[i], b)):
                 if child.carry is None:  # a crossover that knows nothing of inheritance: its first parent's state
                     child.carry = parent.carry

@@ -30,6 +30,8 @@ from evo_pai.training.burst import BurstResult, steps_for
 from evo_pai.training.carry import Carry
 from evo_pai.training.optim import OptState
 from evo_pai.search.mutation_check import check_mutation
+from evo_pai.search import channel_mode
+from evo_pai.core.registry import CROSSOVER
 from evo_pai.training.drop_grow import DynamicSpec
 
 Logger = Callable[[dict], None]
@@ -100,6 +102,7 @@ class Experiment:
         self.output_layer = out if out in self.shapes else None
         self.pattern = parse_pattern(cfg.masks.pattern)
         self._links: list | None = None
+        self._structure = None  # masks.granularity: channel — the model's channel groups, built once
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._log = log or (lambda record: None)
         self.started = time.perf_counter()
@@ -109,8 +112,24 @@ class Experiment:
         self.progress: Callable[[int], None] | None = None  # tasks finished (the runner's search bar)
 
     # -- masks ------------------------------------------------------------------------
+    @property
+    def channels(self) -> bool:
+        return self.cfg.masks.granularity == "channel"
+
+    @property
+    def structure(self):
+        """The model's channel groups, proven against physical pruning (models/group_check.py)."""
+        if self._structure is None:
+            from evo_pai.models.group_check import channel_structure
+
+            self._structure = channel_structure(self.model, self.data.input_shape, list(self.shapes), self.output_layer)
+        return self._structure
+
     def random_mask(self, sparsity: float, seed: int) -> MaskSet:
         m = self.cfg.masks
+        if self.channels:  # random widths at the MACs level, random channels
+            return channel_mode.random_channel_mask(self.structure, sparsity, seed, m.macs_tolerance, m.min_channels,
+                                                    self.output_layer)
         return MaskSet.random(
             self.shapes, sparsity, torch.Generator().manual_seed(seed), m.budget,
             self.output_layer, m.min_output_fan_in, m.allow_empty_layers, self.pattern,
@@ -133,13 +152,35 @@ class Experiment:
         field = ("search.mutation_params" if params is None else
                  "search.explore_params" if params is self.cfg.search.explore_params else f"mutation '{name}' parameters")
         check_mutation_params(name, kwargs, field)
+        fn = MUTATION.get(name)
+        if self.channels:
+            kwargs = self._channel_params(fn, kwargs)
         try:
-            child = MUTATION.get(name)(ind, step, self.generator, **kwargs)
+            child = fn(ind, step, self.generator, **kwargs)
         except EvoPaiError:
             raise
         except Exception as exc:  # a user's operator: name it, and where it failed
             raise EvoPaiError(f"mutation '{name}' raised {brief(exc)}; fix the operator") from exc
+        if self.channels:
+            return channel_mode.check_channel_result(name, self.structure, ind.mask, child, step,
+                                                     self.cfg.masks.macs_tolerance)
         return check_mutation(name, ind.mask, child, step)
+
+    def _channel_params(self, fn, params: dict) -> dict:
+        m = self.cfg.masks
+        return channel_mode.operator_params(fn, params, self.structure, self.theta0, m.macs_tolerance, m.min_channels)
+
+    def crossover(self, a: Individual, b: Individual) -> tuple[Individual, Individual]:
+        """search.crossover on two parents (structure-aware crossovers get the channel groups)."""
+        name = self.cfg.search.crossover
+        fn = CROSSOVER.get(name)
+        kwargs = {"structure": self.structure} if self.channels and channel_mode.accepts(fn, "structure") else {}
+        try:
+            return fn(a, b, self.generator, **kwargs)
+        except EvoPaiError:
+            raise
+        except Exception as exc:
+            raise EvoPaiError(f"crossover '{name}' raised {brief(exc)}; fix the operator") from exc
 
     def mutation_params(self, name: str) -> dict:
         if name in ("neuron", "grow_alive"):  # structured: the model's unit chain (sequential models)
