@@ -197,6 +197,19 @@ def list_layers(
     out_console.print(roles_brief(rows), markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command("list-groups")
+def list_groups(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/structured_resnet20.yaml"),
+    set_: List[str] = typer.Option([], "--set", help="override a key: --set model.params.width=8 (repeatable)"),
+) -> None:
+    """Print the model's channel groups (structured search): layers, channels, share of MACs, what is never pruned."""
+    from evo_pai.runs.group_list import format_rows, group_rows
+
+    rows, never = group_rows(load_config(config, list(set_)))
+    for line in format_rows(rows, never):
+        print(line)
+
+
 @app.command()
 def study(
     config: Path = typer.Argument(..., help="study YAML, e.g. configs/study_fmnist.yaml"),

@@ -63,10 +63,13 @@ class ChannelStructure:
         self.macs_per_weight = dict(macs_per_weight)  # per example, of one kept weight
         self.dense_macs = dense_macs                  # every masked weight kept (the dense network's count)
         self.free = [g for g in groups if g.fixed is None]
-        self._dims: dict[tuple[str, int], tuple[int, int]] = {}  # (param, dim) -> (group id, channels)
+        # (param, dim) -> [(group id, share of that dim the group's channels hold)]: a concatenation's
+        # consumer has several groups along its input dim
+        self._dims: dict[tuple[str, int], list[tuple[int, float]]] = {}
         for g in self.free:
             for m in g.members:
-                self._dims[(m.param, m.dim)] = (g.id, g.channels)
+                size = self.shapes[m.param][m.dim]
+                self._dims.setdefault((m.param, m.dim), []).append((g.id, len(m.index) / size))
 
     # -- channels <-> masks ---------------------------------------------------------------
     def mask_of(self, keep: Mapping[int, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -105,9 +108,7 @@ class ChannelStructure:
         for name, shape in self.shapes.items():
             f = 1.0
             for dim in (0, 1):
-                hit = self._dims.get((name, dim))
-                if hit is not None:
-                    f *= frac[hit[0]]
+                f *= 1.0 - sum((1.0 - frac[gid]) * share for gid, share in self._dims.get((name, dim), ()))
             n = 1
             for s in shape:
                 n *= s
@@ -136,7 +137,6 @@ def build_groups(model: nn.Module, example: torch.Tensor, masked: Sequence[str],
     names = _module_names(model)
     modules = dict(model.named_modules())
     ignored = [modules[output_layer.rsplit(".", 1)[0] if "." in output_layer else ""]] if output_layer else []
-    ignored += [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         raw = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear]))

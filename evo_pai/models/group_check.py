@@ -76,12 +76,15 @@ def _problem(model: nn.Module, input_shape: Sequence[int], structure: ChannelStr
     except Exception as exc:  # torch-pruning's own failure is this group's failure
         return f"torch-pruning failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     params = dict(pruned.named_parameters())
+    removed: dict[tuple[str, int], int] = {}  # a concatenation's consumer loses channels of several groups
     for g in structure.free:
         for mem in g.members:
-            want = structure.shapes[mem.param][mem.dim] - int((~keep[g.id].bool())[mem.root].sum())
-            got = params[mem.param].shape[mem.dim]
-            if got != want:
-                return f"{mem.param} has {got} channels along dim {mem.dim} after pruning, the group says {want}"
+            key = (mem.param, mem.dim)
+            removed[key] = removed.get(key, 0) + int((~keep[g.id].bool())[mem.root].sum())
+    for (param, dim), n in removed.items():
+        want, got = structure.shapes[param][dim] - n, params[param].shape[dim]
+        if got != want:
+            return f"{param} has {got} channels along dim {dim} after pruning, the groups say {want}"
     with torch.no_grad(), eval_mode(masked), eval_mode(pruned):
         want = masked(x)
         try:

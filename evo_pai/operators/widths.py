@@ -85,6 +85,45 @@ def _scaled(widths: Sequence[int], full: Sequence[int], s: float, floor: int) ->
     return [min(n, max(min(floor, n), int(round(w * s)))) for w, n in zip(widths, full)]
 
 
+EXHAUSTIVE = 4096  # width vectors below which repair tries them all (coarse channels: greedy steps get stuck)
+
+
+def _exhaustive(structure: ChannelStructure, w: Sequence[int], full: Sequence[int], floor: int, target: float,
+                band: float) -> list[int]:
+    """Of all width vectors within the band, the nearest to `w` (else the one nearest the target)."""
+    import itertools
+
+    best, key = None, None
+    for cand in itertools.product(*[range(min(floor, n), n + 1) for n in full]):
+        gap = abs(structure.macs_of_widths(cand) - target)
+        k = (0, sum(abs(a - b) for a, b in zip(cand, w)), gap) if gap <= band else (1, gap, 0)
+        if key is None or k < key:
+            best, key = list(cand), k
+    if key[0] == 1:
+        raise EvoPaiError(f"masks.macs_tolerance: no widths land within {band / structure.dense_macs:g} of "
+                          f"{target / structure.dense_macs:.4g} of the dense MACs; raise masks.macs_tolerance")
+    return best
+
+
+def _moves(w: Sequence[int], full: Sequence[int], floor: int, grow: bool):
+    """Single-channel steps toward the target, then swaps (one group +1, another -1): small networks
+    whose channels are coarse in MACs need the swaps to land within the tolerance."""
+    ok = lambda c, i: min(floor, full[i]) <= c[i] <= full[i]  # noqa: E731
+    for i in range(len(w)):
+        c = list(w)
+        c[i] += 1 if grow else -1
+        if ok(c, i):
+            yield c
+    for i in range(len(w)):
+        for j in range(len(w)):
+            if i != j:
+                c = list(w)
+                c[i] += 1
+                c[j] -= 1
+                if ok(c, i) and ok(c, j):
+                    yield c
+
+
 def repair(structure: ChannelStructure, widths: Sequence[int], target: float, tolerance: float,
            floor: int = 1) -> list[int]:
     """Widths with MACs within `tolerance` (relative to the dense MACs) of `target` MACs: the widths
@@ -104,17 +143,14 @@ def repair(structure: ChannelStructure, widths: Sequence[int], target: float, to
             a = mid
     w = _scaled(widths, full, a, floor)
     band = tolerance * structure.dense_macs
-    for _ in range(sum(full)):  # one channel at a time, the move that lands closest
+    if math.prod(n - min(floor, n) + 1 for n in full) <= EXHAUSTIVE:  # a small network: every width vector
+        return _exhaustive(structure, w, full, floor, target, band)
+    for _ in range(sum(full)):  # one channel at a time (or one here, one there): the move that lands closest
         macs = structure.macs_of_widths(w)
         if abs(macs - target) <= band:
             return w
-        grow = macs < target
         best, best_gap = None, abs(macs - target)
-        for i, n in enumerate(full):
-            cand = list(w)
-            cand[i] += 1 if grow else -1
-            if not min(floor, n) <= cand[i] <= n:
-                continue
+        for cand in _moves(w, full, floor, macs < target):
             gap = abs(structure.macs_of_widths(cand) - target)
             if gap < best_gap:
                 best, best_gap = cand, gap

@@ -187,7 +187,10 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
     return [
         ("method", summary["method"]),
         ("data / model", f"{summary['dataset']} / {summary['model']}"),
-        ("sparsity (target → measured)", f"{pct(summary['target_sparsity'])} → {pct(summary['sparsity'])}"),
+        *([("MACs removed (target → measured)", f"{pct(summary['target_sparsity'])} → "
+            f"{pct(summary['structure']['macs_removed'])} (weights: {pct(summary['sparsity'])})")]
+          if summary.get("structure") else
+          [("sparsity (target → measured)", f"{pct(summary['target_sparsity'])} → {pct(summary['sparsity'])}")]),
         ("test accuracy", pct(summary["test_accuracy"])),
         ("search cost", f"{summary['search_model_epochs']:.2f} model-epochs ({summary['search_seconds']:.1f} s)"),
         ("final training", f"{summary['final_epochs']} epochs ({summary['final_seconds']:.1f} s)"),

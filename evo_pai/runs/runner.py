@@ -16,6 +16,7 @@ from evo_pai.core.errors import EvoPaiError
 from evo_pai.training.burst import BurstResult
 from evo_pai.training.tasks import BurstTask, initial_model
 from evo_pai.evaluation.base import make_evaluator
+from evo_pai.search.channel_mode import structure_summary
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.core.individual import derive_seed
 from evo_pai.runs.checkpoint import FILENAME as CHECKPOINT, Checkpoint, save_checkpoint
@@ -243,6 +244,8 @@ def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: Dat
     }
     if outcome.members is not None:
         summary["members"] = member_rows(outcome, final.trained, list(cfg.search.nsga2.objectives[1:]))
+    if exp.channels:  # masks.granularity: channel — what was removed, in MACs and widths
+        summary["structure"] = structure_summary(exp.structure, mask)
     return summary
 
 

@@ -85,3 +85,14 @@ def preflight(cfg, model, input_shape, masked: list[str], output_layer: str | No
     structure = channel_structure(model, input_shape, masked, output_layer)
     random_channel_mask(structure, s.sparsity, 0, cfg.masks.macs_tolerance, cfg.masks.min_channels, output_layer)
     return structure
+
+
+def structure_summary(structure: ChannelStructure, mask) -> dict:
+    """summary.json's `structure`: MACs removed, each group's kept width, every group (fixed ones with why)."""
+    kept = structure.kept(mask)
+    return {
+        "macs_removed": 1.0 - structure.macs_of_mask(mask) / structure.dense_macs,
+        "dense_macs": structure.dense_macs,
+        "widths": {g.root: [int(kept[g.id].sum()), g.channels] for g in structure.free},
+        "groups": structure.table(),
+    }
