@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 
 from evo_pai.core.individual import Individual, derive_seed
-from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.search.experiment import Experiment, SearchOutcome, level
 from evo_pai.training.burst import BurstResult
 from evo_pai.training.tasks import BurstTask
 from evo_pai.runs.folder import write_atomic
@@ -24,7 +24,7 @@ def pick_members(front: list[Individual], members: str | list[float]) -> list[in
     """Indices (into `front`, sorted by sparsity) of the members to train: all, or the nearest to each sparsity."""
     if members == "all":
         return list(range(len(front)))
-    picks = {min(range(len(front)), key=lambda i: (abs(front[i].mask.sparsity() - s), i)) for s in members}
+    picks = {min(range(len(front)), key=lambda i: (abs(level(front[i]) - s), i)) for s in members}
     return sorted(picks)
 
 
@@ -63,7 +63,7 @@ def train_members(exp: Experiment, outcome: SearchOutcome, extra: float = 0.0,
 
 
 def headline(outcome: SearchOutcome, trained: dict[int, BurstResult], target: float) -> int:
-    return min(trained, key=lambda i: (abs(outcome.members[i].mask.sparsity() - target), i))
+    return min(trained, key=lambda i: (abs(level(outcome.members[i]) - target), i))
 
 
 def mask_file(i: int) -> str:
@@ -80,7 +80,7 @@ def member_rows(outcome: SearchOutcome, trained: dict[int, BurstResult], costs: 
         res = trained.get(i)
         row = {
             "member": i,
-            "sparsity": ind.mask.sparsity(),
+            "sparsity": level(ind),  # fraction of MACs removed with masks.granularity: channel
             "kept_weights": sum(ind.mask.counts().values()),
             "flops": ind.metrics.get("flops"),
             "val_accuracy": ind.metrics.get("val_accuracy"),  # after the search's burst

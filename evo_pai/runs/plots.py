@@ -196,7 +196,7 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("final training", f"{summary['final_epochs']} epochs ({summary['final_seconds']:.1f} s)"),
         ("FLOPs / example (sparse / dense)", f"{summary['flops']['sparse']:,} / {summary['flops']['dense']:,}"),
         *([("prunable parameters", roles_brief(summary["parameters"]))] if summary.get("parameters") else []),
-        ("dead units", f"{dead}: {DEAD_UNITS}"),
+        *([] if summary.get("structure") else [("dead units", f"{dead}: {DEAD_UNITS}")]),  # channel masks: removed channels
         ("backend / device", f"{summary['backend']} / {summary['device']}"),
         *([("torch threads", threads_text(summary["threads"]))] if summary.get("threads") else []),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),

@@ -82,6 +82,11 @@ def preflight(cfg, model, input_shape, masked: list[str], output_layer: str | No
             none = " (or null)" if field == "search.explore_mutation" else ""
             raise EvoPaiError(f"{field}: '{name}' works on single weights; with masks.granularity: channel use a "
                               f"structured one ({fix}{none})")
+    if s.method == "nsga2":
+        for field, name in nsga2_operators(cfg):
+            if name in MUTATION and not accepts(MUTATION.get(name), "structure"):
+                raise EvoPaiError(f"{field}: '{name}' works on single weights; with masks.granularity: channel use "
+                                  "a structured one (width)")
     structure = channel_structure(model, input_shape, masked, output_layer)
     random_channel_mask(structure, s.sparsity, 0, cfg.masks.macs_tolerance, cfg.masks.min_channels, output_layer)
     return structure
@@ -96,3 +101,10 @@ def structure_summary(structure: ChannelStructure, mask) -> dict:
         "widths": {g.root: [int(kept[g.id].sum()), g.channels] for g in structure.free},
         "groups": structure.table(),
     }
+
+
+def nsga2_operators(cfg) -> list[tuple[str, str]]:
+    """(field, mutation) of every move nsga2 makes: each must be structure-aware in channel mode."""
+    n = cfg.search.nsga2
+    return ([("search.nsga2.prune_mutations", k) for k, w in n.prune_mutations.items() if w > 0]
+            + [("search.nsga2.grow_mutation", n.grow_mutation), ("search.nsga2.swap_mutation", n.swap_mutation)])

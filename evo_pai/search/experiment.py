@@ -37,6 +37,12 @@ from evo_pai.training.drop_grow import DynamicSpec
 Logger = Callable[[dict], None]
 
 
+def level(ind: Individual) -> float:
+    """Where a member sits on the search's sparsity axis: the fraction of MACs removed for channel masks
+    (set when it is scored), of weights removed otherwise."""
+    return ind.metrics.get("macs_removed", ind.mask.sparsity()) if ind.metrics else ind.mask.sparsity()
+
+
 @dataclass
 class SearchOutcome:
     """A method's answer: the mask to train, and where final training starts."""
@@ -170,6 +176,14 @@ class Experiment:
         m = self.cfg.masks
         return channel_mode.operator_params(fn, params, self.structure, self.theta0, m.macs_tolerance, m.min_channels)
 
+    def swap(self, ind: Individual, sparsity: float) -> MaskSet:
+        """A small random move at the same level: what makes a repeated mask new (random_swap of 5 % of
+        the weights; for channel masks, widths resampled and repaired)."""
+        step = self.prune_step(sparsity, True, sparsity)
+        if self.channels:
+            return self.mutate(ind, step, "width", {"prob": 0.5, "resample": 0.5, "criterion": "random"})
+        return self.mutate(ind, step, "random_swap", {"fraction": 0.05})
+
     def crossover(self, a: Individual, b: Individual) -> tuple[Individual, Individual]:
         """search.crossover on two parents (structure-aware crossovers get the channel groups)."""
         name = self.cfg.search.crossover
@@ -237,6 +251,8 @@ class Experiment:
             self.fitness_failures.append({"individual": ind.key[:12], "reason": why})
         ind.traits = res.traits
         ind.metrics = dict(res.metrics)
+        if self.channels:
+            ind.metrics["macs_removed"] = 1.0 - self.structure.macs_of_mask(ind.mask) / self.structure.dense_macs
         ind.fitness.values = (value, *(costs(ind) if costs else ()))
 
     def run_task(self, task: BurstTask, on_epoch: Callable[[int, int], None] | None = None) -> BurstResult:
@@ -259,7 +275,7 @@ class Experiment:
             "mean_fitness": statistics.fmean(finite) if finite else None,
             "std_fitness": statistics.pstdev(finite) if len(finite) > 1 else 0.0,
             "worst_count": len(fits) - len(finite),
-            "sparsity": statistics.fmean(ind.mask.sparsity() for ind in population),
+            "sparsity": statistics.fmean(level(ind) for ind in population),
             "best_val_accuracy": best.metrics.get("val_accuracy"),
             "model_epochs": round(self.evaluator.epochs_spent, 4),
             "wall_seconds": round(time.perf_counter() - self.started, 3),

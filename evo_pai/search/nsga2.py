@@ -19,7 +19,7 @@ from deap import tools
 
 from evo_pai.core.individual import Individual
 from evo_pai.core.registry import register_method
-from evo_pai.search.experiment import Experiment, SearchOutcome
+from evo_pai.search.experiment import Experiment, SearchOutcome, level
 from evo_pai.search.nsga2_init import draw, init_tasks, initial_population, lineage_horizon, prune_to_level
 from evo_pai.search.objectives import Costs, density_levels, preflight
 
@@ -64,7 +64,7 @@ def move(exp: Experiment, parent: Individual, levels: list[float], how: str | No
     """(move, mutation name, target sparsity) for one child; a move off the grid's end turns around."""
     n, gen = exp.cfg.search.nsga2, exp.generator
     how = how or draw(n.moves, gen)
-    at = nearest_level(levels, parent.mask.sparsity())
+    at = nearest_level(levels, level(parent))
     step = 1 + int(torch.randint(n.max_move, (1,), generator=gen))
     if how == "prune" and at == len(levels) - 1 or how == "grow" and at == 0:
         flipped = "grow" if how == "prune" else "prune"
@@ -82,8 +82,7 @@ def make_child(exp: Experiment, parent: Individual, levels: list[float], seen: s
     child.origin = f"{kind}:{name}"
     child.carry = parent.carry  # used only under inheritance: the parent's trained state
     if child.key in seen:  # deterministic operators repeat themselves: a random swap makes it new
-        child = Individual(exp.mutate(parent if kind == "swap" else Individual(child.mask, parent.traits),
-                                      exp.prune_step(sparsity, True, sparsity), "random_swap", {"fraction": 0.05}),
+        child = Individual(exp.swap(parent if kind == "swap" else Individual(child.mask, parent.traits), sparsity),
                            objectives=parent.objectives)
         child.origin = f"{kind}:{name}+explore"
         child.carry = parent.carry
@@ -95,15 +94,15 @@ def final_front(population: list[Individual]) -> list[Individual]:
     """The non-dominated members by sparsity; of members with equal objectives (neither dominates) one is kept."""
     front = tools.sortNondominated(population, len(population), first_front_only=True)[0]
     unique: dict[tuple, Individual] = {}
-    for ind in sorted(front, key=lambda i: (i.mask.sparsity(), i.key)):
+    for ind in sorted(front, key=lambda i: (level(i), i.key)):
         unique.setdefault(tuple(ind.fitness.values), ind)
     return list(unique.values())
 
 
 def front_record(front: list[Individual], names: list[str]) -> list[dict]:
     rows = []
-    for ind in sorted(front, key=lambda i: i.mask.sparsity()):
-        row = {"sparsity": round(ind.mask.sparsity(), 6), "val_accuracy": ind.metrics.get("val_accuracy")}
+    for ind in sorted(front, key=level):
+        row = {"sparsity": round(level(ind), 6), "val_accuracy": ind.metrics.get("val_accuracy")}
         row.update({n: ind.metrics.get(n) for n in names[1:]})
         rows.append(row)
     return rows
@@ -145,7 +144,7 @@ def nsga2(exp: Experiment) -> SearchOutcome:
              moves={k: sum(c.origin.startswith(k) for c in children) for k in ("prune", "grow", "swap")})
         exp.checkpoint({"population": population, "generation": g})
     front = final_front(population)
-    head = min(front, key=lambda i: (abs(i.mask.sparsity() - s.sparsity), i.mask.sparsity()))
+    head = min(front, key=lambda i: (abs(level(i) - s.sparsity), level(i)))
     extra = {"objectives": names, "levels": levels, "front_size": len(front)}
     return SearchOutcome(head.mask, members=front, extra=extra)
 

@@ -90,7 +90,7 @@ def initial_population(exp: Experiment, levels: list[float], objectives: int) ->
         for t in targets:
             m = by_level[t]
             if m.hash() in seen:  # a second member at this level: a small random swap makes it new
-                m = exp.mutate(Individual(m), exp.prune_step(t, True, t), "random_swap", {"fraction": 0.05})
+                m = exp.swap(Individual(m), t)
             seen.add(m.hash())
             masks.append(m)
     pop = [Individual(m, objectives=objectives) for m in masks]

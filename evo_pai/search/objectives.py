@@ -5,7 +5,8 @@ Costs are functions of the mask alone (not of the burst), so a member's cost nev
 summary.json), `compact_flops` (dense forward FLOPs of the network `evo-pai export --format compact`
 writes: dead units removed) and `latency` (measured seconds per forward pass of that compacted
 network at search.nsga2.latency_batch, on this CPU; timing noise makes a latency search
-irreproducible, so prefer compact_flops unless the machine is quiet).
+irreproducible, so prefer compact_flops unless the machine is quiet). With masks.granularity:
+channel both are of the physically pruned network (torch-pruning), latency cached per width vector.
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ class Costs:
         self.dense = count_flops(exp.model, exp.data.input_shape)["dense"]
         self.per_weight = flops_per_weight(exp.model, exp.data.input_shape, list(exp.shapes))
         self._compact_cache: dict[str, float] = {}
+        self.structure = exp.structure if exp.channels else None  # channel masks: the physically pruned network
 
     def sparse_flops(self, ind: Individual) -> float:
         removed = sum(self.per_weight[k] * (m.numel() - int(m.sum())) for k, m in ind.mask.items())
@@ -101,6 +103,8 @@ class Costs:
         return tuple(values)
 
     def _compacted(self, ind: Individual, name: str) -> float:
+        if self.structure is not None:
+            return self._pruned(ind, name)
         key = f"{name}:{ind.key}"
         if key not in self._compact_cache:
             net = compact_model(self.model, ind.mask)  # shapes depend on the mask only: θ0's values do
@@ -108,5 +112,21 @@ class Costs:
                 value = float(compact_flops(net, self.input_shape))
             else:
                 value = measure_latency(net, self.input_shape, self.batch)
+            self._compact_cache[key] = value if math.isfinite(value) else float("inf")
+        return self._compact_cache[key]
+
+    def _pruned(self, ind: Individual, name: str) -> float:
+        """Channel masks: FLOPs of the physically pruned network (2 x the kept MACs), or its measured
+        latency — cached per width vector (which channels are kept does not change the shapes)."""
+        from evo_pai.models.group_check import physically_pruned
+
+        s = self.structure
+        kept = s.kept(ind.mask)
+        if name == "compact_flops":
+            return float(2 * s.macs_of_mask(ind.mask))
+        key = f"{name}:{tuple(int(kept[g.id].sum()) for g in s.free)}"
+        if key not in self._compact_cache:
+            net = physically_pruned(self.model, self.input_shape, s, kept)
+            value = measure_latency(net, self.input_shape, self.batch)
             self._compact_cache[key] = value if math.isfinite(value) else float("inf")
         return self._compact_cache[key]
