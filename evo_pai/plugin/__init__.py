@@ -37,6 +37,7 @@ from evo_pai.operators.pruners import ScoreContext
 from evo_pai.operators.variation import PruneStep, grow_to, keep_counts, prune_to
 from evo_pai.search.experiment import Experiment, SearchOutcome
 from evo_pai.search.kstarts import kstarts_population
+from evo_pai.search.oneshot import one_shot
 from evo_pai.evaluation.base import WorkerContext
 
 # One line per public name: what it is and what evo-pai expects of you (or promises you). A name added
@@ -76,6 +77,7 @@ CONTRACTS: dict[str, str] = {
     "Config": "the whole validated, frozen config (what a method's plan and preflight receive; exp.cfg)",
     "Experiment": "what a method receives: .cfg, random_mask, dense_mask, evaluate(population), run_task, mutate, prune_step, log_generation",
     "SearchOutcome": "what a method returns: the mask to train (SearchOutcome(mask)), optionally where final training starts, .extra facts, .members",
+    "one_shot": "one_shot(exp, pruner_name) -> SearchOutcome: θ0 scored by the registered pruner (search.params: examples, budget, its keywords), the best weights kept",
     "kstarts_population": "kstarts_population(exp, sparsity) -> search.population random Individuals at sparsity, each from its own derived seed",
     "Evaluator": "base class of a backend: evaluate(tasks) (cache, counters) around your _run(tasks, progress)",
     "WorkerContext": "the reference trainer every backend must agree with: WorkerContext(cfg, device).run(task) -> BurstResult",
