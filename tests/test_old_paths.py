@@ -85,3 +85,22 @@ def test_a_plugin_written_against_the_old_paths_runs_a_search():
     said = {str(w.message).split("use ")[-1] for w in record if w.filename.endswith("old_paths_plugin.py")}
     assert said == {f"`from evo_pai.plugin import {n}`" for n in
                     ("DataSplits", "split_validation", "standardize", "keep_counts", "prune_to")}
+
+
+def _python(*args: str):
+    import subprocess
+
+    from conftest import ROOT
+
+    return subprocess.run([sys.executable, *args], cwd=ROOT / "tests", capture_output=True, text=True, timeout=300)
+
+
+def test_the_warning_is_shown_by_default_at_the_plugins_line_and_w_error_makes_it_one_error_line():
+    """Python hides DeprecationWarnings outside __main__; a plugin author must see ours, at their line."""
+    r = _python("-c", "import old_paths_plugin")
+    assert r.returncode == 0
+    assert "old_paths_plugin.py:9: EvoPaiDeprecationWarning: `from evo_pai.operators import keep_counts`" in r.stderr
+    r = _python("-W", "error::DeprecationWarning", "-m", "evo_pai", "list", "--plugin", "old_paths_plugin")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: plugins: module 'old_paths_plugin' failed while importing "
+                               "(EvoPaiDeprecationWarning: `from evo_pai.data import DataSplits` is deprecated")

@@ -16,6 +16,7 @@ from evo_pai.core.config import Config, DataConfig
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.individual import Individual
 from evo_pai.core.masks import MaskSet
+from evo_pai.core.moved import EvoPaiDeprecationWarning
 from evo_pai.core.registry import (
     Method,
     register_backend,
@@ -44,6 +45,7 @@ from evo_pai.evaluation.base import WorkerContext
 # to the surface gets its import above and a line here; tests/test_plugin_surface.py checks both.
 CONTRACTS: dict[str, str] = {
     "EvoPaiError": "raise it with one line naming the config field or path and the fix; evo-pai prints that line, no traceback",
+    "EvoPaiDeprecationWarning": "what an old import path (or a name leaving this surface) warns with, naming the import to use; a DeprecationWarning, shown by default",
     # decorators: @register_x(name, description=None) registers fn under name and returns fn unchanged;
     # the description (else fn's first docstring line) is what `evo-pai list` shows
     "register_fitness": "@register_fitness(name) on fn(result: BurstResult, mask: MaskSet, **search.fitness_params) -> float; higher is better, non-finite = worst",
