@@ -42,7 +42,8 @@ from evo_pai.search.oneshot import one_shot
 from evo_pai.evaluation.base import WorkerContext
 
 # One line per public name: what it is and what evo-pai expects of you (or promises you). A name added
-# to the surface gets its import above and a line here; tests/test_plugin_surface.py checks both.
+# to the surface (e.g. a new registry's decorator) gets its import above and a line here, and
+# docs/extending.md names it; tests/test_plugin_surface.py fails until all three are there.
 CONTRACTS: dict[str, str] = {
     "EvoPaiError": "raise it with one line naming the config field or path and the fix; evo-pai prints that line, no traceback",
     "EvoPaiDeprecationWarning": "what an old import path (or a name leaving this surface) warns with, naming the import to use; a DeprecationWarning, shown by default",
