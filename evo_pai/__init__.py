@@ -3,6 +3,7 @@ import sys as _sys
 import types as _types
 
 from evo_pai.core.errors import EvoPaiError
+from evo_pai.core.moved import install_moved_modules, show_deprecations
 from evo_pai.core.registry import (
     register_backend,
     register_crossover,
@@ -16,7 +17,16 @@ from evo_pai.core.registry import (
     register_unit_criterion,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # semantic versioning; pyproject.toml reads it; CHANGELOG.md says what each version changed
+
+# Modules earlier docs and examples imported from, gone since 0.1's folders: each name still imports,
+# from its new home, with a warning naming `evo_pai.plugin` (evo_pai/core/moved.py; CHANGELOG.md, 0.2.0).
+install_moved_modules({
+    "evo_pai.individual": {"Individual": "evo_pai.core.individual"},
+    "evo_pai.experiment": dict.fromkeys(("Experiment", "SearchOutcome"), "evo_pai.search.experiment"),
+    "evo_pai.units": dict.fromkeys(("Link", "unit_rows", "unit_columns"), "evo_pai.models.units"),
+})
+show_deprecations()
 
 
 def run(*args, **kwargs):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from evo_pai import register_fitness
+from evo_pai.plugin import register_fitness
 
 
 @register_fitness("kept_gradient_share", "share of the total accumulated |grad| that flows through kept weights")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from evo_pai import register_mutation
-from evo_pai.operators.variation import keep_counts, prune_to
+from evo_pai.plugin import keep_counts, prune_to, register_mutation
 
 
 @register_mutation("gradient_prune", "prune the kept weights with the least accumulated |grad| on the schedule")

@@ -87,7 +87,9 @@ def test_debug_env_shows_the_traceback_of_an_unexpected_exception(files, tmp_pat
 
 def test_version_and_bare_program():
     r = cli("--version")
-    assert r.returncode == 0 and r.stdout.strip() == "evo-pai 0.1.0" and not r.stderr
+    from evo_pai import __version__
+
+    assert r.returncode == 0 and r.stdout.strip() == f"evo-pai {__version__}" and not r.stderr
     r = cli()  # no command: the help, with the usage-error exit code
     assert r.returncode == 2 and "Commands" in r.stdout and "Traceback" not in r.stderr
 

@@ -25,6 +25,7 @@ LAYERS = [
     ("operators", ["evo_pai.operators"]),
     ("search", ["evo_pai.search"]),
     ("evaluation", ["evo_pai.evaluation"]),
+    ("plugin", ["evo_pai.plugin"]),  # the public surface for extension authors: re-exports, imports nothing above
     ("runs", ["evo_pai.runs"]),
     ("study", ["evo_pai.study"]),
     ("cli", ["evo_pai.cli", "evo_pai"]),

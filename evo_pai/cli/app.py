@@ -23,16 +23,25 @@ err_console = Console(stderr=True)
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
+        from evo_pai import __version__  # the code that runs (an editable install's metadata may be older)
 
-        from evo_pai import __version__
-
-        try:
-            installed = version("evo-pai")
-        except PackageNotFoundError:  # a source checkout that was never installed
-            installed = __version__
-        print(f"evo-pai {installed}")
+        print(f"evo-pai {__version__}")
         raise typer.Exit()
+
+
+def plugin_versions(plugins: List[str]) -> list[str]:
+    """What `list --plugin` prints first: the evo-pai a plugin runs against, and where each plugin came from."""
+    import sys
+    from importlib.metadata import entry_points
+
+    from evo_pai import __version__
+    from evo_pai.core.registry import PLUGIN_GROUP
+
+    lines = [f"evo-pai {__version__} (plugins import from evo_pai.plugin; CHANGELOG.md says what changed)"]
+    lines += [f"plugin {m}: {getattr(sys.modules.get(m), '__file__', None) or m}" for m in plugins]
+    lines += [f"plugin {ep.value}: entry point '{ep.name}' of {ep.dist.name if ep.dist else '?'}"
+              for ep in entry_points(group=PLUGIN_GROUP)]
+    return lines
 
 
 @app.callback()
@@ -171,6 +180,9 @@ def list_components(
 ) -> None:
     """Print every registered component by kind, with a one-line description."""
     load_components(plugin)
+    for line in plugin_versions(plugin):  # the version plugins run against, and where each came from
+        out_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    out_console.print()
     for kind, reg in ALL.items():
         table = Table(title=kind, show_header=False, title_justify="left", box=None, padding=(0, 2))
         for entry in reg:
