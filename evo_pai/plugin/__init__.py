@@ -29,6 +29,7 @@ from evo_pai.core.registry import (
     register_pruner,
     register_selection,
     register_unit_criterion,
+    register_channel_criterion,
 )
 from evo_pai.data.datasets import DataSplits, assemble_streamed, split_validation, standardize
 from evo_pai.models.units import Link, unit_columns, unit_rows
@@ -55,6 +56,7 @@ CONTRACTS: dict[str, str] = {
     "register_selection": "@register_selection(name) on fn(population, k, **params) -> k Individuals (DEAP's tools.sel* fit)",
     "register_pruner": "@register_pruner(name) on fn(ctx: ScoreContext, mask: MaskSet, **search.params) -> {weight name: score tensor}, higher = keep; leave ctx.model's weights as found",
     "register_unit_criterion": "@register_unit_criterion(name) on fn(ind: Individual, link: Link, generator) -> tensor of link.units scores, higher = keep",
+    "register_channel_criterion": "@register_channel_criterion(name) on fn(group: ChannelGroup, state: dict name -> tensor, traits: dict | None, generator) -> one score per channel of the group, higher = keep (masks.granularity: channel)",
     "register_model": "@register_model(name) on fn(input_shape: tuple, num_classes: int, **model.params) -> nn.Module, random only from torch's global RNG",
     "register_dataset": "@register_dataset(name) on fn(cfg: DataConfig) -> DataSplits (tensors, or streamed through assemble_streamed)",
     "register_backend": "@register_backend(name) on an Evaluator subclass: __init__(cfg, data=None), _run(tasks, progress) -> BurstResults in task order",
