@@ -230,3 +230,40 @@ def test_a_users_model_through_search_gets_channel_groups(tmp_path):
         "final.epochs=1"])
     st = result.summary["structure"]
     assert abs(st["macs_removed"] - 0.5) <= 0.01 and set(st["widths"]) == {"stem", "a", "b", "mix"}
+
+
+@pytest.mark.parametrize("params", [{"criterion": "l1"}, {"criterion": "bn_scale", "scope": "global"}])
+def test_structured_gmp_prunes_progressively_to_the_budget(params):
+    """gmp with channel masks: Torch-Pruning-style progressive pruning (uniform ratio or global ranking)."""
+    from conftest import search_outcome
+
+    raw = channel_raw("gmp", mutation_params=params)
+    raw["search"]["dg"] = {"epochs": 3}
+    raw["model"]["params"]["width"] = 8  # 8-channel groups: one channel is 1/8 of a group
+    outcome, records = search_outcome(raw)
+    exp = channel_experiment(raw)
+    s = exp.structure
+    assert [round(r["sparsity"], 2) for r in records][-1] <= 0.61
+    assert abs(1 - s.macs_of_mask(outcome.mask) / s.dense_macs - 0.6) <= 0.01
+    widths, full = s.widths(outcome.mask), s.full_widths()
+    fractions = [w / n for w, n in zip(widths, full)]
+    if params.get("scope") == "global":  # one ranking: groups end at different fractions
+        assert max(fractions) - min(fractions) > 0.5
+    else:  # one factor for every group (up to rounding and repair)
+        assert max(fractions) - min(fractions) <= 0.13
+
+
+def test_uniform_keeps_every_group_at_one_fraction_and_refuses_weight_masks():
+    from conftest import search_outcome
+
+    outcome, _ = search_outcome(channel_raw("uniform"))
+    s = channel_experiment(channel_raw()).structure
+    fractions = [w / n for w, n in zip(s.widths(outcome.mask), s.full_widths())]
+    assert abs(1 - s.macs_of_mask(outcome.mask) / s.dense_macs - 0.6) <= 0.01
+    assert max(fractions) - min(fractions) <= 0.5  # width 4 groups: one channel is 0.25
+    from evo_pai.runs.preflight import preflight
+
+    raw = channel_raw("uniform")
+    raw["masks"] = {}
+    with pytest.raises(EvoPaiError, match="needs masks.granularity: channel"):
+        preflight(build_config(raw))

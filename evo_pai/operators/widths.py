@@ -10,7 +10,10 @@ parent`) the criterion decides which channels go — progressive structured prun
   channel at a time), as MetaPruning and EagleEye keep candidates at their FLOPs target.
 - mutation `width`: per group, with probability `prob`, a log-normal step of the width (or, with
   `resample`, a uniform draw), then repair to the step's level; channels chosen by the criterion,
-  those already kept first (a width that grows regrows the best pruned channels).
+  those already kept first (a width that grows regrows the best pruned channels). `prob: 0` shrinks
+  every group by one factor (uniform per-layer ratio); `scope: global` ranks every kept channel
+  across groups (criterion over its group's mean) and removes the weakest until the level —
+  Torch-Pruning's two rankings, as progressive pruning under `gmp` / `dissipating`.
 - crossover `group_uniform`: each group's channels from either parent (the mutation that follows
   lands the child on the step's budget).
 - channel criteria (`@register_channel_criterion(name)`: fn(group, state, traits, generator) -> one
@@ -210,12 +213,32 @@ def random_widths(structure: ChannelStructure, generator: torch.Generator) -> li
     return [int(torch.randint(1, g.channels + 1, (), generator=generator)) for g in structure.free]
 
 
+def global_widths(structure: ChannelStructure, scores: Mapping[int, torch.Tensor], kept: Mapping[int, torch.Tensor],
+                  target: float, floor: int) -> list[int]:
+    """Widths from one ranking of every kept channel (each group's scores over their mean, so groups
+    compare), removing the weakest until the MACs reach `target` (never below `floor` per group)."""
+    widths = {g.id: int(kept[g.id].sum()) for g in structure.free}
+    ranked = []
+    for g in structure.free:
+        sc = scores[g.id].to(torch.float64)
+        live = sc[kept[g.id]]
+        norm = float(live.abs().mean()) if live.numel() else 1.0
+        ranked += [(float(v) / (norm or 1.0), g.id) for v in live.tolist()]
+    order = [g.id for g in structure.free]
+    for _, gid in sorted(ranked):
+        if structure.macs_of_widths([widths[i] for i in order]) <= target:
+            break
+        if widths[gid] > floor:
+            widths[gid] -= 1
+    return [widths[i] for i in order]
+
+
 # -- operators --------------------------------------------------------------------------------------
 @register_mutation("width", "structured: per-group width steps (log-normal) repaired to the step's MACs level; channels by criterion")
 def width(ind: Individual, step: PruneStep, generator: torch.Generator, structure: ChannelStructure | None = None,
           theta0: Mapping[str, torch.Tensor] | None = None, criterion: str = "l1", prob: float = 0.3,
           sigma: float = 0.3, resample: float = 0.0, tolerance: float = 0.02, min_channels: int = 1,
-          **_: object) -> MaskSet:
+          scope: str = "group") -> MaskSet:
     if structure is None:
         raise EvoPaiError("mutation 'width' changes channel widths: it needs masks.granularity: channel")
     if not (0 <= prob <= 1 and 0 <= resample <= 1 and sigma >= 0):
@@ -231,8 +254,12 @@ def width(ind: Individual, step: PruneStep, generator: torch.Generator, structur
                 w = int(round(w * math.exp(sigma * float(torch.randn((), generator=generator)))))
         widths.append(min(g.channels, max(1, w)))
     target = (1.0 - step.sparsity) * structure.dense_macs
-    widths = repair(structure, widths, target, tolerance, min_channels)
     scores = channel_scores(structure, criterion, individual_state(ind, theta0 or {}), ind.traits, generator)
+    if scope == "global":  # Torch-Pruning's global ranking: the weakest channels anywhere go first
+        widths = global_widths(structure, scores, kept, target, min_channels)
+    elif scope != "group":
+        raise EvoPaiError(f"mutation width: scope must be group or global, got {scope!r}")
+    widths = repair(structure, widths, target, tolerance, min_channels)
     masks = structure.mask_of(choose_channels(structure, widths, scores, kept))
     return MaskSet(masks, ind.mask.output_layer)
 

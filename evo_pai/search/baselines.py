@@ -17,3 +17,27 @@ def dense(exp: Experiment) -> SearchOutcome:
 @register_method("random", "one random mask at the target sparsity (layer budget from masks.budget)", **NO_SEARCH)
 def random_mask(exp: Experiment) -> SearchOutcome:
     return SearchOutcome(exp.random_mask(exp.cfg.search.sparsity, derive_seed(exp.cfg.seed, "random")))
+
+
+def _needs_channels(cfg) -> None:
+    if cfg.masks.granularity != "channel":
+        from evo_pai.core.errors import EvoPaiError
+
+        raise EvoPaiError("search.method: 'uniform' keeps every channel group at the same fraction; it needs "
+                          "masks.granularity: channel")
+
+
+@register_method("uniform", "channel masks: every group kept at one fraction (a width multiplier), trained from θ0",
+                 preflight=_needs_channels, **NO_SEARCH)
+def uniform(exp: Experiment) -> SearchOutcome:
+    import torch
+
+    from evo_pai.core.masks import MaskSet
+    from evo_pai.operators.widths import choose_channels, repair
+
+    s, m = exp.structure, exp.cfg.masks
+    widths = repair(s, s.full_widths(), (1.0 - exp.cfg.search.sparsity) * s.dense_macs, m.macs_tolerance, m.min_channels)
+    gen = torch.Generator().manual_seed(derive_seed(exp.cfg.seed, "uniform"))
+    scores = {g.id: torch.rand(g.channels, generator=gen, dtype=torch.float64) for g in s.free}  # θ0: exchangeable
+    mask = MaskSet(s.mask_of(choose_channels(s, widths, scores)), exp.output_layer)
+    return SearchOutcome(mask, extra={"uniform_fraction": [w / g.channels for w, g in zip(widths, s.free)]})

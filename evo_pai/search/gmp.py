@@ -18,11 +18,15 @@ from evo_pai.search.dissipating import dissipating, epoch_plan
 def gmp(exp: Experiment) -> SearchOutcome:
     cfg = exp.cfg
     # The mutation's schedule mode follows step.sparsity: DG's cubic schedule, exactly.
-    search = cfg.search.model_copy(update={"mutation": "magnitude", "mutation_params": {}})
+    if exp.channels:  # structured gmp: widths shrink by search.mutation_params' criterion and scope
+        params = {"prob": 0.0, **cfg.search.mutation_params}
+        search = cfg.search.model_copy(update={"mutation": "width", "mutation_params": params})
+    else:
+        search = cfg.search.model_copy(update={"mutation": "magnitude", "mutation_params": {}})
     exp.cfg = cfg.model_copy(update={"search": search})
     try:
         outcome = dissipating(exp)
     finally:
         exp.cfg = cfg
-    outcome.extra["mutation"] = "magnitude"
+    outcome.extra["mutation"] = search.mutation
     return outcome
