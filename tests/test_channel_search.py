@@ -267,3 +267,36 @@ def test_uniform_keeps_every_group_at_one_fraction_and_refuses_weight_masks():
     raw["masks"] = {}
     with pytest.raises(EvoPaiError, match="needs masks.granularity: channel"):
         preflight(build_config(raw))
+
+
+def test_a_plugin_channel_criterion_and_mutation_by_name():
+    """A user's criterion (by name in mutation_params) decides which channels stay; a user's
+    structure-aware mutation is used by name and its result is checked."""
+    from evo_pai.core.masks import MaskSet
+    from evo_pai.core.registry import CHANNEL_CRITERION, MUTATION, register_channel_criterion, register_mutation
+    from evo_pai.operators.widths import width
+
+    if "test_last_first" not in CHANNEL_CRITERION:
+        register_channel_criterion("test_last_first", "keep the highest-numbered channels (tests)")(
+            lambda group, state, traits, generator: torch.arange(group.channels, dtype=torch.float64))
+
+        @register_mutation("test_half_width", "structure-aware: width with prob 1 (tests)")
+        def half(ind, step, generator, structure=None, theta0=None, tolerance=0.01, min_channels=1):
+            return width(ind, step, generator, structure=structure, theta0=theta0, criterion="test_last_first",
+                         prob=1.0, tolerance=tolerance, min_channels=min_channels)
+
+        @register_mutation("test_not_whole", "returns single weights (tests)")
+        def not_whole(ind, step, generator, structure=None):
+            m = {k: v.clone() for k, v in ind.mask.items()}
+            m[next(iter(m))].view(-1)[0] = False
+            return MaskSet(m, ind.mask.output_layer)
+
+    exp = channel_experiment(channel_raw())
+    s = exp.structure
+    parent = Individual(exp.dense_mask())
+    child = exp.mutate(parent, exp.prune_step(0.5, final=True), "test_half_width", {})
+    for g, keep in s.kept(child).items():
+        n = int(keep.sum())
+        assert keep[-n:].all()  # the criterion's order: the last channels stay
+    with pytest.raises(EvoPaiError, match="mutation 'test_not_whole' returned a mask that is not a choice of whole channels"):
+        exp.mutate(parent, exp.prune_step(0.5, final=True), "test_not_whole", {})
