@@ -21,7 +21,7 @@ from evo_pai.study.grid import Cell, StudySpec, grid, write_csv
 CSV_FIELDS = [
     "label", "method", "target_sparsity", "seed", "sparsity", "test_accuracy", "val_accuracy",
     "search_model_epochs", "final_epochs", "extra_epochs", "train_model_epochs", "search_flops_dense",
-    "search_flops_sparse", "inference_flops_sparse", "inference_flops_dense", "compute_saved_ratio",
+    "search_flops_sparse", "train_flops", "inference_flops_sparse", "inference_flops_dense", "compute_saved_ratio",
     "search_seconds", "final_seconds", "wall_seconds", "cell",
 ]
 
@@ -69,6 +69,7 @@ def summary_row(cell: Cell, summary: dict) -> dict:
         "extra_epochs": summary.get("extra_epochs") or 0.0,
         "train_model_epochs": summary["search_model_epochs"] + final,
         "search_flops_dense": flops.get("dense_equivalent"), "search_flops_sparse": flops.get("sparse"),
+        "train_flops": (flops.get("sparse") or 0.0) + summary["final_flops"] if "final_flops" in summary else None,
         "inference_flops_sparse": summary["flops"]["sparse"], "inference_flops_dense": summary["flops"]["dense"],
         "compute_saved_ratio": summary.get("compute_saved_ratio"), "search_seconds": summary["search_seconds"],
         "final_seconds": summary["final_seconds"], "wall_seconds": summary["wall_seconds"], "cell": cell.dirname,

@@ -121,13 +121,16 @@ def _n_expected(rows: list[dict]) -> int:
 def compute_table(rows: list[dict]) -> str:
     ep, fl = group(rows, "search_model_epochs"), group(rows, "search_flops_dense")
     tr = group(rows, "train_model_epochs")
+    tf = group(rows, "train_flops")
     labels, sparsities, dense = layout(rows)
     lines = ["| method | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
     for lab in labels:
         cells = []
         for s in sparsities:
             e, f, t = value_at(ep, lab, s, dense), value_at(fl, lab, s, dense), value_at(tr, lab, s, dense)
-            cells.append(f"{statistics.fmean(e):.1f} / {statistics.fmean(t):.1f} ({statistics.fmean(f):.2e})" if e else "–")
+            x = value_at(tf, lab, s, dense)
+            train = f"; {statistics.fmean(x):.2e} train" if x else ""
+            cells.append(f"{statistics.fmean(e):.1f} / {statistics.fmean(t):.1f} ({statistics.fmean(f):.2e}{train})" if e else "–")
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
