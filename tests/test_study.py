@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -186,3 +187,33 @@ def test_a_dense_row_pairs_with_every_column():
             {"label": "gmp", "target_sparsity": "0.95", "seed": "0", "test_accuracy": "0.75"}]
     assert paired(rows, "gmp", "dense", 0.95)[:3] == pytest.approx((-0.05, 0.0, 1))
     assert paired(rows, "dense_aug", "dense", 0.95)[:3] == pytest.approx((-0.02, 0.0, 1))
+
+
+def test_structured_study_runs_smoke_sized(tmp_path):
+    """configs/study_structured.yaml with its rows and pairs kept, shrunk to digits, width 4 and short
+    schedules: every row runs with channel masks at its MACs budget, and the report has S1-S3."""
+    spec = yaml.safe_load((ROOT / "configs/study_structured.yaml").read_text())
+    assert spec["base"]["masks"]["granularity"] == "channel" and spec["sparsities"] == [0.5, 0.75]
+    spec.update(name="structured_smoke", sparsities=[0.5], seeds=[0], jobs=1)
+    spec["base"].update(data={"name": "digits", "train_subset": 128}, final={"epochs": 1, "init": "rewind"})
+    spec["base"]["model"]["params"]["width"] = 4
+    spec["base"]["search"].update(population=2, burst_epochs=0.5)
+    for row in spec["methods"]:
+        if isinstance(row, dict) and "search.dg.epochs" in row.get("set", {}):
+            row["set"]["search.dg.epochs"] = 2
+        if isinstance(row, dict) and "search.generations" in row.get("set", {}):
+            row["set"]["search.generations"] = 2
+    path = tmp_path / "study_structured_smoke.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = run_cli("study", str(path), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    got = rows(tmp_path / "out" / "results.csv")
+    assert len(got) == len(grid(load_study(path))) == 8  # dense once, 7 rows at 2x fewer MACs
+    for row in got:
+        summary = json.loads((tmp_path / "out" / "cells" / row["cell"] / "summary.json").read_text())
+        if row["label"] != "dense":
+            assert abs(summary["structure"]["macs_removed"] - 0.5) <= 0.011, row["label"]
+            assert float(row["macs_removed"]) == pytest.approx(summary["structure"]["macs_removed"])
+        assert float(row["train_flops"]) > 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "S3: selection beats a random width vector: ws_theta0 − random_width" in report

@@ -19,7 +19,7 @@ from evo_pai.runs.folder import write_atomic
 from evo_pai.study.grid import Cell, StudySpec, grid, write_csv
 
 CSV_FIELDS = [
-    "label", "method", "target_sparsity", "seed", "sparsity", "test_accuracy", "val_accuracy",
+    "label", "method", "target_sparsity", "seed", "sparsity", "macs_removed", "test_accuracy", "val_accuracy",
     "search_model_epochs", "final_epochs", "extra_epochs", "train_model_epochs", "search_flops_dense",
     "search_flops_sparse", "train_flops", "inference_flops_sparse", "inference_flops_dense", "compute_saved_ratio",
     "search_seconds", "final_seconds", "wall_seconds", "cell",
@@ -64,7 +64,8 @@ def summary_row(cell: Cell, summary: dict) -> dict:
              + float(summary.get("final_replay_epochs") or 0.0))
     return {
         "label": cell.label, "method": summary["method"], "target_sparsity": cell.sparsity, "seed": cell.seed,
-        "sparsity": summary["sparsity"], "test_accuracy": summary["test_accuracy"], "val_accuracy": summary["val_accuracy"],
+        "sparsity": summary["sparsity"], "macs_removed": (summary.get("structure") or {}).get("macs_removed"),
+        "test_accuracy": summary["test_accuracy"], "val_accuracy": summary["val_accuracy"],
         "search_model_epochs": summary["search_model_epochs"], "final_epochs": summary["final_epochs"],
         "extra_epochs": summary.get("extra_epochs") or 0.0,
         "train_model_epochs": summary["search_model_epochs"] + final,
