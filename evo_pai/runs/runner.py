@@ -258,7 +258,8 @@ def write_run(out: Path, cfg: Config, outcome: SearchOutcome, final: FinalResult
     """The run folder's artifacts: members and front (several answers), mask, model, plots, summary.json last."""
     if outcome.members is not None:
         write_members(out, outcome, final.trained, summary["members"])
-        plot_front(records, summary["members"], out / "front.png", f"{cfg.search.method} on {cfg.data.name} ({cfg.model.name})")
+        plot_front(records, summary["members"], out / "front.png", f"{cfg.search.method} on {cfg.data.name} ({cfg.model.name})",
+                   summary.get("uniform_reference"))
     save_artifacts(out, final_mask(outcome, final), final.result.state, records, summary)
 
 

@@ -146,7 +146,27 @@ def nsga2(exp: Experiment) -> SearchOutcome:
     front = final_front(population)
     head = min(front, key=lambda i: (abs(level(i) - s.sparsity), level(i)))
     extra = {"objectives": names, "levels": levels, "front_size": len(front)}
+    if exp.channels:  # the width multiplier at every level, after the same burst: the curve to beat
+        extra["uniform_reference"] = uniform_reference(exp, levels, costs, len(names))
     return SearchOutcome(head.mask, members=front, extra=extra)
+
+
+def uniform_reference(exp: Experiment, levels: list[float], costs: Costs, objectives: int) -> list[dict]:
+    """Channel masks: every group at one fraction at each level, burst-trained from θ0 like a member
+    of generation 0 and costed like the members (rows for front.png and summary.json)."""
+    from evo_pai.core.masks import MaskSet
+    from evo_pai.operators.widths import choose_channels, repair
+
+    s, m = exp.structure, exp.cfg.masks
+    people = []
+    for lv in levels:
+        widths = repair(s, s.full_widths(), (1.0 - lv) * s.dense_macs, m.macs_tolerance, m.min_channels)
+        keep = choose_channels(s, widths, {g.id: -torch.arange(g.channels, dtype=torch.float64) for g in s.free})
+        people.append(Individual(MaskSet(s.mask_of(keep), exp.output_layer), objectives=objectives))
+    exp.evaluate(people, fitness=exp.cfg.search.nsga2.objectives[0], costs=costs)
+    names = exp.cfg.search.nsga2.objectives[1:]
+    return [{"sparsity": level(ind), "val_accuracy": ind.metrics.get("val_accuracy"),
+             **{n: ind.metrics.get(n) for n in names}} for ind in people]
 
 
 def _log(exp: Experiment, g: int, population: list[Individual], names: list[str], **extra) -> None:
