@@ -221,7 +221,7 @@ def test_unpicklable_instance_on_ray_is_one_line_before_any_folder(tmp_path):
     ({"model": lambda: 3}, "model: the function passed"),
     ({"model": Uncopyable()}, "instance cannot be copied"),
 
-    ({"train": (TRAIN[0], TRAIN[1] + 5)}, "train: labels go up to 7 but the model outputs 3"),
+    ({"train": (TRAIN[0], TRAIN[1] + 5)}, "train: label at index 0 is 5, outside the classes 0..2; the model outputs 3 classes: give it 8 outputs"),
 ])
 def test_bad_input_is_one_evopaierror_line(kwargs, field):
     args = {"model": net(), "train": TRAIN, **kwargs}

@@ -179,6 +179,10 @@ def threads_text(t: dict) -> str:
     return text
 
 
+def diverged_text(where: dict) -> str:
+    return f"{where['stage']}, epoch {where['epoch']}" if where.get("epoch") else where["stage"]
+
+
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.2f} %"
@@ -188,7 +192,8 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("method", summary["method"]),
         ("data / model", f"{summary['dataset']} / {summary['model']}"),
         ("sparsity (target → measured)", f"{pct(summary['target_sparsity'])} → {pct(summary['sparsity'])}"),
-        ("test accuracy", pct(summary["test_accuracy"])),
+        ("test accuracy", f"none: training diverged at {diverged_text(summary['diverged_at'])}" if summary.get("diverged")
+         else pct(summary["test_accuracy"])),
         ("search cost", f"{summary['search_model_epochs']:.2f} model-epochs ({summary['search_seconds']:.1f} s)"),
         ("final training", f"{summary['final_epochs']} epochs ({summary['final_seconds']:.1f} s)"),
         ("FLOPs / example (sparse / dense)", f"{summary['flops']['sparse']:,} / {summary['flops']['dense']:,}"),

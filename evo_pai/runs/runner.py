@@ -243,7 +243,23 @@ def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: Dat
     }
     if outcome.members is not None:
         summary["members"] = member_rows(outcome, final.trained, list(cfg.search.nsga2.objectives[1:]))
+    summary.update(divergence(res, log.records))
     return summary
+
+
+def divergence(res: BurstResult, records: list[dict]) -> dict:
+    """`diverged`: the answer's final training went non-finite — where, and no accuracy reported as a result;
+    `search_diverged`: bursts of the search that did (each had the worst fitness) and the first generation."""
+    out: dict = {"diverged": not res.finite}
+    if not res.finite:
+        epoch = res.metrics.get("diverged_epoch")
+        out.update(diverged_at={"stage": "final training", "epoch": None if epoch is None else int(epoch),
+                                **({"error": res.metrics["error"]} if "error" in res.metrics else {})},
+                   test_accuracy=None, test_loss=None, val_accuracy=None)
+    hit = [r for r in records if r.get("diverged")]
+    if hit:
+        out["search_diverged"] = {"bursts": sum(r["diverged"] for r in hit), "first_generation": hit[0].get("generation")}
+    return out
 
 
 def write_run(out: Path, cfg: Config, outcome: SearchOutcome, final: FinalResult, summary: dict,

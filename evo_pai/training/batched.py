@@ -24,7 +24,7 @@ from evo_pai.training.compiled import Update, update_eager
 from evo_pai.training.precision import autocast_forward
 from evo_pai.training.stacked import StackedForward
 from evo_pai.data.batches import TrainBatches, eval_batches
-from evo_pai.training.burst import BurstResult, burst_traits, EpochCallback, epoch_done, steps_for
+from evo_pai.training.burst import BurstResult, burst_traits, diverged_epochs, EpochCallback, epoch_done, steps_for
 from evo_pai.training.optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_optimizer,
                                    make_stacked_optimizer, masked_state, per_model_step, set_lr, stack_states, unstack_state)
 
@@ -114,6 +114,7 @@ def train_batched(
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
     horizon = offset + steps if horizon is None else horizon
     loss_sum = torch.zeros(k, dtype=dtype, device=device)
+    marks: list[torch.Tensor] = []
     for step, (x, y) in enumerate(batches):
         factor = lr_factor(hp, offset + step, horizon, per_epoch) if scheduled else None
         if scheduled:
@@ -135,14 +136,16 @@ def train_batched(
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0, as train_masked does.
         loss_sum += losses.detach()
+        if (step + 1) % per_epoch == 0 or step + 1 == steps:
+            marks.append(loss_sum.clone())  # as train_masked: where a diverged model went non-finite
         epoch_done(step, steps, per_epoch, on_epoch)
     final_opt = export_state(opt, params) if any(keep_state) else None
     return _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp,
-                    keep_state, test, final_opt, data_cfg.workers)
+                    keep_state, test, final_opt, data_cfg.workers, marks)
 
 
 def _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state,
-             test, final_opt, workers):
+             test, final_opt, workers, marks):
     k = loss_sum.shape[0]
     params = {n: p.detach() for n, p in params.items()}
     trained = {**params, **buffers}
@@ -162,6 +165,8 @@ def _results(model, forward, params, buffers, grad_accum, starts, reference, dat
         finite = math.isfinite(train_loss[i]) and finite_params[i]
         metrics = {"train_loss": train_loss[i], "val_loss": val_loss[i], "val_accuracy": val_acc[i],
                    "finite": float(finite)}
+        if not finite:
+            metrics["diverged_epoch"] = float(diverged_epochs(marks)[i])
         if test[i]:
             metrics.update(test_loss=test_metrics[0][i], test_accuracy=test_metrics[1][i])
         out.append(BurstResult(
