@@ -154,7 +154,7 @@ def train_masked(
         if scheduled:
             set_lr(opt, hp.lr * lr_factor(hp, offset + i, horizon, per_epoch))
         out = forward(x[0])
-        loss = F.cross_entropy(out, y)
+        loss = F.cross_entropy(out, y, label_smoothing=hp.label_smoothing)
         opt.zero_grad(set_to_none=False)
         loss.backward()
         update = updater is not None and updater.due(t)
@@ -165,6 +165,8 @@ def train_masked(
             grad_accum[k].add_(g.abs())
             g.mul_(m)
         if not update:  # RigL's Algorithm 1: an update step takes no optimizer step
+            if hp.grad_clip_norm is not None:  # the masked gradient, the one the step uses
+                torch.nn.utils.clip_grad_norm_(params.values(), hp.grad_clip_norm)
             opt.step()
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0. Re-masking every
