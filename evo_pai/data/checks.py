@@ -3,7 +3,7 @@
 Each split is read once, in chunks of at most `CHUNK_BYTES` of inputs: tensors where they lie, a streamed
 set through its loader (`data.workers`). Integer inputs (uint8 images) cannot hold NaN or ±inf, so only
 their labels are read — from the dataset's `labels()` when it has one (the built-in streamed sets), with
-no pass over the items at all. What is wrong is described by `split_problem` / `streamed_problem` as the
+no pass over the items (one probe item per split tells their dtype). What is wrong is described by `split_problem` / `streamed_problem` as the
 rest of one line: the first bad index, what is there, and the fix; the caller names the split's source.
 """
 from __future__ import annotations
