@@ -165,7 +165,10 @@ def test_a_diverging_run_is_flagged_in_the_summary_not_scored(tmp_path):
         assert s["search_diverged"] == {"bursts": 12, "first_generation": 0}
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r["diverged"] == r["worst_count"] == 4 and r["best_fitness"] is None for r in log)
+    from evo_pai.runs.plots import summary_rows
     from evo_pai.runs.search_result import SearchResult
+
+    assert ("test accuracy", "none: training diverged at final training, epoch 1") in summary_rows(on_disk)
 
     assert "diverged in final training, epoch 1" in repr(SearchResult(tmp_path / "run", on_disk))
     fine = run_experiment(build_config(tiny_raw()), None)
