@@ -192,10 +192,11 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("method", summary["method"]),
         ("data / model", f"{summary['dataset']} / {summary['model']}"),
         ("sparsity (target → measured)", f"{pct(summary['target_sparsity'])} → {pct(summary['sparsity'])}"),
-        ("test accuracy", f"none: training diverged at {diverged_text(summary['diverged_at'])}" if summary.get("diverged")
-         else pct(summary["test_accuracy"])),
+        ("test accuracy", pct(summary["test_accuracy"])),
         ("search cost", f"{summary['search_model_epochs']:.2f} model-epochs ({summary['search_seconds']:.1f} s)"),
         ("final training", f"{summary['final_epochs']} epochs ({summary['final_seconds']:.1f} s)"),
+        *([("diverged", f"training went non-finite in {diverged_text(summary['diverged_at'])}: no accuracy is a "
+            "result")] if summary.get("diverged") else []),
         ("FLOPs / example (sparse / dense)", f"{summary['flops']['sparse']:,} / {summary['flops']['dense']:,}"),
         *([("prunable parameters", roles_brief(summary["parameters"]))] if summary.get("parameters") else []),
         ("dead units", f"{dead}: {DEAD_UNITS}"),

@@ -238,12 +238,12 @@ def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: Dat
         "fitness_failures": exp.fitness_failures,
         "generations_logged": len(log.records),
         **outcome.extra,
+        **divergence(res, log.records),  # diverged: no accuracy reported as a result (overrides the above)
         **({"mask_updates": int(res.metrics["mask_updates"]), "mask_turnover": res.metrics["mask_turnover"]}
            if res.mask is not None else {}),
     }
     if outcome.members is not None:
         summary["members"] = member_rows(outcome, final.trained, list(cfg.search.nsga2.objectives[1:]))
-    summary.update(divergence(res, log.records))
     return summary
 
 
