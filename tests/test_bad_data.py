@@ -106,6 +106,17 @@ def test_a_plugin_dataset_with_nan_is_refused_by_the_cli_and_from_python(capsys,
     assert line == f"data.name: dataset 'flawed_synthetic', {split} split: inputs hold nan at index 7; {INPUT_FIX}"
 
 
+def test_a_study_with_a_flawed_dataset_is_refused_before_its_folder(capsys, tmp_path):
+    base = {"plugins": ["bad_data_plugin"], "final": {"epochs": 1},
+            "data": {"name": "flawed_synthetic", "params": {"split": "test", "index": 2, "value": "-inf"}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "s", "base": base, "sparsities": [0.9], "seeds": [0],
+                                                     "methods": ["random"]}))
+    code, _, err = cli_inproc(capsys, "study", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "o").exists(), err
+    assert err.startswith("error: study 's', cell random-s0.9-seed0-") and err.rstrip().endswith(
+        f"data.name: dataset 'flawed_synthetic', test split: inputs hold -inf at index 2; {INPUT_FIX}")
+
+
 @pytest.mark.parametrize("params, expected", [
     ({"split": "val", "index": 3, "label": 4}, "val split: label at index 3 is 4, outside the classes 0..2; relabel"),
     ({"split": "train", "index": 0, "float_labels": True}, "train split: label at index 0 is of dtype torch.float32"),
