@@ -50,6 +50,9 @@ if "test_tiny_transformer" not in MODEL:
 def transformer_raw(method: str = "combined", **masks) -> dict:
     raw = tiny_raw(method, generations=2, mutation="magnitude")
     raw["model"] = {"name": "test_tiny_transformer"}
+    # a transformer's recipe: AdamW (decoupled weight decay), label smoothing, gradient clipping (docs/config.md)
+    raw["train"] = {**raw["train"], "optimizer": "adamw", "weight_decay": 0.01, "label_smoothing": 0.1,
+                    "grad_clip_norm": 1.0}
     raw["masks"] = masks
     raw["evaluation"] = {"device": "cpu"}
     return raw

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import evo_pai
-from conftest import ROOT, crash_after, run_cli, without_timing
+from conftest import ROOT, cli_inproc, crash_after, run_cli, without_timing
 from evo_pai import EvoPaiError
 
 TINY = ["search.population=4", "search.generations=2", "search.burst_epochs=1", "search.initial_sparsity=0.4",
@@ -113,6 +114,31 @@ def test_local_tensors_and_apply_reproduces_test_accuracy(local_result):
         p.numel() for n, p in model.named_parameters() if n.endswith("weight")) - 1
 
 
+def test_the_same_search_twice_returns_the_finished_run_without_training(local_result, capsys):
+    """A notebook cell run twice: same config, model (θ0) and data -> the finished run, nothing trained or
+    written; another config, model or data -> the same one-line refusal as before; the CLI still refuses."""
+    _, _, first = local_result
+    run = first.run_dir
+    files = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    t0 = time.perf_counter()
+    again = evo_pai.search(net(), TRAIN, test=TEST, sparsity=0.8, overrides=TINY, out=run, progress=False)
+    took = time.perf_counter() - t0
+    assert again.mask == first.mask and again.summary == first.summary and again.run_dir == run
+    assert any("finished run of this config, model and data" in n and "without training" in n for n in again.notes)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == files  # nothing trained, nothing written
+    assert took < first.summary["wall_seconds"] / 2, (took, first.summary["wall_seconds"])
+    torch.manual_seed(1)
+    for change in ({"train": TEST}, {"overrides": [*TINY, "search.population=3"]}, {"model": Net()}):
+        args = {"model": net(), "train": TRAIN, "overrides": TINY, **change}
+        with pytest.raises(EvoPaiError) as info:
+            evo_pai.search(args.pop("model"), args.pop("train"), test=TEST, sparsity=0.8, out=run, progress=False,
+                           **args)
+        assert str(info.value) == f"out: '{run}' holds a finished run; choose a new folder or pass overwrite=True"
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == files
+    code, _, err = cli_inproc(capsys, "run", "quickstart", "--out", str(run))
+    assert code == 2 and "folder exists and is not empty" in err and err.count("\n") == 1
+
+
 def test_dataset_and_dataloader_inputs(one_thread):
     res = evo_pai.search(net, Pairs(*TRAIN), test=Pairs(*TEST), sparsity=0.8, overrides=TINY, progress=False)
     assert res.summary["dataset"] == "python:Dataset" and res.summary["test_accuracy"] > 0.5
@@ -195,7 +221,7 @@ def test_unpicklable_instance_on_ray_is_one_line_before_any_folder(tmp_path):
     ({"model": lambda: 3}, "model: the function passed"),
     ({"model": Uncopyable()}, "instance cannot be copied"),
 
-    ({"train": (TRAIN[0], TRAIN[1] + 5)}, "train: labels go up to 7 but the model outputs 3"),
+    ({"train": (TRAIN[0], TRAIN[1] + 5)}, "train: label at index 0 is 5, outside the classes 0..2; the model outputs 3 classes: give it 8 outputs"),
 ])
 def test_bad_input_is_one_evopaierror_line(kwargs, field):
     args = {"model": net(), "train": TRAIN, **kwargs}

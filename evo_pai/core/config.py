@@ -43,14 +43,15 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # adamw: weight_decay decoupled, as torch.optim.AdamW
     lr: float = Field(1.2e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # of the training loss (F.cross_entropy's); evaluation: plain
+    grad_clip_norm: float | None = Field(None, gt=0)  # each model's gradient norm (all parameters) clipped to this
     batch_size: int = Field(128, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
-    # Learning-rate schedule over one training run, or over a lineage of runs that carry their
-    # state (inheritance, gradual loops): see docs/config.md.
+    # Learning-rate schedule over a run, or a lineage of runs carrying their state (inheritance): docs/config.md
     lr_schedule: Literal["constant", "cosine", "step"] = "constant"
     lr_warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up at the start of a schedule
     lr_milestones: list[float] = [0.5, 0.75]  # step: fractions of the schedule where lr *= lr_gamma
@@ -62,8 +63,7 @@ class TrainConfig(_Section):
         if any(not 0 < m < 1 for m in v) or v != sorted(v):
             raise ValueError("must be increasing fractions of the schedule in (0, 1), e.g. [0.5, 0.75]")
         return v
-    # fp32: IEEE float32 everywhere (backends agree); tf32: CUDA matmuls/convolutions in TF32;
-    # bf16: forward passes under bfloat16 autocast (training/precision.py)
+    # fp32 everywhere (backends agree); tf32: CUDA matmuls/convolutions in TF32; bf16 autocast forwards (precision.py)
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     @model_validator(mode="after")

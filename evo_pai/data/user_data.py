@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from evo_pai.core.config import DataConfig
 from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.core.registry import DATASET
+from evo_pai.data.checks import EMPTY, bad_label, first_nonfinite, input_line, label_line
 from evo_pai.data.datasets import DataSplits, split_validation
 
 PREFIX = "python:"  # the names of a model and data handed to evo_pai.search(): registered in-process only
@@ -85,11 +86,14 @@ def to_split(name: str, obj) -> Split:
     if split.y.dim() != 1 or split.y.is_floating_point() or split.y.is_complex() or split.y.dtype == torch.bool:
         raise EvoPaiError(f"{name}: labels must be one integer class index per example (shape (N,)), got "
                           f"{split.y.dtype} of shape {tuple(split.y.shape)}")
+    if split.x.shape[0] == 0 or split.y.shape[0] == 0:
+        raise EvoPaiError(f"{name}: {EMPTY} (at least 2)")
     if split.x.shape[0] != split.y.shape[0] or split.y.shape[0] < 2:
         raise EvoPaiError(f"{name}: {split.x.shape[0]} inputs and {split.y.shape[0]} labels; give as many labels as "
                           "inputs (at least 2)")
-    if int(split.y.min()) < 0:
-        raise EvoPaiError(f"{name}: labels must be class indices >= 0, got {int(split.y.min())}")
+    hit = first_nonfinite(split.x)  # once, in chunks (data/checks.py): NaN or ±inf would train to nonsense
+    if hit is not None:
+        raise EvoPaiError(f"{name}: {input_line(*hit)}")
     split.y = split.y.long()
     return split
 
@@ -128,9 +132,12 @@ def register_user_data(splits: tuple[Split, Split | None, Split | None], num_cla
     """Register the splits for this process; returns the config's `data` section (name + fingerprint)."""
     train, val, test = splits
     top = max(int(s.y.max()) for s in splits if s is not None)
-    if top >= num_classes:
-        raise EvoPaiError(f"train: labels go up to {top} but the model outputs {num_classes} classes; give the model "
-                          f"{top + 1} outputs or relabel the data")
+    for split_name, s in zip(("train", "val", "test"), splits):
+        label = None if s is None else bad_label(s.y, num_classes)
+        if label is not None:
+            fix = (f"the model outputs {num_classes} classes: give it {top + 1} outputs or relabel the data" if top >= num_classes
+                   else "labels are class indices >= 0: relabel the data")
+            raise EvoPaiError(f"{split_name}: {label_line(*label, fix)}")
     name = f"{PREFIX}{train.kind}"
     DATASET.register(name, f"{train.kind} handed to evo_pai.search()")(UserData(train, val, test, num_classes))
     tensors = {f"{n}.{k}": getattr(s, k) for n, s in zip(("train", "val", "test"), splits) if s is not None for k in "xy"}

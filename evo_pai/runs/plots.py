@@ -179,6 +179,10 @@ def threads_text(t: dict) -> str:
     return text
 
 
+def diverged_text(where: dict) -> str:
+    return f"{where['stage']}, epoch {where['epoch']}" if where.get("epoch") else where["stage"]
+
+
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.2f} %"
@@ -194,6 +198,8 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("test accuracy", pct(summary["test_accuracy"])),
         ("search cost", f"{summary['search_model_epochs']:.2f} model-epochs ({summary['search_seconds']:.1f} s)"),
         ("final training", f"{summary['final_epochs']} epochs ({summary['final_seconds']:.1f} s)"),
+        *([("diverged", f"training went non-finite in {diverged_text(summary['diverged_at'])}: no accuracy is a "
+            "result")] if summary.get("diverged") else []),
         ("FLOPs / example (sparse / dense)", f"{summary['flops']['sparse']:,} / {summary['flops']['dense']:,}"),
         *([("prunable parameters", roles_brief(summary["parameters"]))] if summary.get("parameters") else []),
         *([] if summary.get("structure") else [("dead units", f"{dead}: {DEAD_UNITS}")]),  # channel masks: removed channels

@@ -15,6 +15,7 @@ import torch
 
 from evo_pai.core.config import Config
 from evo_pai.data.augment import check as check_augment
+from evo_pai.data.checks import check_data
 from evo_pai.data.datasets import DataSplits, check_workers, load_data
 from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.operators.fitness import check_params as check_fitness_params
@@ -197,6 +198,8 @@ def preflight(cfg: Config) -> DataSplits:
     """Everything that can reject the input, done before a run folder exists; returns the loaded data."""
     check_config(cfg)
     data = load_data(cfg.data)
+    if not is_user_name(cfg.data.name):  # evo_pai.search()'s data was checked as it was read (data/user_data.py)
+        check_data(cfg.data.name, data, cfg.data.workers)  # non-finite inputs, labels, empty splits: once
     check_augment(cfg.data.augment, data.input_shape, cfg.data.name)  # crop / flip need images
     check_workers(cfg.data, data)
     model = check_model(cfg, data)

@@ -118,21 +118,35 @@ def make_config(model, train, val, test, method: str, sparsity: float, config, o
     return cfg, notes
 
 
-def interrupted_run(run_dir: Path, cfg: Config, overwrite: bool) -> bool:
-    """True when `run_dir` holds an unfinished run of this very config (model and data fingerprints included)."""
+def existing_run(run_dir: Path, cfg: Config, overwrite: bool) -> str | None:
+    """What `run_dir` holds of this very config (model and data fingerprints included): "interrupted"
+    (resume it), "finished" (return it as it is), or None (a new run). Another config's run is refused."""
     from evo_pai.core.config import load_config
     from evo_pai.runs.checkpoint import search_hash
 
     if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file():
         raise EvoPaiError(f"out: '{run_dir}' exists and is not a run folder; choose a new folder or pass overwrite=True")
-    if overwrite or not (run_dir / "config.yaml").is_file() or (run_dir / "summary.json").exists():
-        if (run_dir / "summary.json").exists() and not overwrite:
+    if overwrite or not (run_dir / "config.yaml").is_file():
+        return None
+    same = search_hash(load_config(run_dir / "config.yaml")) == search_hash(cfg)
+    if (run_dir / "summary.json").exists():
+        if not same:
             raise EvoPaiError(f"out: '{run_dir}' holds a finished run; choose a new folder or pass overwrite=True")
-        return False
-    if search_hash(load_config(run_dir / "config.yaml")) != search_hash(cfg):
+        return "finished"
+    if not same:
         raise EvoPaiError(f"out: '{run_dir}' holds an interrupted run of another config, model or data; pass the same "
                           "ones to resume it, or choose a new folder, or pass overwrite=True")
-    return True
+    return "interrupted"
+
+
+def finished_result(run_dir: Path, notes: list[str], model) -> SearchResult:
+    """The finished run in `run_dir` (same config, model and data) as a SearchResult, without training."""
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    note = (f"out: '{run_dir}' already held a finished run of this config, model and data: returned it without "
+            "training (pass overwrite=True to train again)")
+    return SearchResult(run_dir, summary, [*notes, note], model)
 
 
 def resume_run(cfg: Config, run_dir: Path, progress: RunProgress) -> dict:
@@ -160,15 +174,18 @@ def search(model, train, *, val=None, test=None, method: str = SearchConfig.mode
     of train (data.val_fraction), test to the validation data (the summary then has no test_accuracy).
     config: a dict, a YAML path or a shipped config name (default: quickstart's recipe); method= and
     sparsity= then `overrides` ("search.population=16", as --set) are merged over it.
-    out: the run folder (an interrupted one of the same inputs is resumed); None: a temporary folder,
-    removed with the result unless `.save(path)` keeps it.
+    out: the run folder (an interrupted one of the same inputs is resumed, a finished one returned as it
+    is, without training); None: a temporary folder, removed with the result unless `.save(path)` keeps it.
     """
     from evo_pai.runs.api import run_in_folder
     from evo_pai.runs.folder import write_json
 
     cfg, notes = make_config(model, train, val, test, method, sparsity, config, overrides)
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="evo-pai-")) / "run"
-    resume = out is not None and interrupted_run(run_dir, cfg, overwrite)
+    held = existing_run(run_dir, cfg, overwrite) if out is not None else None
+    if held == "finished":  # a notebook cell run twice: the answer is already there
+        return finished_result(run_dir, notes, model)
+    resume = held == "interrupted"
     bar = TqdmProgress() if progress else RunProgress()
     try:
         with bar:

@@ -243,6 +243,7 @@ def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: Dat
         "fitness_failures": exp.fitness_failures,
         "generations_logged": len(log.records),
         **outcome.extra,
+        **divergence(res, log.records),  # diverged: no accuracy reported as a result (overrides the above)
         **({"mask_updates": int(res.metrics["mask_updates"]), "mask_turnover": res.metrics["mask_turnover"]}
            if res.mask is not None else {}),
     }
@@ -251,6 +252,21 @@ def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: Dat
     if exp.channels:  # masks.granularity: channel — what was removed, in MACs and widths
         summary["structure"] = structure_summary(exp.structure, mask)
     return summary
+
+
+def divergence(res: BurstResult, records: list[dict]) -> dict:
+    """`diverged`: the answer's final training went non-finite — where, and no accuracy reported as a result;
+    `search_diverged`: bursts of the search that did (each had the worst fitness) and the first generation."""
+    out: dict = {"diverged": not res.finite}
+    if not res.finite:
+        epoch = res.metrics.get("diverged_epoch")
+        out.update(diverged_at={"stage": "final training", "epoch": None if epoch is None else int(epoch),
+                                **({"error": res.metrics["error"]} if "error" in res.metrics else {})},
+                   test_accuracy=None, test_loss=None, val_accuracy=None)
+    hit = [r for r in records if r.get("diverged")]
+    if hit:
+        out["search_diverged"] = {"bursts": sum(r["diverged"] for r in hit), "first_generation": hit[0].get("generation")}
+    return out
 
 
 def write_run(out: Path, cfg: Config, outcome: SearchOutcome, final: FinalResult, summary: dict,

@@ -105,5 +105,7 @@ class SearchResult:
         s = self.summary
         acc = s.get("test_accuracy")
         acc = f"test {100 * acc:.2f} %" if acc is not None else f"val {100 * (s.get('val_accuracy') or 0):.2f} % (no test data)"
+        if s.get("diverged"):  # no accuracy is a result: say where the training went non-finite
+            acc = f"diverged in {s['diverged_at']['stage']}, epoch {s['diverged_at'].get('epoch')}"
         return (f"SearchResult({s.get('method')} on {s.get('model')}: sparsity {100 * s.get('sparsity', 0):.1f} %, "
                 f"{acc}, run_dir='{self.run_dir}')")

@@ -281,5 +281,8 @@ class Experiment:
             "wall_seconds": round(time.perf_counter() - self.started, 3),
             **extra,
         }
+        diverged = sum(1 for ind in population if ind.metrics and not ind.metrics.get("finite", 1.0))
+        if diverged:  # trained to a non-finite loss or weights: the worst fitness (operators/fitness.score)
+            record["diverged"] = diverged
         self._log(record)
         return record

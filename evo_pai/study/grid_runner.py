@@ -93,6 +93,7 @@ def preflight_study(spec: StudySpec) -> list[Cell]:
     on the meta device, the backend — before the study folder exists."""
     import json
 
+    from evo_pai.data.checks import check_data
     from evo_pai.data.datasets import load_data
     from evo_pai.core.errors import EvoPaiError
     from evo_pai.runs.preflight import check_backend, check_config, check_model
@@ -113,6 +114,7 @@ def preflight_study(spec: StudySpec) -> list[Cell]:
             if data_key not in _DATA_CACHE:
                 _DATA_CACHE.clear()
                 _DATA_CACHE[data_key] = load_data(cfg.data)
+                check_data(cfg.data.name, _DATA_CACHE[data_key], cfg.data.workers)  # once per dataset
             check_backend(cfg, _DATA_CACHE[data_key], check_model(cfg, _DATA_CACHE[data_key]))
         except EvoPaiError as exc:
             raise EvoPaiError(f"study '{spec.name}', cell {label}: {exc}") from None

@@ -24,7 +24,8 @@ from evo_pai.training.compiled import Update, update_eager
 from evo_pai.training.precision import autocast_forward
 from evo_pai.training.stacked import StackedForward
 from evo_pai.data.batches import TrainBatches, eval_batches
-from evo_pai.training.burst import BurstResult, burst_traits, EpochCallback, epoch_done, steps_for
+from evo_pai.training.burst import BurstResult, burst_traits, diverged_epochs, EpochCallback, epoch_done, steps_for
+from evo_pai.training.optim import clip_stacked_  # train.grad_clip_norm
 from evo_pai.training.optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_optimizer,
                                    make_stacked_optimizer, masked_state, per_model_step, set_lr, stack_states, unstack_state)
 
@@ -114,12 +115,14 @@ def train_batched(
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
     horizon = offset + steps if horizon is None else horizon
     loss_sum = torch.zeros(k, dtype=dtype, device=device)
+    marks: list[torch.Tensor] = []
     for step, (x, y) in enumerate(batches):
         factor = lr_factor(hp, offset + step, horizon, per_epoch) if scheduled else None
         if scheduled:
             set_lr(opt, hp.lr * factor)
         out = forward(params, x, buffers)
-        losses = F.cross_entropy(out.flatten(0, 1), y, reduction="none").view(k, x.shape[1]).mean(1)
+        losses = F.cross_entropy(out.flatten(0, 1), y, reduction="none",
+                                 label_smoothing=hp.label_smoothing).view(k, x.shape[1]).mean(1)
         # set_to_none: backward then writes the gradient instead of adding it to zeros (same values,
         # two fewer passes over K models' gradients).
         opt.zero_grad(set_to_none=True)
@@ -127,6 +130,8 @@ def train_batched(
         with torch.no_grad():
             update([params[n].grad for n in masked], [grad_accum[n] for n in masked], [keep[n] for n in masked],
                    [tmp[n] for n in masked])
+            if hp.grad_clip_norm is not None:  # per model, on the masked gradients (as train_masked)
+                clip_stacked_([p.grad for p in params.values()], hp.grad_clip_norm)
         if own_hp:  # model k's lr as train_masked computes it: (train.lr x scale) x schedule factor
             per_model_step(opt, torch.tensor([hp.lr * s * factor if scheduled else hp.lr * s for s in scales],
                                              dtype=torch.float64), wds)
@@ -135,14 +140,16 @@ def train_batched(
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0, as train_masked does.
         loss_sum += losses.detach()
+        if (step + 1) % per_epoch == 0 or step + 1 == steps:
+            marks.append(loss_sum.clone())  # as train_masked: where a diverged model went non-finite
         epoch_done(step, steps, per_epoch, on_epoch)
     final_opt = export_state(opt, params) if any(keep_state) else None
     return _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp,
-                    keep_state, test, final_opt, data_cfg.workers)
+                    keep_state, test, final_opt, data_cfg.workers, marks)
 
 
 def _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state,
-             test, final_opt, workers):
+             test, final_opt, workers, marks):
     k = loss_sum.shape[0]
     params = {n: p.detach() for n, p in params.items()}
     trained = {**params, **buffers}
@@ -162,6 +169,8 @@ def _results(model, forward, params, buffers, grad_accum, starts, reference, dat
         finite = math.isfinite(train_loss[i]) and finite_params[i]
         metrics = {"train_loss": train_loss[i], "val_loss": val_loss[i], "val_accuracy": val_acc[i],
                    "finite": float(finite)}
+        if not finite:
+            metrics["diverged_epoch"] = float(diverged_epochs(marks)[i])
         if test[i]:
             metrics.update(test_loss=test_metrics[0][i], test_accuracy=test_metrics[1][i])
         out.append(BurstResult(
@@ -188,7 +197,7 @@ def bytes_per_model(model: nn.Module, input_shape: Sequence[int], hp: TrainConfi
     elem = p0.element_size()
     sizes = dict((n, p.numel()) for n, p in model.named_parameters())
     n_params, n_masked = sum(sizes.values()), sum(sizes[n] for n in masked)
-    opt_states = 2 if hp.optimizer == "adam" else (1 if hp.momentum > 0 else 0)
+    opt_states = 2 if hp.optimizer in ("adam", "adamw") else (1 if hp.momentum > 0 else 0)
     # weights, grads, optimizer state, stacked start; per masked weight: keep-mask, grad_accum,
     # |g| buffer; then the float32 traits (weight, rel_change, grad_accum) handed back.
     state = elem * (n_params * (3 + opt_states) + 3 * n_masked) + 4 * 3 * n_masked

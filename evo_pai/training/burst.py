@@ -68,6 +68,13 @@ class BurstResult:
         return bool(self.metrics.get("finite", 1.0))
 
 
+def diverged_epochs(marks: list[torch.Tensor]) -> list[int]:
+    """Per model, the first epoch (1-based) at whose end the summed training loss was non-finite (`marks`:
+    the sum after each epoch, one model's scalar or K models'); the last epoch where only the weights are."""
+    bad = ~torch.isfinite(torch.stack(marks).reshape(len(marks), -1))  # (epochs, models)
+    return [int(col.nonzero()[0]) + 1 if bool(col.any()) else len(marks) for col in bad.T]
+
+
 def steps_for(epochs: float, n_train: int, batch_size: int) -> int:
     return max(1, int(round(epochs * math.ceil(n_train / batch_size))))
 
@@ -138,6 +145,7 @@ def train_masked(
     horizon = offset + steps if horizon is None else horizon
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
     loss_sum, finite = torch.zeros((), device=device, dtype=next(model.parameters()).dtype), True
+    marks: list[torch.Tensor] = []  # loss_sum at each epoch's end: where a diverged run went non-finite
     updater = None if dynamic is None else MaskUpdater(dynamic, masks, params, opt, steps, per_epoch, seed)
     dtype = next(model.parameters()).dtype
     batches = TrainBatches(data, hp.batch_size, [seed], steps, offset, device, dtype, data_cfg.augment, data_cfg.workers)
@@ -146,7 +154,7 @@ def train_masked(
         if scheduled:
             set_lr(opt, hp.lr * lr_factor(hp, offset + i, horizon, per_epoch))
         out = forward(x[0])
-        loss = F.cross_entropy(out, y)
+        loss = F.cross_entropy(out, y, label_smoothing=hp.label_smoothing)
         opt.zero_grad(set_to_none=False)
         loss.backward()
         update = updater is not None and updater.due(t)
@@ -157,16 +165,22 @@ def train_masked(
             grad_accum[k].add_(g.abs())
             g.mul_(m)
         if not update:  # RigL's Algorithm 1: an update step takes no optimizer step
+            if hp.grad_clip_norm is not None:  # the masked gradient, the one the step uses
+                torch.nn.utils.clip_grad_norm_(params.values(), hp.grad_clip_norm)
             opt.step()
         # No re-masking after the step: a masked weight is 0 with zero gradient and zero optimizer
         # state, so Adam/SGD (with or without weight decay) leave it exactly 0. Re-masking every
         # step changed no bit and cost 5-7 % of a LeNet burst (measured).
         loss_sum += loss.detach()
+        if (i + 1) % per_epoch == 0 or i + 1 == steps:
+            marks.append(loss_sum.clone())  # no sync: read only if the run diverged
         epoch_done(i, steps, per_epoch, on_epoch)
     train_loss = float(loss_sum) / steps
     finite = math.isfinite(train_loss) and all(bool(torch.isfinite(p).all()) for p in params.values())
     val = evaluate(model, eval_batches(data, "val", EVAL_BATCH, device, dtype, data_cfg.workers), forward)
     metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"], "finite": float(finite)}
+    if not finite:
+        metrics["diverged_epoch"] = float(diverged_epochs(marks)[0])
     if test:
         t = evaluate(model, eval_batches(data, "test", EVAL_BATCH, device, dtype, data_cfg.workers), forward)
         metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])

@@ -25,7 +25,8 @@ OptState = dict[str, dict[str, torch.Tensor]]
 def make_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
     if hp.optimizer == "sgd":
         return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    adam = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam  # AdamW: decoupled weight decay
+    return adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
 
 def task_recipe(hp: TrainConfig, lr_scale: float = 1.0, weight_decay: float | None = None) -> TrainConfig:
@@ -42,14 +43,15 @@ def make_stacked_optimizer(params, hp: TrainConfig) -> torch.optim.Optimizer:
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     if hp.optimizer == "sgd":
         return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=fused)
-    return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
+    adam = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+    return adam(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
 
 
 @torch.no_grad()
 def per_model_step(opt: torch.optim.Optimizer, lrs: torch.Tensor, weight_decays: torch.Tensor) -> None:
-    """One step of `opt`'s rule (SGD or Adam) on K stacked models, model k with its own learning rate
+    """One step of `opt`'s rule (SGD, Adam or AdamW) on K stacked models, model k with its own learning rate
     `lrs[k]` and weight decay `weight_decays[k]` (torch's kernels take one scalar of each). The math and
-    the state entries are torch's single-tensor SGD / Adam, so each model's state is what its own
+    the state entries are torch's single-tensor SGD / Adam / AdamW, so each model's state is what its own
     optimizer would hold; `opt` is only the state's container (load_state / export_state)."""
     for group in opt.param_groups:
         for p in group["params"]:
@@ -57,7 +59,8 @@ def per_model_step(opt: torch.optim.Optimizer, lrs: torch.Tensor, weight_decays:
                 continue
             shape = (-1,) + (1,) * (p.dim() - 1)
             lr, wd = lrs.to(p.device, p.dtype).view(shape), weight_decays.to(p.device, p.dtype).view(shape)
-            g, st = p.grad + wd * p, opt.state[p]
+            decoupled = group.get("decoupled_weight_decay", False)  # AdamW: decay the weight, not the gradient
+            g, st = (p.grad if decoupled else p.grad + wd * p), opt.state[p]
             if isinstance(opt, torch.optim.SGD):
                 if group["momentum"]:
                     buf = st.get("momentum_buffer")
@@ -76,7 +79,20 @@ def per_model_step(opt: torch.optim.Optimizer, lrs: torch.Tensor, weight_decays:
             st["exp_avg"].lerp_(g, 1 - b1)
             st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2**step)).add_(group["eps"])
+            if decoupled:
+                p.mul_(1 - lr * wd)
             p.sub_(lr / (1 - b1**step) * (st["exp_avg"] / denom))
+
+
+@torch.no_grad()
+def clip_stacked_(grads: list[torch.Tensor | None], max_norm: float) -> None:
+    """`torch.nn.utils.clip_grad_norm_` for K stacked models: model k's gradients (slice k of every
+    parameter's) scaled by min(1, max_norm / (its total 2-norm + 1e-6)), torch's formula for one model."""
+    grads = [g for g in grads if g is not None]
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], 1)  # (K, parameters)
+    coef = (max_norm / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *(1,) * (g.dim() - 1)))
 
 
 # -- optimizer state ---------------------------------------------------------------------------
