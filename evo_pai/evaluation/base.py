@@ -55,7 +55,7 @@ class WorkerContext:
                 task_recipe(self.cfg.train, task.lr_scale, task.weight_decay),
                 task.epochs, task.seed, keep_state=task.keep_state, test=task.test,
                 opt_state=task.opt_state, offset=task.offset, horizon=task.horizon, dynamic=task.dynamic,
-                on_epoch=on_epoch, data_cfg=self.cfg.data,
+                on_epoch=on_epoch, data_cfg=self.cfg.data, abn_batches=self.cfg.search.adaptive_bn_batches,
             )
 
 

@@ -19,7 +19,7 @@ from evo_pai.core.registry import register_backend
 from evo_pai.training.compiled import CompiledForward, compiled_update, update_eager
 from evo_pai.training.precision import numerics
 from evo_pai.training.stacked import StackedForward
-from evo_pai.training.burst import BurstResult, steps_for
+from evo_pai.training.burst import BurstResult, burst_steps
 from evo_pai.training.optim import adam_step
 from evo_pai.training.tasks import BurstTask, Progress
 from evo_pai.evaluation.base import WorkerContext, resolve_device
@@ -94,7 +94,7 @@ class BatchedTrainer:
                 if progress:
                     progress(1)
                 continue
-            key = (steps_for(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask), t.offset, t.horizon,
+            key = (burst_steps(t.epochs, ctx.data.n_train, hp.batch_size), tuple(t.mask), t.offset, t.horizon,
                    t.opt_state is not None, adam_step(t.opt_state))
             groups.setdefault(key, []).append(i)
         with numerics(hp.precision):
@@ -109,6 +109,7 @@ class BatchedTrainer:
                         opt_states=[t.opt_state for t in chunk], offset=chunk[0].offset, horizon=chunk[0].horizon,
                         on_epoch=on_epoch, data_cfg=ctx.cfg.data,
                         lr_scales=[t.lr_scale for t in chunk], weight_decays=[t.weight_decay for t in chunk],
+                        abn_batches=ctx.cfg.search.adaptive_bn_batches,
                     )
                     for i, res in zip(members[lo : lo + self.chunk], out):
                         results[i] = res

@@ -13,6 +13,7 @@ import math
 from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.core.masks import MaskSet
 from evo_pai.core.registry import FITNESS, register_fitness
+from evo_pai.training.adaptive_bn import has_running_stats
 from evo_pai.training.burst import BurstResult
 
 WORST = float("-inf")
@@ -58,6 +59,36 @@ def val_accuracy(result: BurstResult, mask: MaskSet) -> float:
 @register_fitness("val_loss", "negative validation loss after the burst")
 def val_loss(result: BurstResult, mask: MaskSet) -> float:
     return -float(result.metrics["val_loss"])
+
+
+@register_fitness("adaptive_bn_accuracy", "validation accuracy after adaptive BatchNorm (EagleEye): statistics "
+                  "re-estimated on search.adaptive_bn_batches training batches")
+def adaptive_bn_accuracy(result: BurstResult, mask: MaskSet) -> float:
+    if "abn_val_accuracy" not in result.metrics:  # preflight refuses this; a hand-made evaluator may not
+        raise EvoPaiError("search.fitness: adaptive_bn_accuracy needs abn_val_accuracy from the burst; set "
+                          "search.adaptive_bn_batches > 0")
+    return float(result.metrics["abn_val_accuracy"])
+
+
+# Fitnesses read from the burst's weight changes and gradients: without a burst every candidate looks alike.
+FROM_TRAINING = ("weight_magnitude", "gradient_accumulation", "mixed")
+
+
+def check_inputs(name: str, key: str, adaptive_bn_batches: int, burst_epochs: float, model=None,
+                 model_name: str = "") -> None:
+    """Refuse fitness `name` (configured at `key`) where the bursts cannot give it what it reads: adaptive
+    BN switched off or a model without BatchNorm statistics (`model`, when known), or no burst at all."""
+    if name == "adaptive_bn_accuracy":
+        if adaptive_bn_batches == 0:
+            raise EvoPaiError(f"{key}: adaptive_bn_accuracy needs search.adaptive_bn_batches > 0 (training batches "
+                              "that re-estimate BatchNorm statistics, e.g. 50); set it")
+        if model is not None and not has_running_stats(model):
+            raise EvoPaiError(f"{key}: adaptive_bn_accuracy needs BatchNorm layers with running statistics, and "
+                              f"model '{model_name or type(model).__name__}' has none; choose val_accuracy")
+    if burst_epochs == 0 and name in FROM_TRAINING:
+        raise EvoPaiError(f"search.burst_epochs: 0 trains nothing, so fitness '{name}' (from the burst's weight "
+                          f"changes and gradients) cannot rank candidates; set {key} to adaptive_bn_accuracy or "
+                          "val_accuracy, or search.burst_epochs > 0")
 
 
 @register_fitness("random", "control: a uniform draw fixed by the mask (and param seed): selection by chance")

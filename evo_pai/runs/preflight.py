@@ -18,7 +18,7 @@ from evo_pai.data.augment import check as check_augment
 from evo_pai.data.checks import check_data
 from evo_pai.data.datasets import DataSplits, check_workers, load_data
 from evo_pai.core.errors import EvoPaiError, brief
-from evo_pai.operators.fitness import check_params as check_fitness_params
+from evo_pai.operators.fitness import check_inputs as check_fitness_inputs, check_params as check_fitness_params
 from evo_pai.models.networks import build_model, masked_names
 from evo_pai.models.user_model import is_user_name, not_rebuildable
 from evo_pai.core.patterns import parse_pattern
@@ -71,6 +71,7 @@ def check_params(cfg: Config) -> None:
     if s.explore_mutation and "search.explore" in method.reads:
         check_mutation_params(s.explore_mutation, s.explore_params, "search.explore_params")
     method.check_params(s.method, s.params)
+    check_fitness_needs(cfg)
     if method.preflight is not None:
         method.preflight(cfg)  # e.g. nsga2: objectives, density grid, mutation names
     if cfg.final.members != "all" and not method.members:
@@ -81,6 +82,18 @@ def check_params(cfg: Config) -> None:
     if pattern and method.sparse and not method.members and 1.0 - s.sparsity > pattern[0] / pattern[1] + 1e-9:
         raise EvoPaiError(f"search.sparsity: masks.pattern {cfg.masks.pattern} keeps at most {pattern[0]} of every "
                           f"{pattern[1]} weights; use a sparsity >= {1 - pattern[0] / pattern[1]:g}")
+
+
+def check_fitness_needs(cfg: Config, model: torch.nn.Module | None = None) -> None:
+    """The fitness the method reads (search.fitness, or nsga2's first objective) gets what it reads from the
+    bursts: adaptive BN on and a model with BatchNorm statistics (with `model`), a burst for trait fitnesses."""
+    s, reads = cfg.search, METHOD.get(cfg.search.method).reads
+    epochs = s.burst_epochs if "search.burst_epochs" in reads else 1.0
+    used = [("search.fitness", s.fitness)] if "search.fitness" in reads else []
+    if "search.nsga2" in reads:
+        used.append(("search.nsga2.objectives", s.nsga2.objectives[0]))
+    for key, name in used:
+        check_fitness_inputs(name, key, s.adaptive_bn_batches, epochs, model, cfg.model.name)
 
 
 def extra_epochs(cfg: Config) -> float:
@@ -204,6 +217,7 @@ def preflight(cfg: Config) -> DataSplits:
     check_workers(cfg.data, data)
     model = check_model(cfg, data)
     check_channels(cfg, data, model)
+    check_fitness_needs(cfg, model)
     check_backend(cfg, data, model)
     return data
 

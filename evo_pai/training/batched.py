@@ -24,8 +24,9 @@ from evo_pai.training.compiled import Update, update_eager
 from evo_pai.training.precision import autocast_forward
 from evo_pai.training.stacked import StackedForward
 from evo_pai.data.batches import TrainBatches, eval_batches
-from evo_pai.training.burst import BurstResult, burst_traits, diverged_epochs, EpochCallback, epoch_done, steps_for
+from evo_pai.training.burst import BurstResult, burst_steps, burst_traits, diverged_epochs, EpochCallback, epoch_done
 from evo_pai.training.optim import clip_stacked_  # train.grad_clip_norm
+from evo_pai.training.adaptive_bn import abn_metrics, recalibrate_stacked, recalibration_batches
 from evo_pai.training.optim import (OptState, constant_lr, export_state, load_state, lr_factor, make_optimizer,
                                    make_stacked_optimizer, masked_state, per_model_step, set_lr, stack_states, unstack_state)
 
@@ -75,13 +76,15 @@ def train_batched(
     data_cfg: DataConfig = DataConfig(),
     lr_scales: Sequence[float] | None = None,
     weight_decays: Sequence[float | None] | None = None,
+    abn_batches: int = 0,
 ) -> list[BurstResult]:
     """`train_masked` for every (start, opt_state, mask, seed); `model` only supplies names, dtype and
     device. `update` does grad_accum += |g| and g *= keep (training/compiled.py: eager or compiled).
     The models share `offset` and `horizon` (one learning rate per step) and, for Adam, the
     optimizer step count of their states (one bias correction): the caller groups them so.
     `lr_scales` / `weight_decays`: each model's own (hyperparameter genes; None: the recipe's); when any
-    differs, the step is `per_model_step` instead of torch's fused kernel."""
+    differs, the step is `per_model_step` instead of torch's fused kernel. `abn_batches`: as in `train_masked`
+    (all K models recalibrated at once, `adaptive_bn_batched`)."""
     k = len(masks)
     device = next(model.parameters()).device
     names = [n for n, _ in model.named_parameters()]
@@ -109,7 +112,7 @@ def train_batched(
     load_state(opt, params, masked_state(stacked, keep) if stacked else None)
     grad_accum = {n: torch.zeros_like(params[n]) for n in masked}
     tmp = {n: torch.empty_like(params[n]) for n in masked}  # |g|, reused: no fresh pages every step
-    steps = steps_for(epochs, data.n_train, hp.batch_size)
+    steps = burst_steps(epochs, data.n_train, hp.batch_size)
     # step -> the K models' batches side by side (K batches of the same size B), as train_masked draws each
     batches = TrainBatches(data, hp.batch_size, seeds, steps, offset, device, dtype, data_cfg.augment, data_cfg.workers)
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
@@ -144,8 +147,26 @@ def train_batched(
             marks.append(loss_sum.clone())  # as train_masked: where a diverged model went non-finite
         epoch_done(step, steps, per_epoch, on_epoch)
     final_opt = export_state(opt, params) if any(keep_state) else None
-    return _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp,
-                    keep_state, test, final_opt, data_cfg.workers, marks)
+    out = _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp,
+                   keep_state, test, final_opt, data_cfg.workers, marks)
+    if abn_batches:
+        for res, extra in zip(out, adaptive_bn_batched(forward, params, buffers, data, hp, seeds, abn_batches, data_cfg, out)):
+            res.metrics.update(extra)
+    return out
+
+
+def adaptive_bn_batched(forward, params, buffers, data, hp, seeds, n, data_cfg, results) -> list[dict[str, float]]:
+    """`burst.adaptive_bn` for the K models: their statistics recalibrated together on a copy
+    (training/adaptive_bn.recalibrate_stacked), each on its own seed's first `n` batches."""
+    if not buffers:  # no BatchNorm statistics: the plain validation numbers
+        return [abn_metrics(r.metrics["val_loss"], r.metrics["val_accuracy"]) for r in results]
+    params = {name: p.detach() for name, p in params.items()}
+    p0 = next(iter(params.values()))
+    fresh = recalibrate_stacked(forward, params, buffers,
+                                recalibration_batches(data, hp, seeds, n, p0.device, p0.dtype, data_cfg))
+    loss, acc = evaluate_batched(forward, params, eval_batches(data, "val", eval_rows(hp), p0.device, p0.dtype,
+                                                               data_cfg.workers), fresh)
+    return [abn_metrics(lo, a) for lo, a in zip(loss, acc)]
 
 
 def _results(model, forward, params, buffers, grad_accum, starts, reference, data, loss_sum, steps, hp, keep_state,
@@ -153,7 +174,7 @@ def _results(model, forward, params, buffers, grad_accum, starts, reference, dat
     k = loss_sum.shape[0]
     params = {n: p.detach() for n, p in params.items()}
     trained = {**params, **buffers}
-    train_loss = (loss_sum.double() / steps).tolist()
+    train_loss = (loss_sum.double() / steps).tolist() if steps else [None] * k  # 0 steps: none to report
     finite_params = torch.stack([torch.isfinite(p.flatten(1)).all(1) for p in params.values()]).all(0).tolist()
     rows, p0 = eval_rows(hp), next(iter(params.values()))
     val_loss, val_acc = evaluate_batched(forward, params, eval_batches(data, "val", rows, p0.device, p0.dtype, workers),
@@ -166,11 +187,11 @@ def _results(model, forward, params, buffers, grad_accum, starts, reference, dat
     epochs = steps / math.ceil(data.n_train / hp.batch_size)
     out = []
     for i in range(k):
-        finite = math.isfinite(train_loss[i]) and finite_params[i]
-        metrics = {"train_loss": train_loss[i], "val_loss": val_loss[i], "val_accuracy": val_acc[i],
-                   "finite": float(finite)}
+        finite = (train_loss[i] is None or math.isfinite(train_loss[i])) and finite_params[i]
+        metrics = {**({} if train_loss[i] is None else {"train_loss": train_loss[i]}), "val_loss": val_loss[i],
+                   "val_accuracy": val_acc[i], "finite": float(finite)}
         if not finite:
-            metrics["diverged_epoch"] = float(diverged_epochs(marks)[i])
+            metrics["diverged_epoch"] = float(diverged_epochs(marks)[i]) if marks else 0.0  # 0: before any step
         if test[i]:
             metrics.update(test_loss=test_metrics[0][i], test_accuracy=test_metrics[1][i])
         out.append(BurstResult(

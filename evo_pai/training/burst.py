@@ -20,6 +20,7 @@ from evo_pai.core.masks import MaskSet
 from evo_pai.training.optim import OptState, constant_lr, load_state, lr_factor, make_optimizer, masked_state, set_lr, export_state
 from evo_pai.training.precision import autocast_forward
 from evo_pai.training.drop_grow import DynamicSpec, MaskUpdater
+from evo_pai.training.adaptive_bn import abn_metrics, has_running_stats, kept_statistics, recalibrate, recalibration_batches
 
 EVAL_BATCH = 2048
 _EPS = 1e-12
@@ -79,6 +80,12 @@ def steps_for(epochs: float, n_train: int, batch_size: int) -> int:
     return max(1, int(round(epochs * math.ceil(n_train / batch_size))))
 
 
+def burst_steps(epochs: float, n_train: int, batch_size: int) -> int:
+    """Steps a burst of `epochs` takes: none for 0 epochs (the start weights only evaluated:
+    search.burst_epochs 0, adaptive BN without a burst), else `steps_for`."""
+    return 0 if epochs == 0 else steps_for(epochs, n_train, batch_size)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], forward=None) -> dict[str, float]:
     """Mean loss and accuracy over (x, y) batches (data.batches.eval_batches); sums stay on the device
@@ -99,6 +106,19 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     return {"loss": float(loss) / n, "accuracy": int(correct) / n}
 
 
+def adaptive_bn(model: nn.Module, forward, data: DataSplits, hp: TrainConfig, seed: int, n: int,
+                data_cfg: DataConfig, val: dict[str, float]) -> dict[str, float]:
+    """Validation after adaptive BN (training/adaptive_bn.py); the model keeps its trained statistics.
+    Without BatchNorm statistics there is nothing to recalibrate: the plain validation numbers."""
+    if not has_running_stats(model):
+        return abn_metrics(val["loss"], val["accuracy"])
+    p = next(model.parameters())
+    with kept_statistics(model):
+        recalibrate(model, recalibration_batches(data, hp, [seed], n, p.device, p.dtype, data_cfg), forward)
+        out = evaluate(model, eval_batches(data, "val", EVAL_BATCH, p.device, p.dtype, data_cfg.workers), forward)
+    return abn_metrics(out["loss"], out["accuracy"])
+
+
 def train_masked(
     model: nn.Module,
     start: Mapping[str, torch.Tensor],
@@ -116,6 +136,7 @@ def train_masked(
     dynamic: DynamicSpec | None = None,
     on_epoch: EpochCallback | None = None,
     data_cfg: DataConfig = DataConfig(),
+    abn_batches: int = 0,
 ) -> BurstResult:
     """Train `model` from `start` (and `opt_state`) with `mask` held fixed; traits are measured
     against `reference` (θ0).
@@ -127,6 +148,7 @@ def train_masked(
     steps the lineage has already taken (the batch stream and the learning-rate schedule continue
     from there); `horizon` the length of the lineage's schedule (None: this run's end). `data_cfg` gives the
     augmentation and the loader workers (data.batches.TrainBatches: one batch source for every trainer).
+    `abn_batches` > 0: also `abn_val_loss` / `abn_val_accuracy` (training/adaptive_bn.py); 0 epochs: no step.
     """
     device = next(model.parameters()).device
     model.load_state_dict(start)
@@ -140,7 +162,7 @@ def train_masked(
     load_state(opt, params, masked_state(opt_state, masks) if opt_state else None)
     grad_accum = {k: torch.zeros_like(params[k]) for k in masks}
     forward = autocast_forward(model, hp.precision, device, next(model.parameters()).dtype)
-    steps = steps_for(epochs, data.n_train, hp.batch_size)
+    steps = burst_steps(epochs, data.n_train, hp.batch_size)
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
     horizon = offset + steps if horizon is None else horizon
     # In the parameters' dtype: a float32 sum would cap a float64 run's train_loss at ~1e-8 precision.
@@ -175,12 +197,15 @@ def train_masked(
         if (i + 1) % per_epoch == 0 or i + 1 == steps:
             marks.append(loss_sum.clone())  # no sync: read only if the run diverged
         epoch_done(i, steps, per_epoch, on_epoch)
-    train_loss = float(loss_sum) / steps
-    finite = math.isfinite(train_loss) and all(bool(torch.isfinite(p).all()) for p in params.values())
+    train_loss = float(loss_sum) / steps if steps else None  # 0 steps: no training loss to report
+    finite = (train_loss is None or math.isfinite(train_loss)) and all(bool(torch.isfinite(p).all()) for p in params.values())
     val = evaluate(model, eval_batches(data, "val", EVAL_BATCH, device, dtype, data_cfg.workers), forward)
-    metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"], "finite": float(finite)}
+    metrics = {**({} if train_loss is None else {"train_loss": train_loss}), "val_loss": val["loss"],
+               "val_accuracy": val["accuracy"], "finite": float(finite)}
     if not finite:
-        metrics["diverged_epoch"] = float(diverged_epochs(marks)[0])
+        metrics["diverged_epoch"] = float(diverged_epochs(marks)[0]) if marks else 0.0  # 0: before any step
+    if abn_batches:
+        metrics.update(adaptive_bn(model, forward, data, hp, seed, abn_batches, data_cfg, val))
     if test:
         t = evaluate(model, eval_batches(data, "test", EVAL_BATCH, device, dtype, data_cfg.workers), forward)
         metrics.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
