@@ -64,10 +64,9 @@ def val_loss(result: BurstResult, mask: MaskSet) -> float:
 @register_fitness("adaptive_bn_accuracy", "validation accuracy after adaptive BatchNorm (EagleEye): statistics "
                   "re-estimated on search.adaptive_bn_batches training batches")
 def adaptive_bn_accuracy(result: BurstResult, mask: MaskSet) -> float:
-    if "abn_val_accuracy" not in result.metrics:  # preflight refuses this; a hand-made evaluator may not
-        raise EvoPaiError("search.fitness: adaptive_bn_accuracy needs abn_val_accuracy from the burst; set "
-                          "search.adaptive_bn_batches > 0")
-    return float(result.metrics["abn_val_accuracy"])
+    # Without the metric (search.adaptive_bn_batches 0: refused by preflight for a search; a study's
+    # predictiveness scores every fitness) NaN, so the candidate ranks worst with the reason logged.
+    return float(result.metrics.get("abn_val_accuracy", math.nan))
 
 
 # Fitnesses read from the burst's weight changes and gradients: without a burst every candidate looks alike.
