@@ -180,6 +180,7 @@ def test_preflight_refuses_a_model_without_batchnorm():
     preflight(build_config(abn_raw() | {"search": {**abn_raw()["search"], "fitness": "adaptive_bn_accuracy"}}))
 
 
+@pytest.mark.slow  # starts Ray: ~25 s on the 2-core VM
 def test_ray_actor_reports_abn_as_the_local_backend():
     """A real local Ray, one actor with actor_trainer vectorized: the abn metrics equal the local backend's in float64."""
     ray = pytest.importorskip("ray")
