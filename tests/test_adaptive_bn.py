@@ -20,8 +20,9 @@ from evo_pai.runs.preflight import check_config, preflight
 from evo_pai.runs.runner import run_experiment
 from evo_pai.search.experiment import Experiment
 from evo_pai.training.abn_probe import burst_predictors, state_accuracies
-from evo_pai.training.adaptive_bn import batch_norms, recalibrate, recalibration_batches
+from evo_pai.training.adaptive_bn import batch_norms, recalibrate, recalibrate_stacked, recalibration_batches
 from evo_pai.training.burst import BurstResult, train_masked
+from evo_pai.training.stacked import StackedForward
 from evo_pai.training.tasks import BurstTask
 from test_batchnorm import bn_raw
 from test_vectorized import F64_TOL, assert_same, both, mixed_tasks
@@ -97,6 +98,30 @@ def test_vectorized_equals_sequential_in_float64(model, optimizer):
         assert "abn_val_accuracy" in a.metrics
         assert_same(a, b, F64_TOL, relative=False)
     assert [m.momentum for _, m in batch_norms(vec.context.model)] == momenta
+
+
+def test_stacked_recalibration_equals_each_model_and_leaves_the_trained_statistics():
+    """recalibrate_stacked on K = 2 models = recalibrate on each, in float64; the stacked statistics it is
+    given (the trained ones) are not touched, and the modules' momenta are back."""
+    cfg = build_config(abn_raw("test_bn_resnet"))
+    ctx = WorkerContext(cfg, "cpu")
+    models = [copy.deepcopy(ctx.model) for _ in range(2)]
+    with torch.no_grad():
+        for i, m in enumerate(models):
+            for p in m.parameters():
+                p.mul_(1.0 + 0.2 * i)
+    fwd = StackedForward(ctx.model, "test_bn_resnet")
+    params = {n: torch.stack([dict(m.named_parameters())[n] for m in models]).detach() for n, _ in ctx.model.named_parameters()}
+    trained = {n: torch.stack([dict(m.named_buffers())[n] for m in models]) for n in fwd.buffer_names}
+    before = {n: t.clone() for n, t in trained.items()}
+    batches = recalibration_batches(ctx.data, cfg.train, [4, 5], N, torch.device("cpu"), torch.float64)
+    fresh = recalibrate_stacked(fwd, params, trained, batches)
+    assert all(torch.equal(before[n], trained[n]) for n in trained)
+    assert [m.momentum for _, m in batch_norms(ctx.model)] == [0.1, 0.1, 0.3, 0.1]
+    for i, (m, seed) in enumerate(zip(models, [4, 5])):
+        recalibrate(m, recalibration_batches(ctx.data, cfg.train, [seed], N, torch.device("cpu"), torch.float64))
+        for n, b in m.named_buffers():
+            assert float((b.double() - fresh[n][i].double()).abs().max()) < 1e-10, n
 
 
 def test_a_burst_of_zero_epochs_evaluates_the_start_weights():
