@@ -184,10 +184,7 @@ class SearchConfig(_Section):
                              "(with --set, quote it and keep the space: \"search.initial_sparsity={fraction: 0.5}\")")
         return v
     burst_epochs: float = Field(1.0, ge=0)  # 0: no training, the start weights evaluated (adaptive BN without a burst)
-    # > 0: every burst also reports abn_val_loss / abn_val_accuracy, the validation after these many
-    # training batches re-estimate every BatchNorm's running statistics (EagleEye's adaptive BN;
-    # training/adaptive_bn.py); fitness adaptive_bn_accuracy reads it. 0: off.
-    adaptive_bn_batches: int = Field(0, ge=0)
+    adaptive_bn_batches: int = Field(0, ge=0)  # > 0: bursts report abn_val_* (training/adaptive_bn.py); 0: off
     generations: int = Field(4, ge=1)
     fitness: str = "mixed"
     fitness_params: dict[str, Any] = {}
