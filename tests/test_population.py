@@ -2,6 +2,7 @@
 backend, who copies whom and what is perturbed, genes checkpointed and resumed exactly."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from conftest import assert_same_training, search_outcome, tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.core.config import build_config
 from evo_pai.core.errors import EvoPaiError
-from evo_pai.core.individual import Individual
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.masks import MaskSet
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.operators.hyperparams import explore, exploit_pairs, parse_gene, parse_genes
@@ -152,8 +154,28 @@ def test_exploit_copies_mask_state_level_and_genes_then_perturbs():
     assert [p.carry for p in population[1:]] == [b.carry for b in before[1:]]
 
 
-def test_pbt_logs_genes_and_exploits_and_trains_the_winner_with_its_genes():
-    outcome, records = search_outcome(lineage_raw())
+def final_loss(raw: dict, mask, lr_scale: float = 1.0, weight_decay: float | None = None) -> float:
+    """Test loss of `mask`'s final training (from θ0, the final seed) under a recipe written out by hand:
+    train.lr x lr_scale and, when given, weight_decay as train.weight_decay."""
+    r = copy.deepcopy(raw)
+    r["train"]["lr"] *= lr_scale
+    if weight_decay is not None:
+        r["train"]["weight_decay"] = weight_decay
+    cfg = build_config(r)
+    data = load_data(cfg.data)
+    task = BurstTask(mask, cfg.final.epochs, derive_seed(cfg.seed, "final"), keep_state=True, test=True)
+    with make_evaluator(cfg, data) as ev:
+        return ev.evaluate([task])[0].metrics["test_loss"]
+
+
+def test_pbt_logs_genes_and_exploits_and_trains_the_winner_with_its_genes(tmp_path):
+    """The whole run: exploits copy the worst from the best, the winner is the last generation's
+    best-validation member, and the final training (float64, to 1e-10) is the winner's mask trained
+    with train.lr x its lr_scale and its weight decay — not with the recipe's."""
+    raw = lineage_raw()
+    raw["train"]["threads"] = 1
+    summary = run_experiment(build_config(raw), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(len(r["hparams"]["lr_scale"]) == 4 for r in records)
     assert [len(r["exploit"]) for r in records] == [1, 1, 1, 0]  # K=4, quantile 0.25; none after the last
     for r, nxt in zip(records, records[1:]):
@@ -163,9 +185,18 @@ def test_pbt_logs_genes_and_exploits_and_trains_the_winner_with_its_genes():
         assert nxt["levels"][i] >= r["levels"][j]  # the copy continues the donor's schedule position
         others = [k for k in range(4) if k != i]
         assert all(nxt["hparams"][n][k] == r["hparams"][n][k] for n in r["hparams"] for k in others)
-    winner = outcome.extra["winner_hparams"]
-    assert outcome.final_lr_scale == winner["lr_scale"] and outcome.final_weight_decay == winner["weight_decay"]
     assert records[-1]["levels"] == [0.8] * 4
+    last = records[-1]
+    best = last["val_accuracy"].index(max(last["val_accuracy"]))  # ties: the first
+    winner = summary["winner_hparams"]
+    assert summary["winner_index"] == best
+    assert winner == {n: last["hparams"][n][best] for n in last["hparams"]}
+    assert winner["lr_scale"] != 1.0 and winner["weight_decay"] != raw["train"]["weight_decay"]
+    mask = MaskSet.load(tmp_path / "mask.safetensors")
+    own = final_loss(raw, mask, winner["lr_scale"], winner["weight_decay"])
+    recipe = final_loss(raw, mask)
+    assert abs(own - recipe) > 1e-4  # the genes matter to the final training
+    assert abs(summary["test_loss"] - own) <= 1e-10, (summary["test_loss"], own, recipe)
 
 
 def test_independent_is_combined_without_selection_at_equal_compute():
