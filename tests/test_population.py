@@ -199,13 +199,22 @@ def test_pbt_logs_genes_and_exploits_and_trains_the_winner_with_its_genes(tmp_pa
     assert abs(summary["test_loss"] - own) <= 1e-10, (summary["test_loss"], own, recipe)
 
 
+def continued(raw: dict) -> dict:
+    """final.init: continue — the final training goes on from the winner's trained weights and optimizer
+    state, so its test loss (float64) depends on every burst of the winner's lineage."""
+    raw["final"] = {**raw["final"], "init": "continue"}
+    return raw
+
+
 def test_independent_is_combined_without_selection_at_equal_compute():
-    """One lineage: `independent` and `combined` (elite 1, no exploration) are the same search; K lineages
+    """One lineage: `independent` and `combined` (elite 1, no exploration) are the same search — the
+    same mask and, continued from the lineage's trained state, the same test loss to 1e-10; K lineages
     cost K x G bursts, as a population of K over G generations."""
     same = {"population": 1, "explore_mutation": None, "fitness": "val_accuracy"}
-    a = run_experiment(build_config(lineage_raw("independent", **same)), None)
-    b = run_experiment(build_config(lineage_raw("combined", **same)), None)
-    assert a["test_accuracy"] == b["test_accuracy"] and a["search_model_epochs"] == b["search_model_epochs"] == 4
+    a, b = (run_experiment(build_config(continued(lineage_raw(m, **same))), None) for m in ("independent", "combined"))
+    assert a["winner_index"] == b["winner_index"] == 0 and a["search_model_epochs"] == b["search_model_epochs"] == 4
+    assert a["sparsity"] == b["sparsity"] and a["layer_sparsity"] == b["layer_sparsity"]
+    assert abs(a["test_loss"] - b["test_loss"]) <= 1e-10, (a["test_loss"], b["test_loss"])  # float64
     four = run_experiment(build_config(lineage_raw("independent")), None)
     assert four["search_model_epochs"] == 16.0 and "winner_hparams" not in four
 
