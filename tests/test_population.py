@@ -8,16 +8,17 @@ import json
 import pytest
 import torch
 
-from conftest import assert_same_training, search_outcome, tiny_raw, whole_and_interrupted, without_timing
+from conftest import assert_same_training, tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.core.config import build_config
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.individual import Individual, derive_seed
 from evo_pai.core.masks import MaskSet
+from evo_pai.core.registry import METHOD
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.operators.hyperparams import explore, exploit_pairs, parse_gene, parse_genes
 from evo_pai.runs.preflight import check_config
-from evo_pai.runs.runner import run_experiment
+from evo_pai.runs.runner import run_experiment, seed_everything
 from evo_pai.search.experiment import Experiment
 from evo_pai.search.lineages import exploit
 from evo_pai.training.carry import Carry
@@ -233,22 +234,37 @@ def test_pbt_resumed_after_an_exploit_equals_the_uninterrupted_run(tmp_path, mon
     assert logs[0] == logs[1] and (tmp_path / "run" / "hyperparams.png").stat().st_size > 5000
 
 
-def backend_records(backend: str, **evaluation):
-    raw = lineage_raw(backend=backend)
+def backend_run(backend: str, **evaluation):
+    """(mask, generation log, trained weights): every member's weights after each generation but the
+    last (what the search checkpoints), then the winner's, which final.init: continue starts from."""
+    raw = continued(lineage_raw(backend=backend))
     raw["evaluation"].update(evaluation)
-    outcome, records = search_outcome(raw)
-    return outcome.mask, records
+    cfg = build_config(raw)
+    data = load_data(cfg.data)
+    seed_everything(cfg.seed)
+    records: list[dict] = []
+    weights: list[dict] = []
+    with make_evaluator(cfg, data) as ev:
+        exp = Experiment(cfg, ev, data, log=records.append)
+        exp.checkpoint = lambda state: weights.extend({k: v.clone() for k, v in ind.carry.weights.items()}
+                                                      for ind in state["population"])
+        outcome = METHOD.get(cfg.search.method)(exp)
+    assert len(weights) == 3 * 4 and outcome.final_start is not None
+    return outcome.mask, records, [*weights, outcome.final_start]
 
 
 def test_backends_agree_with_per_model_hyperparameters_float64(local_ray):
     """local, vectorized and Ray (sequential and vectorized actors): one pbt search whose members train
-    with their own lr scale and weight decay — same masks, genes and exploits, fitness to 1e-10."""
-    ref_mask, ref = backend_records("local")
-    runs = [backend_records("vectorized"),
-            backend_records("ray", num_actors=2, cpus_per_actor=1, actor_trainer="sequential"),
-            backend_records("ray", num_actors=2, cpus_per_actor=1, actor_trainer="vectorized")]
+    with their own lr scale and weight decay — same masks, genes and exploits, every member's trained
+    weights after every generation to 1e-10 (float64)."""
+    ref_mask, ref, ref_weights = backend_run("local")
+    runs = [backend_run("vectorized"),
+            backend_run("ray", num_actors=2, cpus_per_actor=1, actor_trainer="sequential"),
+            backend_run("ray", num_actors=2, cpus_per_actor=1, actor_trainer="vectorized")]
     assert len({round(v, 9) for v in ref[0]["hparams"]["lr_scale"]}) == 4  # the genes differ per member
-    for mask, records in runs:
+    for mask, records, weights in runs:
+        for n, (w, v) in enumerate(zip(weights, ref_weights)):
+            assert w.keys() == v.keys() and max(float((w[k] - v[k]).abs().max()) for k in w) <= 1e-10, n
         assert mask == ref_mask and len(records) == len(ref) == 4
         for x, y in zip(records, ref):
             assert x["hparams"] == y["hparams"] and x["exploit"] == y["exploit"] and x["levels"] == y["levels"]
