@@ -16,6 +16,7 @@ from conftest import ROOT, cli_inproc, tiny_raw, whole_and_interrupted, without_
 from evo_pai.core.config import AugmentConfig, DataConfig, build_config
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.masks import MaskSet
+from evo_pai.data import streaming
 from evo_pai.data.batches import TrainBatches, examples
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
@@ -226,17 +227,22 @@ def test_an_image_unreadable_mid_training_is_one_line_from_a_loader_worker(tmp_p
     one_line_error(f"{bad}|not a readable image|replace or remove it", lambda: batches(s, [1], workers=2))
 
 
-def test_dataset_larger_than_the_memory_budget_trains_in_bounded_memory(tmp_path, one_thread):
-    """An ImageFolder tree 4x the memory budget on disk (16x as the in-memory path's float32 tensors) trains
-    two epochs while the process's resident memory grows by less than the budget: what stays resident is a
-    few batches and an evaluation chunk, whatever the number of files."""
+def test_dataset_larger_than_the_memory_budget_trains_in_bounded_memory(tmp_path, one_thread, monkeypatch):
+    """An ImageFolder tree 4x the memory budget on disk (16x as the in-memory path's float32 tensors) is
+    streamed and trains two epochs while the process's resident memory grows by less than the budget:
+    what stays resident is a few batches and an evaluation chunk, whatever the number of files. The
+    statistics sample is made smaller than the set, so loading decodes few images and the bursts are
+    the first to read most of them: a dataset that kept what it decoded would grow by the whole set."""
     write_images(tmp_path, per_class=534, size=(64, 64))  # 1,602 images of noise: PNG does not shrink them
+    monkeypatch.setattr(streaming, "STATS_SAMPLE", 64)
     raw = tiny_raw()
     raw["data"] = {"name": "image_folder", "root": str(tmp_path), "val_fraction": 0.02}
     raw["model"] = {"name": "mlp", "params": {"hidden": [8]}}
     raw["train"]["batch_size"] = 16
     cfg = build_config(raw)
     data = load_data(cfg.data)
+    assert data.streamed and data.train_x is None and data.val_x is None and data.test_x is None
+    assert isinstance(data.train_set.dataset, streaming.ImageFiles) and len(data.train_set) > 1500
     on_disk = sum(f.stat().st_size for f in tmp_path.rglob("*.png"))
     budget = on_disk // 4
     ev = make_evaluator(cfg, data)
