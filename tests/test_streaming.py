@@ -158,6 +158,38 @@ def test_cifar100_streamed_with_subsets(tmp_path):
         assert torch.equal(s.in_memory().train_y, memory.train_y) and torch.equal(s.in_memory().test_y, memory.test_y)
 
 
+def decode(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """One image file decoded here with Pillow (not by evo_pai): float64 C x H x W, bilinear to `size`."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img = img if img.size == (size[1], size[0]) else img.resize((size[1], size[0]), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img, dtype=np.float64).copy()).permute(2, 0, 1)
+
+
+def assert_holds_the_files(memory, streamed, root: Path, size: tuple[int, int]) -> None:
+    """`memory`'s tensors are the image files decoded independently: the training rows and validation rows
+    (the streamed split's files, which together are every training file once) and the test files in
+    folder order, standardized by the per-channel mean and std of the training rows (float32 rounding)."""
+    classes = sorted(d.name for d in (root / "train").iterdir())
+    files = {str(f): c for c, name in enumerate(classes) for f in sorted((root / "train" / name).iterdir())}
+    paths = streamed.train_set.dataset.paths
+    rows = {split: [paths[i].decode() for i in getattr(streamed, f"{split}_set").indices] for split in ("train", "val")}
+    assert sorted(rows["train"] + rows["val"]) == sorted(files)
+    test = [(f, c) for c, name in enumerate(classes) for f in sorted((root / "val" / name).iterdir())]
+    raw = {"train": torch.stack([decode(Path(f), size) for f in rows["train"]]),
+           "val": torch.stack([decode(Path(f), size) for f in rows["val"]]),
+           "test": torch.stack([decode(f, size) for f, _ in test])}
+    std, mean = torch.std_mean(raw["train"], dim=(0, 2, 3), keepdim=True)  # every training row is in the sample
+    for split, labels in (("train", [files[f] for f in rows["train"]]), ("val", [files[f] for f in rows["val"]]),
+                          ("test", [c for _, c in test])):
+        x, y = getattr(memory, f"{split}_x"), getattr(memory, f"{split}_y")
+        assert y.tolist() == labels, split
+        err = float((x.double() - (raw[split] - mean) / std).abs().max())
+        assert x.dtype == torch.float32 and err < 1e-5, (split, err)
+
+
 def test_image_folder_layouts(tmp_path):
     """Class folders sorted by name, images resized to the first training image's size, the test split
     from ROOT/val or from Tiny-ImageNet's images/ + val_annotations.txt; stream: false reads it whole."""
@@ -171,7 +203,8 @@ def test_image_folder_layouts(tmp_path):
     assert sorted(int(s.test_set[i][1]) for i in range(6)) == [0, 0, 1, 1, 2, 2]
     assert {tuple(s.train_set[i][0].shape) for i in range(s.n_train)} == {(3, 10, 12)}
     memory = load_data(DataConfig(name="image_folder", root=str(tmp_path), val_fraction=0.2, params={"stream": False}))
-    assert not memory.streamed and torch.equal(memory.train_x, s.in_memory().train_x)
+    assert not memory.streamed and memory.train_set is None
+    assert_holds_the_files(memory, s, tmp_path, (10, 12))
     gray = load_data(DataConfig(name="image_folder", root=str(tmp_path), params={"channels": 1, "size": [8, 8]}))
     assert gray.input_shape == (1, 8, 8) and tuple(gray.test_set[0][0].shape) == (1, 8, 8)
 
