@@ -155,7 +155,11 @@ def test_cifar100_streamed_with_subsets(tmp_path):
         s = load_data(cfg)
         memory = load_data(cfg.model_copy(update={"params": {"labels": labels}}))
         assert s.streamed and s.num_classes == classes and (s.n_train, len(s.test_set)) == (20, 10)
-        assert torch.equal(s.in_memory().train_y, memory.train_y) and torch.equal(s.in_memory().test_y, memory.test_y)
+        read = s.in_memory()
+        assert torch.equal(read.train_y, memory.train_y) and torch.equal(read.test_y, memory.test_y)
+        for split in ("train_x", "val_x", "test_x"):  # the images too (statistics summed in another order)
+            a, b = getattr(read, split), getattr(memory, split)
+            assert a.shape == b.shape and float((a - b).abs().max()) < 1e-5, split
 
 
 def decode(path: Path, size: tuple[int, int]) -> torch.Tensor:
