@@ -111,7 +111,7 @@ def test_grow_moves_density_up_and_regrow_keeps_it(gen):
               "grad_accum": {k: torch.rand(s, generator=gen) for k, s in shapes.items()}}
     ind = Individual(mask, traits)
     grown = grow(ind, PruneStep(0.7, 0.7, True, "erk"), gen)
-    assert abs(grown.sparsity() - 0.7) < 0.01
+    assert abs(grown.sparsity() - 0.7) <= 1 / 700  # to one weight of the 700
     assert all(bool((grown[k] | ~mask[k]).all()) for k in mask)  # nothing kept was pruned
     swapped = regrow(ind, PruneStep(0.9, 0.9, True, "erk"), gen, fraction=0.2)
     assert swapped.counts() == mask.counts() and swapped != mask

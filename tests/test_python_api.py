@@ -104,7 +104,7 @@ def test_local_tensors_and_apply_reproduces_test_accuracy(local_result):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # search() trains a copy
     s = res.summary
     assert s["model"] == "python:Net" and s["dataset"] == "python:tensors" and s["backend"] == "local"
-    assert abs(res.mask.sparsity() - 0.8) < 0.01 and s["test_accuracy"] > 0.5
+    assert abs(res.mask.sparsity() - 0.8) <= 1 / 944 and s["test_accuracy"] > 0.5  # to one of Net's 944 weights
     assert [r["generation"] for r in res.history] == [0, 1] and res.front == []
     assert json.loads((res.run_dir / "summary.json").read_text())["test_accuracy"] == s["test_accuracy"]
     res.apply(model)
