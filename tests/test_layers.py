@@ -171,7 +171,8 @@ def test_search_never_imports_ray_or_cuda():
 
 @pytest.mark.parametrize("source", [
     "import ray", "import ray.util", "from ray import get", "import importlib\nimportlib.import_module('ray')",
-    "import torch.cuda", "from torch import cuda", "from torch.cuda import is_available", "import torch as t\nt.cuda.synchronize()",
+    "import torch.cuda", "from torch import cuda", "from torch.cuda import is_available",
+    "import torch as t\nt.cuda.synchronize()",
     "import torch\ndef f():\n    return torch.cuda.device_count()", "import torch\ngetattr(torch, 'cuda')",
     "__import__('torch.cuda')",
 ])
@@ -180,7 +181,8 @@ def test_the_search_check_sees_ray_and_cuda_however_written(source):
 
 
 def test_the_search_check_leaves_other_uses_alone():
-    source = "import torch\nx = torch.zeros(2)\ny = x.cuda if False else x\nimport importlib\nimportlib.import_module(name)"
+    source = ("import torch\nx = torch.zeros(2)\ny = x.cuda if False else x\n"
+              "import importlib\nimportlib.import_module(name)")
     assert device_or_ray_uses(source, "evo_pai.search.x") == []
 
 
