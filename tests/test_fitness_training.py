@@ -94,5 +94,9 @@ def test_masked_weights_stay_zero_with_momentum_and_weight_decay(train):
     res = c.run(BurstTask(m, 2.0, 3, start=start, keep_state=True))
     for k in m:
         assert (res.state[k][~m[k]] == 0).all() and (res.state[k][m[k]] != 0).all()
+        state = {key: v for key, v in res.opt_state[k].items() if torch.is_tensor(v) and v.shape == m[k].shape}
+        assert state, (k, list(res.opt_state[k]))  # momentum buffer / Adam's moments
+        for key, v in state.items():
+            assert (v[~m[k]] == 0).all() and (v[m[k]] != 0).any(), (k, key)
     assert res.epochs == pytest.approx(2.0)
     assert res.metrics["val_accuracy"] > 0.4  # 4 classes: well above chance after 2 epochs

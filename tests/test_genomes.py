@@ -84,6 +84,9 @@ def test_budget_blend_mixes_budgets_and_keeps_each_parents_state():
     total = sum(a.mask.counts().values())
     assert sum(c1.mask.counts().values()) == total == sum(c2.mask.counts().values())
     assert c1.carry is a.carry and c2.carry is b.carry and c1.origin == "crossover"
+    assert c1.traits is a.traits and c2.traits is b.traits
+    assert c1.mask.counts() == c2.mask.counts()  # one blended budget, realised on each parent's weights
+    assert c1.mask.counts() not in (a.mask.counts(), b.mask.counts())  # a mix, neither parent's budget
     for k in a.mask:
         lo, hi = sorted((a.mask.counts()[k], b.mask.counts()[k]))
         assert lo - 2 <= c1.mask.counts()[k] <= hi + 2

@@ -1,11 +1,14 @@
 """The package's layers stay layers: no import circles, no lower layer importing a higher one.
 
-Walks the `ast` of every module (module-level and function-level imports alike) so that a lazy
-import inside a function cannot hide an upward dependency.
+Walks the `ast` of every module (module-level and function-level imports alike, and
+`importlib.import_module` / `__import__` with a string constant) so that neither a lazy import inside a
+function nor an import by name can hide an upward dependency. Modules computed at run time (plugins)
+are not the package's own dependencies and are not followed.
 """
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -53,14 +56,23 @@ def layer_of(mod: str) -> tuple[int, str]:
     return best[0], best[1]
 
 
-def imports_of(mod: str) -> set[str]:
-    """Every evo_pai module `mod` imports, anywhere in its body."""
-    path = MODULES[mod]
-    is_pkg = path.name == "__init__.py"
+def _callee(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+
+
+def _constant_str(node: ast.expr | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def imported_names(source: str, mod: str, is_pkg: bool = False) -> set[str]:
+    """Every module name `source` (module `mod`) imports, anywhere in its body: `import a.b` (a.b),
+    `from a import b` (a.b, and a unless a.b is one of the package's modules), relative imports resolved,
+    and `importlib.import_module("a.b")` / `__import__("a.b")` with a string constant (a relative one
+    resolved against its `package=`)."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.split(".")[0] == "evo_pai")
+            out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = mod.split(".") if is_pkg else mod.split(".")[:-1]
@@ -68,13 +80,48 @@ def imports_of(mod: str) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            if target.split(".")[0] != "evo_pai":
-                continue
             for a in node.names:
                 sub = f"{target}.{a.name}"
-                out.add(sub if sub in MODULES else target)
-    out.discard(mod)
-    return {m for m in out if m in MODULES}
+                out.update((sub,) if sub in MODULES else (sub, target))
+        elif isinstance(node, ast.Call) and _callee(node.func) in ("import_module", "__import__") and node.args:
+            name = _constant_str(node.args[0])
+            if name is None:
+                continue  # a name computed at run time (plugins): nothing to check here
+            if name.startswith("."):
+                package = next((_constant_str(k.value) for k in node.keywords if k.arg == "package"),
+                               _constant_str(node.args[1]) if len(node.args) > 1 else None)
+                if package is None:
+                    continue
+                name = importlib.util.resolve_name(name, package)
+            out.add(name)
+    return out
+
+
+def imports_of(mod: str) -> set[str]:
+    """Every evo_pai module `mod` imports, anywhere in its body."""
+    path = MODULES[mod]
+    names = imported_names(path.read_text(), mod, path.name == "__init__.py")
+    return {m for m in names if m in MODULES and m != mod}
+
+
+def device_or_ray_uses(source: str, mod: str) -> list[str]:
+    """What in `source` reaches `ray` or `torch.cuda`: imports of either (however written, import_module
+    strings included) and `torch.cuda` as an attribute of any name `torch` is bound to
+    (`import torch as t; t.cuda`), or `getattr(torch, "cuda")`."""
+    found = sorted(n for n in imported_names(source, mod)
+                   if n == "ray" or n.startswith("ray.") or n == "torch.cuda" or n.startswith("torch.cuda."))
+    tree = ast.parse(source)
+    torch_names = {a.asname or "torch" for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for a in node.names if a.name == "torch" or (a.name.startswith("torch.") and not a.asname)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "cuda" and isinstance(node.value, ast.Name) \
+                and node.value.id in torch_names:
+            found.append(f"{node.value.id}.cuda (line {node.lineno})")
+        elif isinstance(node, ast.Call) and _callee(node.func) == "getattr" and len(node.args) >= 2 \
+                and isinstance(node.args[0], ast.Name) and node.args[0].id in torch_names \
+                and _constant_str(node.args[1]) == "cuda":
+            found.append(f"getattr({node.args[0].id}, 'cuda') (line {node.lineno})")
+    return found
 
 
 GRAPH = {m: imports_of(m) for m in MODULES}
@@ -118,17 +165,38 @@ def test_no_import_circles():
 
 def test_search_never_imports_ray_or_cuda():
     for mod, path in MODULES.items():
-        if not mod.startswith("evo_pai.search"):
-            continue
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                assert not any(a.name.split(".")[0] == "ray" for a in node.names), f"{mod} imports ray"
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                assert (node.module or "").split(".")[0] != "ray", f"{mod} imports ray"
-                assert not (node.module or "").startswith("torch.cuda"), f"{mod} imports torch.cuda"
-            elif isinstance(node, ast.Attribute) and node.attr == "cuda":
-                assert not (isinstance(node.value, ast.Name) and node.value.id == "torch"), f"{mod} uses torch.cuda"
+        if mod.startswith("evo_pai.search"):
+            found = device_or_ray_uses(path.read_text(), mod)
+            assert found == [], f"{mod} reaches ray or torch.cuda: {found}"
+
+
+@pytest.mark.parametrize("source", [
+    "import ray", "import ray.util", "from ray import get", "import importlib\nimportlib.import_module('ray')",
+    "import torch.cuda", "from torch import cuda", "from torch.cuda import is_available",
+    "import torch as t\nt.cuda.synchronize()",
+    "import torch\ndef f():\n    return torch.cuda.device_count()", "import torch\ngetattr(torch, 'cuda')",
+    "__import__('torch.cuda')",
+])
+def test_the_search_check_sees_ray_and_cuda_however_written(source):
+    assert device_or_ray_uses(source, "evo_pai.search.x"), source
+
+
+def test_the_search_check_leaves_other_uses_alone():
+    source = ("import torch\nx = torch.zeros(2)\ny = x.cuda if False else x\n"
+              "import importlib\nimportlib.import_module(name)")
+    assert device_or_ray_uses(source, "evo_pai.search.x") == []
+
+
+def test_the_import_walk_sees_import_module_strings():
+    """A string import is an import: absolute, relative with package=, inside a function; a computed name is not."""
+    source = ("import importlib\n"
+              "def late():\n    return importlib.import_module('evo_pai.runs.runner')\n"
+              "from importlib import import_module\n"
+              "import_module('.study.grid', package='evo_pai')\n"
+              "import_module('..cli', 'evo_pai.core')\n"
+              "importlib.import_module(name)\n")
+    names = imported_names(source, "evo_pai.core.x")
+    assert {"evo_pai.runs.runner", "evo_pai.study.grid", "evo_pai.cli"} <= names
 
 
 def test_importing_the_core_pulls_in_nothing_above_it():

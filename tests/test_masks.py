@@ -27,8 +27,12 @@ def test_erk_total_is_exact_and_favours_small_layers():
 
 
 def test_uniform_98_silences_classes_but_default_does_not(gen):
-    # The trap the default exists for: uniform keeps 20 of 1,000 output weights.
+    # The trap the default exists for: uniform keeps 20 of 1,000 output weights, and drawn at random
+    # without the fan-in guard they leave some classes with no input at all.
     assert uniform_counts(LENET, 0.98)["l2.weight"] == 20
+    dead = [MaskSet.random(LENET, 0.98, torch.Generator().manual_seed(seed), "uniform", "l2.weight",
+                           min_output_fan_in=0).dead_units()["l2.weight"] for seed in range(5)]
+    assert sum(dead) > 0, dead
     for seed in range(5):
         m = MaskSet.random(LENET, 0.98, torch.Generator().manual_seed(seed), "erk", "l2.weight")
         assert m.dead_units()["l2.weight"] == 0

@@ -91,12 +91,20 @@ def test_random_swap_keeps_density_and_changes_mask():
 def test_layerwise_crossover_keeps_per_layer_density_and_copies_traits():
     gen = torch.Generator().manual_seed(5)
     a, b = (_ind(MaskSet.random(SHAPES, 0.7, gen, "erk")) for _ in range(2))
+    mixed = False
     for _ in range(5):
         c1, c2 = layerwise(a, b, gen)
         assert c1.mask.counts() == a.mask.counts() == c2.mask.counts()
-        for k in SHAPES:
-            src = a if torch.equal(c1.mask[k], a.mask[k]) else b
-            assert torch.equal(c1.traits["rel_change"][k], src.traits["rel_change"][k])
+        sources = []
+        for k in SHAPES:  # each layer (mask and traits) from one parent, the other child's from the other
+            src, other = (a, b) if torch.equal(c1.mask[k], a.mask[k]) else (b, a)
+            assert torch.equal(c1.mask[k], src.mask[k]) and torch.equal(c2.mask[k], other.mask[k]), k
+            for trait in ("rel_change", "weight", "grad_accum"):
+                assert torch.equal(c1.traits[trait][k], src.traits[trait][k]), (k, trait)
+                assert torch.equal(c2.traits[trait][k], other.traits[trait][k]), (k, trait)
+            sources.append(src is a)
+        mixed |= len(set(sources)) == 2
+    assert mixed  # some child took layers from both parents
 
 
 def test_layerwise_crossover_repairs_total_under_global_budget():

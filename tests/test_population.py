@@ -2,20 +2,23 @@
 backend, who copies whom and what is perturbed, genes checkpointed and resumed exactly."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
-from conftest import assert_same_training, search_outcome, tiny_raw, whole_and_interrupted, without_timing
+from conftest import assert_same_training, tiny_raw, whole_and_interrupted, without_timing
 from evo_pai.core.config import build_config
 from evo_pai.core.errors import EvoPaiError
-from evo_pai.core.individual import Individual
+from evo_pai.core.individual import Individual, derive_seed
+from evo_pai.core.masks import MaskSet
+from evo_pai.core.registry import METHOD
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.operators.hyperparams import explore, exploit_pairs, parse_gene, parse_genes
 from evo_pai.runs.preflight import check_config
-from evo_pai.runs.runner import run_experiment
+from evo_pai.runs.runner import run_experiment, seed_everything
 from evo_pai.search.experiment import Experiment
 from evo_pai.search.lineages import exploit
 from evo_pai.training.carry import Carry
@@ -152,8 +155,28 @@ def test_exploit_copies_mask_state_level_and_genes_then_perturbs():
     assert [p.carry for p in population[1:]] == [b.carry for b in before[1:]]
 
 
-def test_pbt_logs_genes_and_exploits_and_trains_the_winner_with_its_genes():
-    outcome, records = search_outcome(lineage_raw())
+def final_loss(raw: dict, mask, lr_scale: float = 1.0, weight_decay: float | None = None) -> float:
+    """Test loss of `mask`'s final training (from θ0, the final seed) under a recipe written out by hand:
+    train.lr x lr_scale and, when given, weight_decay as train.weight_decay."""
+    r = copy.deepcopy(raw)
+    r["train"]["lr"] *= lr_scale
+    if weight_decay is not None:
+        r["train"]["weight_decay"] = weight_decay
+    cfg = build_config(r)
+    data = load_data(cfg.data)
+    task = BurstTask(mask, cfg.final.epochs, derive_seed(cfg.seed, "final"), keep_state=True, test=True)
+    with make_evaluator(cfg, data) as ev:
+        return ev.evaluate([task])[0].metrics["test_loss"]
+
+
+def test_pbt_logs_genes_and_exploits_and_trains_the_winner_with_its_genes(tmp_path):
+    """The whole run: exploits copy the worst from the best, the winner is the last generation's
+    best-validation member, and the final training (float64, to 1e-10) is the winner's mask trained
+    with train.lr x its lr_scale and its weight decay — not with the recipe's."""
+    raw = lineage_raw()
+    raw["train"]["threads"] = 1
+    summary = run_experiment(build_config(raw), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(len(r["hparams"]["lr_scale"]) == 4 for r in records)
     assert [len(r["exploit"]) for r in records] == [1, 1, 1, 0]  # K=4, quantile 0.25; none after the last
     for r, nxt in zip(records, records[1:]):
@@ -163,18 +186,36 @@ def test_pbt_logs_genes_and_exploits_and_trains_the_winner_with_its_genes():
         assert nxt["levels"][i] >= r["levels"][j]  # the copy continues the donor's schedule position
         others = [k for k in range(4) if k != i]
         assert all(nxt["hparams"][n][k] == r["hparams"][n][k] for n in r["hparams"] for k in others)
-    winner = outcome.extra["winner_hparams"]
-    assert outcome.final_lr_scale == winner["lr_scale"] and outcome.final_weight_decay == winner["weight_decay"]
     assert records[-1]["levels"] == [0.8] * 4
+    last = records[-1]
+    best = last["val_accuracy"].index(max(last["val_accuracy"]))  # ties: the first
+    winner = summary["winner_hparams"]
+    assert summary["winner_index"] == best
+    assert winner == {n: last["hparams"][n][best] for n in last["hparams"]}
+    assert winner["lr_scale"] != 1.0 and winner["weight_decay"] != raw["train"]["weight_decay"]
+    mask = MaskSet.load(tmp_path / "mask.safetensors")
+    own = final_loss(raw, mask, winner["lr_scale"], winner["weight_decay"])
+    recipe = final_loss(raw, mask)
+    assert abs(own - recipe) > 1e-4  # the genes matter to the final training
+    assert abs(summary["test_loss"] - own) <= 1e-10, (summary["test_loss"], own, recipe)
+
+
+def continued(raw: dict) -> dict:
+    """final.init: continue — the final training goes on from the winner's trained weights and optimizer
+    state, so its test loss (float64) depends on every burst of the winner's lineage."""
+    raw["final"] = {**raw["final"], "init": "continue"}
+    return raw
 
 
 def test_independent_is_combined_without_selection_at_equal_compute():
-    """One lineage: `independent` and `combined` (elite 1, no exploration) are the same search; K lineages
+    """One lineage: `independent` and `combined` (elite 1, no exploration) are the same search — the
+    same mask and, continued from the lineage's trained state, the same test loss to 1e-10; K lineages
     cost K x G bursts, as a population of K over G generations."""
     same = {"population": 1, "explore_mutation": None, "fitness": "val_accuracy"}
-    a = run_experiment(build_config(lineage_raw("independent", **same)), None)
-    b = run_experiment(build_config(lineage_raw("combined", **same)), None)
-    assert a["test_accuracy"] == b["test_accuracy"] and a["search_model_epochs"] == b["search_model_epochs"] == 4
+    a, b = (run_experiment(build_config(continued(lineage_raw(m, **same))), None) for m in ("independent", "combined"))
+    assert a["winner_index"] == b["winner_index"] == 0 and a["search_model_epochs"] == b["search_model_epochs"] == 4
+    assert a["sparsity"] == b["sparsity"] and a["layer_sparsity"] == b["layer_sparsity"]
+    assert abs(a["test_loss"] - b["test_loss"]) <= 1e-10, (a["test_loss"], b["test_loss"])  # float64
     four = run_experiment(build_config(lineage_raw("independent")), None)
     assert four["search_model_epochs"] == 16.0 and "winner_hparams" not in four
 
@@ -193,22 +234,37 @@ def test_pbt_resumed_after_an_exploit_equals_the_uninterrupted_run(tmp_path, mon
     assert logs[0] == logs[1] and (tmp_path / "run" / "hyperparams.png").stat().st_size > 5000
 
 
-def backend_records(backend: str, **evaluation):
-    raw = lineage_raw(backend=backend)
+def backend_run(backend: str, **evaluation):
+    """(mask, generation log, trained weights): every member's weights after each generation but the
+    last (what the search checkpoints), then the winner's, which final.init: continue starts from."""
+    raw = continued(lineage_raw(backend=backend))
     raw["evaluation"].update(evaluation)
-    outcome, records = search_outcome(raw)
-    return outcome.mask, records
+    cfg = build_config(raw)
+    data = load_data(cfg.data)
+    seed_everything(cfg.seed)
+    records: list[dict] = []
+    weights: list[dict] = []
+    with make_evaluator(cfg, data) as ev:
+        exp = Experiment(cfg, ev, data, log=records.append)
+        exp.checkpoint = lambda state: weights.extend({k: v.clone() for k, v in ind.carry.weights.items()}
+                                                      for ind in state["population"])
+        outcome = METHOD.get(cfg.search.method)(exp)
+    assert len(weights) == 3 * 4 and outcome.final_start is not None
+    return outcome.mask, records, [*weights, outcome.final_start]
 
 
 def test_backends_agree_with_per_model_hyperparameters_float64(local_ray):
     """local, vectorized and Ray (sequential and vectorized actors): one pbt search whose members train
-    with their own lr scale and weight decay — same masks, genes and exploits, fitness to 1e-10."""
-    ref_mask, ref = backend_records("local")
-    runs = [backend_records("vectorized"),
-            backend_records("ray", num_actors=2, cpus_per_actor=1, actor_trainer="sequential"),
-            backend_records("ray", num_actors=2, cpus_per_actor=1, actor_trainer="vectorized")]
+    with their own lr scale and weight decay — same masks, genes and exploits, every member's trained
+    weights after every generation to 1e-10 (float64)."""
+    ref_mask, ref, ref_weights = backend_run("local")
+    runs = [backend_run("vectorized"),
+            backend_run("ray", num_actors=2, cpus_per_actor=1, actor_trainer="sequential"),
+            backend_run("ray", num_actors=2, cpus_per_actor=1, actor_trainer="vectorized")]
     assert len({round(v, 9) for v in ref[0]["hparams"]["lr_scale"]}) == 4  # the genes differ per member
-    for mask, records in runs:
+    for mask, records, weights in runs:
+        for n, (w, v) in enumerate(zip(weights, ref_weights)):
+            assert w.keys() == v.keys() and max(float((w[k] - v[k]).abs().max()) for k in w) <= 1e-10, n
         assert mask == ref_mask and len(records) == len(ref) == 4
         for x, y in zip(records, ref):
             assert x["hparams"] == y["hparams"] and x["exploit"] == y["exploit"] and x["levels"] == y["levels"]

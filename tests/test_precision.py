@@ -35,9 +35,11 @@ def test_tf32_is_a_no_op_on_cpu_and_bf16_stays_close(model):
             assert 0 < weight_rel(a, c) < 0.05  # autocast really ran (bits differ), and stayed close
             assert abs(a.metrics["val_loss"] - c.metrics["val_loss"]) < 0.02
             assert abs(a.metrics["val_accuracy"] - c.metrics["val_accuracy"]) <= 0.05
-    for a, b in zip(*bf16):  # local vs vectorized under bf16 (measured ~1e-7 on this CPU)
-        assert all(abs(a.metrics[k] - b.metrics[k]) < 1e-3 for k in a.metrics)
-        assert weight_rel(a, b) < 1e-2
+    # local vs vectorized under bf16: metrics measured within 3e-7 and weights 2e-8 (relative) on this CPU,
+    # while bf16 itself moves the weights by 2e-3 to 1e-2: a backend training in fp32 instead fails here
+    for a, b in zip(*bf16):
+        assert all(abs(a.metrics[k] - b.metrics[k]) < 1e-5 for k in a.metrics), (a.metrics, b.metrics)
+        assert weight_rel(a, b) < 1e-6
 
 
 def test_numerics_sets_then_restores_torch_settings():

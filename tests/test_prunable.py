@@ -15,12 +15,14 @@ from evo_pai.core.config import build_config
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.masks import MaskSet
 from evo_pai.core.registry import MODEL, register_model
+from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
 from evo_pai.models.networks import count_flops
 from evo_pai.models.prunable import masked_names, parameter_roles, prunable_names
 from evo_pai.runs.preflight import preflight
 from evo_pai.runs.export import export, load_mask
 from evo_pai.runs.runner import run_experiment
+from evo_pai.training.tasks import initial_model
 
 
 class TinyTransformer(nn.Module):
@@ -106,6 +108,11 @@ def test_attention_weights_are_pruned_trained_and_listed(transformer_run):
     state = load_file(str(out / "model.safetensors"))
     w = state["attn.in_proj_weight"]
     assert (w[~mask["attn.in_proj_weight"]] == 0).all() and (w[mask["attn.in_proj_weight"]] != 0).any()
+    cfg = build_config(transformer_raw(pattern="2:4"))
+    theta0 = initial_model(cfg, load_data(cfg.data)).state_dict()
+    for name in ("attn.in_proj_weight", "attn.out_proj.weight"):  # trained: the kept weights moved from θ0
+        kept = mask[name]
+        assert not torch.equal(state[name][kept], theta0[name][kept].to(state[name].dtype)), name
     assert summary["flops"]["sparse"] < summary["flops"]["dense"]
 
 

@@ -108,6 +108,15 @@ def test_synflow_iterates_on_the_exponential_schedule_without_regrowth():
     m = prune("synflow", ctx, MaskSet.dense(shapes, "2.weight"), 0.9, budget="global", params={"iterations": 20})
     assert m.sparsity() == pytest.approx(0.9, abs=1 / 192)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # θ0 untouched
+    # The mask after round k of 20 is prune's answer for k rounds to the k-th level (the same first k levels):
+    # each round keeps a subset of the last (no regrowth), rounds differ (it iterates), the last is `m`.
+    rounds = [prune("synflow", ctx, MaskSet.dense(shapes, "2.weight"), level, budget="global",
+                    params={"iterations": k + 1}) for k, level in enumerate(exponential_schedule(0.9, 20))]
+    assert rounds[-1] == m and len({r.hash() for r in rounds}) == 20
+    for prev, nxt in zip(rounds, rounds[1:]):
+        assert all(not bool((nxt[k] & ~prev[k]).any()) for k in shapes)
+    one_shot = prune("synflow", ctx, MaskSet.dense(shapes, "2.weight"), 0.9, budget="global", params={"iterations": 1})
+    assert one_shot != m  # iterating changes the answer
 
 
 @pytest.mark.parametrize("name", ["random", "magnitude", "snip", "grasp", "synflow"])

@@ -105,7 +105,7 @@ def test_local_tensors_and_apply_reproduces_test_accuracy(local_result):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # search() trains a copy
     s = res.summary
     assert s["model"] == "python:Net" and s["dataset"] == "python:tensors" and s["backend"] == "local"
-    assert abs(res.mask.sparsity() - 0.8) < 0.01 and s["test_accuracy"] > 0.5
+    assert abs(res.mask.sparsity() - 0.8) <= 1 / 944 and s["test_accuracy"] > 0.5  # to one of Net's 944 weights
     assert [r["generation"] for r in res.history] == [0, 1] and res.front == []
     assert json.loads((res.run_dir / "summary.json").read_text())["test_accuracy"] == s["test_accuracy"]
     res.apply(model)
@@ -183,7 +183,8 @@ def test_ray_backend_agrees_with_local(local_result, local_ray):
         "evaluation.actor_trainer=sequential"])
     assert res.summary["backend"] == "ray" and "2 actors" in res.summary["device"]
     assert all(torch.equal(a, b) for a, b in zip(res.mask.values(), local.mask.values()))
-    assert abs(res.summary["test_accuracy"] - local.summary["test_accuracy"]) < 1e-6
+    for k in ("test_accuracy", "test_loss"):  # one thread here and in each 1-CPU actor: the same floats
+        assert abs(res.summary[k] - local.summary[k]) < 1e-6, (k, res.summary[k], local.summary[k])
 
 
 class Uncopyable(Net):
@@ -235,7 +236,10 @@ def test_stderr_holds_the_bar_and_nothing_else(one_thread, capfd):
     out, err = capfd.readouterr()
     chunks = [c.strip() for c in err.replace("\r", "\n").splitlines() if c.strip()]
     assert out == "" and chunks and all(c.startswith(("search", "final training")) for c in chunks), chunks[:5]
-    assert any(c.startswith("final training") and "5/5" not in c for c in chunks)
+    final = [c for c in chunks if c.startswith("final training")]
+    for done in ("0/2", "1/2", "2/2"):  # final.epochs=2: the bar moves epoch by epoch, not at the end only
+        assert any(f"| {done} [" in c for c in final), (done, final)
+    assert any("| 8/8 [" in c for c in chunks if c.startswith("search"))  # 4 members x 2 generations
 
 
 def test_ctrl_c_leaves_a_resumable_folder_and_reraises(one_thread, tmp_path, monkeypatch, local_result):

@@ -328,7 +328,7 @@ def test_two_node_cluster_survives_losing_the_worker_node(reference, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"].startswith("ray: 2 actors")  # 1 CPU per node: one actor on each node
     assert MaskSet.load(out / "mask.safetensors") == reference[1]
-    close(summary, reference[0], ["test_accuracy", "val_accuracy"])
+    close(summary, reference[0], ["test_accuracy", "test_loss", "val_accuracy"])
     assert summary["fitness_failures"] == []
     err = (tmp_path / "run.err").read_text()
     assert "(raylet)" not in err and "Traceback" not in err, err[-2000:]  # faults in our words only

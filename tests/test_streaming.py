@@ -16,6 +16,7 @@ from conftest import ROOT, cli_inproc, tiny_raw, whole_and_interrupted, without_
 from evo_pai.core.config import AugmentConfig, DataConfig, build_config
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.masks import MaskSet
+from evo_pai.data import streaming
 from evo_pai.data.batches import TrainBatches, examples
 from evo_pai.data.datasets import load_data
 from evo_pai.evaluation.base import make_evaluator
@@ -154,7 +155,43 @@ def test_cifar100_streamed_with_subsets(tmp_path):
         s = load_data(cfg)
         memory = load_data(cfg.model_copy(update={"params": {"labels": labels}}))
         assert s.streamed and s.num_classes == classes and (s.n_train, len(s.test_set)) == (20, 10)
-        assert torch.equal(s.in_memory().train_y, memory.train_y) and torch.equal(s.in_memory().test_y, memory.test_y)
+        read = s.in_memory()
+        assert torch.equal(read.train_y, memory.train_y) and torch.equal(read.test_y, memory.test_y)
+        for split in ("train_x", "val_x", "test_x"):  # the images too (statistics summed in another order)
+            a, b = getattr(read, split), getattr(memory, split)
+            assert a.shape == b.shape and float((a - b).abs().max()) < 1e-5, split
+
+
+def decode(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """One image file decoded here with Pillow (not by evo_pai): float64 C x H x W, bilinear to `size`."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img = img if img.size == (size[1], size[0]) else img.resize((size[1], size[0]), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img, dtype=np.float64).copy()).permute(2, 0, 1)
+
+
+def assert_holds_the_files(memory, streamed, root: Path, size: tuple[int, int]) -> None:
+    """`memory`'s tensors are the image files decoded independently: the training rows and validation rows
+    (the streamed split's files, which together are every training file once) and the test files in
+    folder order, standardized by the per-channel mean and std of the training rows (float32 rounding)."""
+    classes = sorted(d.name for d in (root / "train").iterdir())
+    files = {str(f): c for c, name in enumerate(classes) for f in sorted((root / "train" / name).iterdir())}
+    paths = streamed.train_set.dataset.paths
+    rows = {split: [paths[i].decode() for i in getattr(streamed, f"{split}_set").indices] for split in ("train", "val")}
+    assert sorted(rows["train"] + rows["val"]) == sorted(files)
+    test = [(f, c) for c, name in enumerate(classes) for f in sorted((root / "val" / name).iterdir())]
+    raw = {"train": torch.stack([decode(Path(f), size) for f in rows["train"]]),
+           "val": torch.stack([decode(Path(f), size) for f in rows["val"]]),
+           "test": torch.stack([decode(f, size) for f, _ in test])}
+    std, mean = torch.std_mean(raw["train"], dim=(0, 2, 3), keepdim=True)  # every training row is in the sample
+    for split, labels in (("train", [files[f] for f in rows["train"]]), ("val", [files[f] for f in rows["val"]]),
+                          ("test", [c for _, c in test])):
+        x, y = getattr(memory, f"{split}_x"), getattr(memory, f"{split}_y")
+        assert y.tolist() == labels, split
+        err = float((x.double() - (raw[split] - mean) / std).abs().max())
+        assert x.dtype == torch.float32 and err < 1e-5, (split, err)
 
 
 def test_image_folder_layouts(tmp_path):
@@ -170,7 +207,8 @@ def test_image_folder_layouts(tmp_path):
     assert sorted(int(s.test_set[i][1]) for i in range(6)) == [0, 0, 1, 1, 2, 2]
     assert {tuple(s.train_set[i][0].shape) for i in range(s.n_train)} == {(3, 10, 12)}
     memory = load_data(DataConfig(name="image_folder", root=str(tmp_path), val_fraction=0.2, params={"stream": False}))
-    assert not memory.streamed and torch.equal(memory.train_x, s.in_memory().train_x)
+    assert not memory.streamed and memory.train_set is None
+    assert_holds_the_files(memory, s, tmp_path, (10, 12))
     gray = load_data(DataConfig(name="image_folder", root=str(tmp_path), params={"channels": 1, "size": [8, 8]}))
     assert gray.input_shape == (1, 8, 8) and tuple(gray.test_set[0][0].shape) == (1, 8, 8)
 
@@ -226,17 +264,22 @@ def test_an_image_unreadable_mid_training_is_one_line_from_a_loader_worker(tmp_p
     one_line_error(f"{bad}|not a readable image|replace or remove it", lambda: batches(s, [1], workers=2))
 
 
-def test_dataset_larger_than_the_memory_budget_trains_in_bounded_memory(tmp_path, one_thread):
-    """An ImageFolder tree 4x the memory budget on disk (16x as the in-memory path's float32 tensors) trains
-    two epochs while the process's resident memory grows by less than the budget: what stays resident is a
-    few batches and an evaluation chunk, whatever the number of files."""
+def test_dataset_larger_than_the_memory_budget_trains_in_bounded_memory(tmp_path, one_thread, monkeypatch):
+    """An ImageFolder tree 4x the memory budget on disk (16x as the in-memory path's float32 tensors) is
+    streamed and trains two epochs while the process's resident memory grows by less than the budget:
+    what stays resident is a few batches and an evaluation chunk, whatever the number of files. The
+    statistics sample is made smaller than the set, so loading decodes few images and the bursts are
+    the first to read most of them: a dataset that kept what it decoded would grow by the whole set."""
     write_images(tmp_path, per_class=534, size=(64, 64))  # 1,602 images of noise: PNG does not shrink them
+    monkeypatch.setattr(streaming, "STATS_SAMPLE", 64)
     raw = tiny_raw()
     raw["data"] = {"name": "image_folder", "root": str(tmp_path), "val_fraction": 0.02}
     raw["model"] = {"name": "mlp", "params": {"hidden": [8]}}
     raw["train"]["batch_size"] = 16
     cfg = build_config(raw)
     data = load_data(cfg.data)
+    assert data.streamed and data.train_x is None and data.val_x is None and data.test_x is None
+    assert isinstance(data.train_set.dataset, streaming.ImageFiles) and len(data.train_set) > 1500
     on_disk = sum(f.stat().st_size for f in tmp_path.rglob("*.png"))
     budget = on_disk // 4
     ev = make_evaluator(cfg, data)

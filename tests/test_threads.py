@@ -17,6 +17,7 @@ import yaml
 from conftest import ROOT, run_cli, tiny_raw
 from evo_pai.core.config import build_config
 from evo_pai.core.errors import EvoPaiError
+from evo_pai.runs.progress import RunProgress
 from evo_pai.runs.runner import run_experiment
 from evo_pai.training.threads import (ThreadChoice, ThreadGovernor, auto_threads, cgroup_cpu_quota, choose_threads,
                                       fit_threads, usable_cpus)
@@ -76,11 +77,31 @@ def test_train_threads_is_validated_and_auto_means_none():
             build_config({"train": {"threads": bad}})
 
 
+class ThreadsSeen(RunProgress):
+    """The torch thread count at every finished task and final epoch of a run."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+
+    def advance(self, n: int = 1) -> None:
+        self.seen.append(torch.get_num_threads())
+
+    def epoch(self, done: int, total: int) -> None:
+        self.seen.append(torch.get_num_threads())
+
+
 def test_a_run_uses_the_choice_reports_it_and_gives_the_callers_threads_back(tmp_path):
     before = torch.get_num_threads()
-    summary = run_experiment(build_config({**tiny_raw("kstarts"), "train": {**tiny_raw()["train"], "threads": 1}}), None)
-    assert summary["threads"] == {"count": 1, "reason": "train.threads", "adjusted": []}
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)  # the caller's count: not the run's choice, so a run that kept it would show
+    try:
+        seen = ThreadsSeen()
+        summary = run_experiment(build_config({**tiny_raw("kstarts"), "train": {**tiny_raw()["train"], "threads": 1}}),
+                                 None, seen)
+        assert summary["threads"] == {"count": 1, "reason": "train.threads", "adjusted": []}
+        assert len(seen.seen) == 4 + 2 and set(seen.seen) == {1}  # 4 bursts, 2 final epochs: all on one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cli_threads_option_on_run_and_resume(tmp_path):
