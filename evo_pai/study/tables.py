@@ -361,7 +361,9 @@ def write_report(root: Path, spec: StudySpec | None = None) -> Path:
         accuracy_table(rows), "",
         "## Compute", "",
         "Search model-epochs / total training model-epochs (search + final) and, in brackets, the search's "
-        "training FLOPs (dense-equivalent, 3 × forward per example).", "",
+        "training FLOPs (dense-equivalent, 3 × forward per example)"
+        + ("; then `train`: the whole training's FLOPs as run (search and final training at the kept weights' "
+           "FLOPs: a narrower or sparser network trains cheaper)." if any(r.get("train_flops") for r in rows) else "."), "",
         compute_table(rows), "",
         "## Paired comparisons (same seed, same θ0)", "",
         "Mean ± std over seeds of the test-accuracy difference in points, and (seeds where a wins / seeds).", "",
