@@ -106,8 +106,26 @@ def test_weight_granularity_run_refused(tmp_path, capsys):
     code, out, err = cli_inproc(capsys, "export", str(tmp_path), "--format", "pruned")
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and "masks.granularity: channel" in lines[0] and "--format compact" in lines[0]
+    assert len(lines) == 1 and "masks single weights" in lines[0] and "masks.granularity: channel" in lines[0]
+    assert "--format compact" in lines[0]
     assert not (tmp_path / "export" / "pruned.safetensors").exists()
+
+
+def test_mask_not_whole_channels_refused(resnet_run, tmp_path):
+    """A channel run whose mask was edited (one more weight zeroed inside a kept channel)."""
+    import shutil
+
+    from evo_pai.core.masks import MaskSet
+
+    run = tmp_path / "run"
+    shutil.copytree(resnet_run, run, ignore=shutil.ignore_patterns("export"))
+    mask = MaskSet.load(run / "mask.safetensors")
+    name = next(k for k, m in mask.items() if m.any())
+    mask[name].view(-1)[mask[name].view(-1).nonzero()[0]] = False
+    mask.save(run / "mask.safetensors")
+    with pytest.raises(EvoPaiError, match=f"not a choice of whole channels \\(layer '{name}'\\)"):
+        export(run, "pruned")
+    assert not (run / "export" / "pruned.safetensors").exists()
 
 
 def _rewrite(path, meta_edit=None, tensor_edit=None):

@@ -70,7 +70,7 @@ def replay(model: nn.Module, input_shape: Sequence[int], groups: list[dict]) -> 
     for g in free:
         if g.root not in modules:
             raise EvoPaiError(f"group {g.id}: the model has no layer '{g.root}' (another architecture?)")
-    with torch.inference_mode(False), torch.enable_grad():  # torch-pruning traces the forward with autograd
+    with torch.inference_mode(False), torch.enable_grad():  # torch-pruning traces with autograd: load under no_grad too
         return physically_pruned(model, input_shape, ChannelStructure(free, {}, {}, 0), keep).eval()
 
 
@@ -117,11 +117,6 @@ def _tp_version() -> str:
 def load_pruned(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """The network `evo-pai export --format pruned` wrote: `evo_pai.load_pruned("export/pruned.safetensors")`;
     the run's plugins are imported; a run of `evo_pai.search()` on a module needs that module: `model=`."""
-    with torch.inference_mode(False), torch.enable_grad():  # callable under no_grad / inference_mode too
-        return _load(path, model)
-
-
-def _load(path: str | Path, model: nn.Module | None) -> nn.Module:
     from evo_pai.models.user_model import rebuild
 
     try:
