@@ -1,6 +1,7 @@
 """Measured speed-up of physically pruned networks on this CPU: ResNet-20 and VGG-16 at 2x and 4x fewer MACs.
 
     python benchmarks/structured_speed.py [--quick] [--repeats N] [--models resnet20,vgg16] [--threads 1,0]
+                                          [--channels-last]
 
 For each model (CIFAR shape 3x32x32, 10 classes; ResNet-20 width 16 with projection shortcuts, VGG-16
 width 64) the channel groups are built and proven (models/group_check.channel_structure), then for
@@ -13,7 +14,9 @@ Each is pruned physically (`models/group_check.physically_pruned`, as `--format 
 against the masked network (float32, 1e-4 relative). Per (model, threads, batch) every variant is timed in
 the same interleaved rounds (benchmarks/_common.py; torch.inference_mode; threads 0 = torch's default);
 speed-up = dense best round / pruned best round, next to the MAC ratio (dense / pruned multiply-adds of
-the whole network, benchmarks' count_flops: every Conv/Linear).
+the whole network, benchmarks' count_flops: every Conv/Linear). With --channels-last every network is also
+timed in torch.channels_last memory format in the same rounds (rows "... CL": speed-up against the dense
+network in the same layout; the "dense CL" row: channels_last dense against the default dense).
 """
 from __future__ import annotations
 
@@ -105,7 +108,8 @@ def calls_for(net: torch.nn.Module, x: torch.Tensor, target_s: float) -> int:
 
 def main() -> None:
     args = parse(__doc__.splitlines()[0], lambda p: (p.add_argument("--models", default="resnet20,vgg16"),
-                                                     p.add_argument("--threads", default="1,0")))
+                                                     p.add_argument("--threads", default="1,0"),
+                                                     p.add_argument("--channels-last", action="store_true")))
     load_components()
     default_threads = torch.get_num_threads()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -127,15 +131,22 @@ def main() -> None:
             for batch in (1, 64):
                 x = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(0))
                 calls = calls_for(dense, x, (0.05 if args.quick else 0.4))
-                t = interleaved({"dense": timed(dense, x, calls), **{n: timed(net, x, calls) for n, net in nets.items()}},
-                                args.repeats)
-                for n in nets:
-                    speed = t.ratio("dense", n)
-                    rows.append([model, n, f"{ratio[n]:.2f}x", batch, torch.get_num_threads(),
-                                 1e3 * t.best("dense") / calls, 1e3 * t.best(n) / calls, f"{speed:.2f}x",
-                                 f"{t.paired('dense', n):.2f}x", f"{speed / ratio[n]:.2f}"])
+                ways = {"dense": timed(dense, x, calls), **{n: timed(net, x, calls) for n, net in nets.items()}}
+                if args.channels_last:
+                    xc = x.to(memory_format=torch.channels_last)
+                    ways.update({f"{n} CL": timed(copy.deepcopy(net).to(memory_format=torch.channels_last), xc, calls)
+                                 for n, net in {"dense": dense, **nets}.items()})
+                t = interleaved(ways, args.repeats)
+                pairs = [("dense", n, n) for n in nets]
+                if args.channels_last:
+                    pairs += [("dense", "dense CL", None)] + [("dense CL", f"{n} CL", n) for n in nets]
+                for base, n, pruned in pairs:
+                    speed, mac = t.ratio(base, n), ratio[pruned] if pruned else 1.0
+                    rows.append([model, n, f"{mac:.2f}x", batch, torch.get_num_threads(),
+                                 1e3 * t.best(base) / calls, 1e3 * t.best(n) / calls, f"{speed:.2f}x",
+                                 f"{t.paired(base, n):.2f}x", f"{speed / mac:.2f}"])
                     print(f"ratio speedup pruned/dense {model} {n} b{batch} t{torch.get_num_threads()}: {speed:.2f}x "
-                          f"(MACs {ratio[n]:.2f}x, paired {t.paired('dense', n):.2f}x)", flush=True)
+                          f"(MACs {mac:.2f}x, paired {t.paired(base, n):.2f}x)", flush=True)
     torch.set_num_threads(default_threads)
     print()
     print(table(["model", "variant", "MAC ratio", "batch", "threads", "dense ms", "pruned ms", "speed-up",
