@@ -102,6 +102,14 @@ def load_torch_prune(path, model=None):
     return _load(path, model)
 
 
+def load_pruned(path, model=None):
+    """The physically pruned network `evo-pai export --format pruned` wrote (a run with masks.granularity:
+    channel): the model's own class with fewer channels (`model=`: the nn.Module a run of `search()` was made on)."""
+    from evo_pai.deploy.pruned import load_pruned as _load
+
+    return _load(path, model)
+
+
 def load_semi_structured(path):
     """A `--format semi-structured` export on CUDA: (module, converted layer names)."""
     from evo_pai.runs.export import load_semi_structured as _load
@@ -127,6 +135,7 @@ __all__ = [
     "load_csr",
     "load_torch_prune",
     "load_semi_structured",
+    "load_pruned",
     "EvoPaiError",
     "load_mask",
     "run",

@@ -19,6 +19,8 @@ EXPECTED = {
     "overhead.py": r"ratio overhead framework/hand_loop: \d+\.\d+",
     "threads.py": r"ratio default/best loaded quickstart \(digits, LeNet-300-100\): \d+\.\d+",
     "inference.py": r"ratio speedup compact/dense structured 0\.98 b1: \d+\.\d+x",
+    "structured_speed.py": r"ratio speedup pruned/dense resnet20 2x random b64 t\d+: \d+\.\d+x(.|\n)*"
+                           r"ratio speedup pruned/dense vgg16 4x uniform b64 t\d+: \d+\.\d+x",
     "data_cost.py": r"ratio augmented/plain LeNet-5 .*: \d+\.\d+\n(.|\n)*ratio stream_w2/memory .*: \d+\.\d+"
                     r"(.|\n)*ratio RSS growth/on-disk size",
 }

@@ -139,13 +139,13 @@ def resume(
 
 
 LOADERS = {"compact": "evo_pai.load_compact", "csr": "evo_pai.load_csr", "torch-prune": "evo_pai.load_torch_prune",
-           "npz": "numpy.load", "semi-structured": "evo_pai.load_semi_structured"}
+           "npz": "numpy.load", "semi-structured": "evo_pai.load_semi_structured", "pruned": "evo_pai.load_pruned"}
 
 
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="a run folder written by `evo-pai run`"),
-    fmt: str = typer.Option("compact", "--format", help="compact | csr | torch-prune | npz | semi-structured"),
+    fmt: str = typer.Option("compact", "--format", help="compact | csr | torch-prune | npz | semi-structured | pruned"),
     member: Optional[int] = typer.Option(None, "--member", help="nsga2: the front member (front.csv's `member`)"),
     out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN_DIR/export/FORMAT...)"),
 ) -> None:
@@ -157,6 +157,10 @@ def export(
                       markup=False, highlight=False, soft_wrap=True)
     if "widths" in info:
         out_console.print(f"units per layer after compaction: {info['widths']}", markup=False, highlight=False, soft_wrap=True)
+    if "group_widths" in info:
+        out_console.print(f"channels per group after pruning: {info['group_widths']} of {info['full_widths']}; "
+                          f"{100 * info['macs_kept']:.1f} % of the MACs, {info['params']} of {info['dense_params']} parameters",
+                          markup=False, highlight=False, soft_wrap=True)
     if "converted" in info:
         out_console.print(f"2:4 semi-structured layers: {', '.join(info['converted']) or 'none (shapes refused)'}", markup=False, soft_wrap=True)
     if "max_abs_diff" in info:

@@ -6,6 +6,9 @@ Formats (written to RUN_DIR/export/ unless --out says otherwise):
 - `torch-prune`: the model with torch.nn.utils.prune masks (weight_orig + weight_mask) -> `evo_pai.load_torch_prune(path)`
 - `npz`: the mask alone, one bool array per layer (numpy) -> `numpy.load(path)`
 - `semi-structured`: 2:4 masks for NVIDIA sparse tensor cores (CUDA only) -> `evo_pai.load_semi_structured(path)`
+- `pruned`: runs with masks.granularity: channel — the dropped channels removed by torch-pruning, the model's
+  own class (evo_pai/deploy/pruned.py) -> `evo_pai.load_pruned(path)`; a read-back off by more than
+  PRUNED_TOLERANCE (relative) is not written
 Every export that carries weights is checked after writing: the file is read back and its outputs are
 compared with the masked network's on a seeded random batch; the largest difference is reported.
 """
@@ -24,6 +27,7 @@ from evo_pai.core.config import Config, load_config, to_dict
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.masks import MaskSet
 from evo_pai.models.networks import build_model
+from evo_pai.deploy.pruned import load_pruned, pruned_from_mask, save_pruned
 from evo_pai.deploy.csr import csr_model, load_csr, masked_copy, save_csr, semi_structured_model, semi_structured_supported
 from evo_pai.training.tasks import dtype_of
 from evo_pai.core.registry import MODEL
@@ -32,9 +36,10 @@ from evo_pai.runs.components import load_components
 from evo_pai.runs.mask_file import load_mask
 from evo_pai.runs.members import model_file
 
-FORMATS = ("compact", "csr", "torch-prune", "npz", "semi-structured")
+FORMATS = ("compact", "csr", "torch-prune", "npz", "semi-structured", "pruned")
 SUFFIX = {"compact": ".safetensors", "csr": ".safetensors", "torch-prune": ".pt", "npz": ".npz",
-          "semi-structured": ".safetensors"}
+          "semi-structured": ".safetensors", "pruned": ".safetensors"}
+PRUNED_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}  # of the masked network's largest |output|
 PRUNE_FORMAT = "evo_pai.torch_prune/1"
 
 
@@ -99,6 +104,9 @@ def export(run_dir: Path, fmt: str, member: int | None = None, out: Path | None 
     src = load_source(run_dir, member)
     if fmt == "semi-structured" and semi_structured_supported():
         raise EvoPaiError(f"--format semi-structured {semi_structured_supported()}")
+    if fmt == "pruned" and src.cfg.masks.granularity != "channel":
+        raise EvoPaiError(f"--format pruned: {run_dir} masks single weights (masks.granularity: weight), which removes "
+                          "no channel; search with masks.granularity: channel, or export this run with --format compact / csr")
     if fmt not in ("npz",) and src.state is None:
         raise EvoPaiError(f"{run_dir}: {src.label} has no trained weights (untrained front member? see final.members); "
                           "export its mask with --format npz, or train it")
@@ -125,6 +133,8 @@ def export(run_dir: Path, fmt: str, member: int | None = None, out: Path | None 
         torch.save({"format": PRUNE_FORMAT, "model": to_dict(src.cfg)["model"], "input_shape": list(src.input_shape),
                     "num_classes": src.num_classes, "state_dict": pruned.state_dict(), "plugins": src.cfg.plugins}, path)
         info["max_abs_diff"] = check_outputs(reference, load_torch_prune(path, user_model(src)), src.input_shape, dtype)
+    elif fmt == "pruned":
+        info.update(export_pruned(src, model, reference, path, run_dir))
     else:
         from safetensors.torch import save_file
 
@@ -136,6 +146,28 @@ def export(run_dir: Path, fmt: str, member: int | None = None, out: Path | None 
         info["converted"] = converted
         info["max_abs_diff"] = check_outputs(reference.to("cuda", torch.float16), net, src.input_shape, torch.float16, "cuda")
     return info
+
+
+def export_pruned(src: Source, model: nn.Module, reference: nn.Module, path: Path, run_dir: Path) -> dict:
+    """Write the physically pruned network, read it back and compare with the masked one (relative to its
+    largest |output|); a file that does not reproduce it is removed and refused."""
+    dtype = dtype_of(src.cfg)
+    net, groups, facts = pruned_from_mask(reference, src.mask, src.input_shape)  # masked weights: zeros stay zeros
+    save_pruned(net, path, to_dict(src.cfg)["model"], src.input_shape, src.num_classes, groups, src.cfg.plugins,
+                {"source": src.label, "run": str(run_dir)})
+    x = torch.randn(64, *src.input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    loaded = load_pruned(path, user_model(src))
+    with torch.no_grad():
+        want, got = reference(x), loaded(x)
+    diff = float((want - got).abs().max())
+    rel = diff / max(float(want.abs().max()), 1e-30)
+    tol = PRUNED_TOLERANCE.get(dtype, 1e-3)
+    if not rel <= tol:
+        path.unlink(missing_ok=True)
+        raise EvoPaiError(f"--format pruned: the pruned network read back differs from the masked one by {rel:.2e} "
+                          f"of its output scale (tolerance {tol:g}); nothing written — report this model")
+    return {**facts, "max_abs_diff": diff, "max_rel_diff": rel,
+            "params": sum(p.numel() for p in net.parameters()), "dense_params": sum(p.numel() for p in model.parameters())}
 
 
 def user_model(src: Source) -> nn.Module | None:

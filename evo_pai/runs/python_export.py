@@ -16,7 +16,8 @@ from evo_pai.models.user_model import UserModel, is_user_name, not_rebuildable
 
 
 def export(run, model=None, format: str = "compact", out: str | Path | None = None, member: int | None = None) -> dict:
-    """Write one export of a run folder or SearchResult (compact, csr, torch-prune, npz, semi-structured);
+    """Write one export of a run folder or SearchResult (compact, csr, torch-prune, npz, semi-structured,
+    pruned);
     returns what `evo-pai export` prints: path, format, sparsity, the read-back check."""
     from evo_pai.runs.export import export as write_export
 

@@ -83,7 +83,7 @@ class SearchResult:
         return mask.apply_(model, names)
 
     def export(self, format: str = "compact", out: str | Path | None = None, member: int | None = None) -> dict:
-        """`evo-pai export` of this run (compact, csr, torch-prune, npz, semi-structured): what it wrote."""
+        """`evo-pai export` of this run (compact, csr, torch-prune, npz, semi-structured, pruned): what it wrote."""
         from evo_pai.runs.python_export import export
 
         return export(self, format=format, out=out, member=member)

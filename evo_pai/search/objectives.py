@@ -5,12 +5,18 @@ Costs are functions of the mask alone (not of the burst), so a member's cost nev
 summary.json), `compact_flops` (dense forward FLOPs of the network `evo-pai export --format compact`
 writes: dead units removed) and `latency` (measured seconds per forward pass of that compacted
 network at search.nsga2.latency_batch, on this CPU; timing noise makes a latency search
-irreproducible, so prefer compact_flops unless the machine is quiet). With masks.granularity:
-channel both are of the physically pruned network (torch-pruning), latency cached per width vector.
+irreproducible, so prefer compact_flops unless the machine is quiet).
+
+With `masks.granularity: channel` the compacted network is the physically pruned one
+(`models/group_check.physically_pruned`, what `evo-pai export --format pruned` writes): `compact_flops`
+counts its dense FLOPs and `latency` times it; both depend on the widths alone (which channels are
+kept changes no shape), so each is measured once per distinct width vector.
 """
 from __future__ import annotations
 
 import math
+
+import torch
 
 from evo_pai.deploy.compact import compact_flops, compact_model, measure_latency
 from evo_pai.core.config import Config
@@ -81,7 +87,7 @@ class Costs:
         self.dense = count_flops(exp.model, exp.data.input_shape)["dense"]
         self.per_weight = flops_per_weight(exp.model, exp.data.input_shape, list(exp.shapes))
         self._compact_cache: dict[str, float] = {}
-        self.structure = exp.structure if exp.channels else None  # channel masks: the physically pruned network
+        self.structure = exp.structure if getattr(exp, "channels", False) else None  # channel mode: proven groups
 
     def sparse_flops(self, ind: Individual) -> float:
         removed = sum(self.per_weight[k] * (m.numel() - int(m.sum())) for k, m in ind.mask.items())
@@ -116,17 +122,17 @@ class Costs:
         return self._compact_cache[key]
 
     def _pruned(self, ind: Individual, name: str) -> float:
-        """Channel masks: FLOPs of the physically pruned network (2 x the kept MACs), or its measured
-        latency — cached per width vector (which channels are kept does not change the shapes)."""
+        """Channel mode: the cost of the physically pruned network, cached per width vector."""
         from evo_pai.models.group_check import physically_pruned
 
-        s = self.structure
-        kept = s.kept(ind.mask)
-        if name == "compact_flops":
-            return float(2 * s.macs_of_mask(ind.mask))
-        key = f"{name}:{tuple(int(kept[g.id].sum()) for g in s.free)}"
+        kept = self.structure.kept(ind.mask)
+        key = f"{name}:" + ",".join(str(int(kept[g.id].sum())) for g in self.structure.free)
         if key not in self._compact_cache:
-            net = physically_pruned(self.model, self.input_shape, s, kept)
-            value = measure_latency(net, self.input_shape, self.batch)
+            with torch.enable_grad():  # torch-pruning traces the forward with autograd
+                net = physically_pruned(self.model, self.input_shape, self.structure, kept).eval()
+            if name == "compact_flops":
+                value = float(count_flops(net, self.input_shape)["dense"])
+            else:
+                value = measure_latency(net, self.input_shape, self.batch)
             self._compact_cache[key] = value if math.isfinite(value) else float("inf")
         return self._compact_cache[key]
