@@ -88,11 +88,18 @@ def _refs(a):
     return _Ref(a.name) if isinstance(a, fx.Node) else a
 
 
+class NotBatchable(EvoPaiError):
+    """A model the vectorized backend cannot batch; `why` says what in it (training/vmapped.py then tries
+    torch.func.vmap where the hand path refused)."""
+
+    def __init__(self, model_name: str, why: str):
+        super().__init__(f"evaluation.backend: model '{model_name}' {why}, which the vectorized backend cannot batch; "
+                         f"use evaluation.backend local, or ray with evaluation.actor_trainer sequential")
+        self.why = why
+
+
 def _refuse(model_name: str, why: str) -> EvoPaiError:
-    return EvoPaiError(
-        f"evaluation.backend: model '{model_name}' {why}, which the vectorized backend cannot batch; "
-        f"use evaluation.backend local, or ray with evaluation.actor_trainer sequential"
-    )
+    return NotBatchable(model_name, why)
 
 
 def _conv_output_elements(model: nn.Module, input_shape: Sequence[int]) -> int:
