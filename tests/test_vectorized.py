@@ -192,8 +192,8 @@ def test_cli_refusal_exit_code_2(tmp_path):
 
 
 def test_unbatchable_layers_are_refused():
-    with pytest.raises(EvoPaiError, match="Dropout"):
-        StackedForward(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)), "plugin")
+    with pytest.raises(EvoPaiError, match="AlphaDropout"):
+        StackedForward(nn.Sequential(nn.Linear(4, 4), nn.AlphaDropout(0.5)), "plugin")
     with pytest.raises(EvoPaiError, match="LSTM"):
         StackedForward(nn.Sequential(nn.LSTM(4, 4)), "plugin")
 
