@@ -23,6 +23,7 @@ import math
 import weakref
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,21 +37,23 @@ _DROPOUT_STREAM = 0xD80_0F7  # keeps these draws apart from the batch order and 
 _FEATURE_DIMS = {F.dropout1d: 3, F.dropout2d: 4, F.dropout3d: 5}  # batched input dims of channel dropout
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of a model's dropout masks at one step of its lineage."""
-    return torch.Generator().manual_seed(step_seed(seed, step, _DROPOUT_STREAM))
+def step_generator(seed: int, step: int) -> np.random.Generator:
+    """The generator of a model's dropout masks at one step of its lineage. numpy's PCG64: its float32
+    uniforms measured 4.3x faster than torch's CPU `bernoulli_` (3.5 vs 15 ms for a transformer's 2.6M
+    draws per model and step), and the draws cost every trainer as much as a small model's step."""
+    return np.random.Generator(np.random.PCG64(step_seed(seed, step, _DROPOUT_STREAM)))
 
 
-def noise(shape: Sequence[int], p: float, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
-    """Keep-mask / (1 − p) on the CPU: what the input is multiplied by."""
-    keep = torch.empty(tuple(shape), dtype=torch.float32).bernoulli_(1.0 - p, generator=gen)
+def noise(shape: Sequence[int], p: float, dtype: torch.dtype, gen: np.random.Generator) -> torch.Tensor:
+    """Keep-mask / (1 − p) on the CPU: what the input is multiplied by (kept where a uniform ≥ p)."""
+    keep = torch.from_numpy(gen.random(tuple(shape), dtype=np.float32) >= p)
     return keep.to(dtype).div_(1.0 - p)
 
 
 class Lazy:
     """One model's masks, drawn from `gen` in the order the forward asks for them."""
 
-    def __init__(self, gen: torch.Generator):
+    def __init__(self, gen: np.random.Generator):
         self.gen = gen
 
     def __call__(self, shape, p, like: torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,7 @@ def mean_dims_ok(args: tuple, kwargs: dict) -> bool:
     return isinstance(dims, (tuple, list)) and len(dims) > 0 and all(isinstance(d, int) and d >= 1 for d in dims)
 
 
-def dropout(a: Act, p: float, batched_dims: int | None, gens: Sequence[torch.Generator]) -> Act:
+def dropout(a: Act, p: float, batched_dims: int | None, gens: Sequence) -> Act:
     """Dropout (`batched_dims` None) or channel dropout (Dropout2d: 4) of K models, model i's keep-mask drawn
     from `gens[i]` exactly as training/draws.Draws draws it for that model trained alone."""
     h = a.kb()

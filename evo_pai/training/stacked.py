@@ -113,7 +113,7 @@ class StackedForward:
             self._check(node)
         self.seeds: list[int] | None = None  # whose dropout masks, at which lineage step (draw_for)
         self.step = 0
-        self._gens: list[torch.Generator] = []
+        self._gens: list = []  # numpy generators of the current training call
         # The graph as a plain list of steps, node references replaced by names: what __call__ walks
         # (torch.compile cannot trace into fx.Graph's node list).
         self.program = [(n.op, n.name, n.target, tuple(_refs(a) for a in n.args),
