@@ -1,8 +1,8 @@
-"""The vectorized trainer takes models the hand path does not know, through torch.func.vmap: a transformer
-(nn.TransformerEncoderLayer with dropout), a ResNet with Dropout, Dropout2d and an `x.mean((2, 3))` head,
-tensor methods, LayerNorm and GroupNorm — equal to the sequential trainer in float64 (loss, weights,
-running statistics), after a resume too; dropout masks from each model's own seed and lineage step; what
-vmap cannot batch refused in one line."""
+"""The vectorized trainer takes any model: a transformer (nn.TransformerEncoderLayer with dropout), tensor
+methods, LayerNorm and GroupNorm through torch.func.vmap; a ResNet with Dropout, Dropout2d and an
+`x.mean((2, 3))` head on the hand path (and through vmap) — equal to the sequential trainer in float64
+(loss, weights, running statistics), after a resume too; dropout masks from each model's own seed and
+lineage step; what vmap cannot batch refused in one line."""
 from __future__ import annotations
 
 import math
