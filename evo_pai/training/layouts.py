@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from evo_pai.core.errors import EvoPaiError
-from evo_pai.training.draws import noise
+from evo_pai.training.draws import noise_stack
 
 
 @dataclass
@@ -138,7 +138,7 @@ def dropout(a: Act, p: float, batched_dims: int | None, gens: Sequence) -> Act:
         shape = (*per[:lead], *[1] * (len(per) - lead))
     if p >= 1:
         return Act(h * torch.zeros(shape, dtype=h.dtype, device=h.device), "kb", a.k)
-    m = torch.stack([noise(shape, p, h.dtype, g) for g in gens]).to(h.device)
+    m = noise_stack(shape, p, h.dtype, gens).to(h.device)
     return Act(h * m, "kb", a.k)
 
 

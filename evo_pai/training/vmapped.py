@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from evo_pai.core.errors import EvoPaiError
-from evo_pai.training.draws import Draws, Given, Record, noise, step_generator
+from evo_pai.training.draws import Draws, Given, Record, noise_stack, step_generator
 from evo_pai.training.stacked import NotBatchable, StackedForward
 
 
@@ -104,11 +104,8 @@ class VmapForward:
             return ()
         if self.seeds is None or len(self.seeds) != k:
             raise ValueError("VmapForward: call draw_for(seeds, step) with the K models' seeds before training")
-        drawn = []
-        for seed in self.seeds:
-            gen = step_generator(seed, self.step)
-            drawn.append([noise(shape, p, dtype, gen) for shape, p, dtype in plan])
-        return tuple(torch.stack([d[j] for d in drawn]).to(x0.device) for j in range(len(plan)))
+        gens = [step_generator(seed, self.step) for seed in self.seeds]  # each drawn in the plan's order
+        return tuple(noise_stack(shape, p, dtype, gens).to(x0.device) for shape, p, dtype in plan)
 
     @torch.no_grad()
     def _record(self, params, buffers, x0: torch.Tensor) -> list:
