@@ -14,13 +14,14 @@ from conftest import ROOT
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist/")
 
 EXPECTED = {
-    "population_throughput.py": r"ratio speedup mlp K=8: \d+\.\d+x",
+    "population_throughput.py": r"ratio speedup mlp K=8: \d+\.\d+x(.|\n)*ratio speedup encoder K=4: \d+\.\d+x"
+                                r"(.|\n)*ratio speedup dropout_resnet K=4: \d+\.\d+x",
     "efficiency.py": r"ratio efficiency vectorized K=16: \d+%",
     "overhead.py": r"ratio overhead framework/hand_loop: \d+\.\d+",
     "threads.py": r"ratio default/best loaded quickstart \(digits, LeNet-300-100\): \d+\.\d+",
     "inference.py": r"ratio speedup compact/dense structured 0\.98 b1: \d+\.\d+x",
     "data_cost.py": r"ratio augmented/plain LeNet-5 .*: \d+\.\d+\n(.|\n)*ratio stream_w2/memory .*: \d+\.\d+"
-                    r"(.|\n)*ratio RSS growth/on-disk size",
+                    r"(.|\n)*ratio stream_w2_restart/stream_w2: \d+\.\d+(.|\n)*ratio RSS growth/on-disk size",
 }
 
 
