@@ -60,6 +60,7 @@ class VmapForward:
 
     def __init__(self, model: nn.Module, model_name: str, input_shape: Sequence[int], hand_why: str = ""):
         self.model, self.model_name, self.hand_why = model, model_name, hand_why
+        self.modules = dict(model.named_modules())  # as StackedForward's: what reads module settings finds them
         state = model.state_dict()
         self.buffer_names = [n for n, _ in model.named_buffers() if n in state]
         self.seeds: list[int] | None = None
