@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from evo_pai.core.errors import EvoPaiError
-from evo_pai.data.streaming import _worker_error, loader
+from evo_pai.data.streaming import worker_error, loader
 
 
 class _Splits(Dataset):
@@ -74,7 +74,7 @@ class RunLoader:
         try:
             yield from self.loader
         except EvoPaiError as exc:
-            raise EvoPaiError(_worker_error(str(exc))) from None
+            raise EvoPaiError(worker_error(str(exc))) from None
         finally:
             self.busy, self.feed.batches = False, []
 
