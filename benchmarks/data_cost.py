@@ -7,7 +7,10 @@ augment: one burst (1 epoch of Adam, batch 128, then validation) on a Fashion-MN
   for LeNet-5 and ResNet-20 at width 8 (BatchNorm).
 stream: the same Fashion-MNIST images written as an ImageFolder tree of PNGs, trained (LeNet-5, one
   burst) from memory (`DataSplits.in_memory()`: the same examples, order and batches) and streamed
-  through a DataLoader with 0 and 2 worker processes (every image decoded from its file per epoch).
+  through a DataLoader with 0 and 2 worker processes (every image decoded from its file per epoch); with 2
+  workers at steady state (the run's loader and its workers kept from burst to burst, data/loaders.py) and
+  restarted before every burst (`stream_w2_restart`); then the start-up itself: one batch read by a new
+  loader (workers started and shut down) against the same batch from the kept one.
 rss: generated ImageFolder trees of 64x64 RGB noise (PNG does not compress it) streamed for one epoch
   each: the process's peak resident-memory growth against the tree's size on disk (two sizes: it should
   not grow with the tree).
@@ -25,10 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+import torch  # noqa: E402
 
 from _common import FMNIST, interleaved, machine, parse, table  # noqa: E402
 
 from evo_pai.core.config import build_config  # noqa: E402
+from evo_pai.data import loaders  # noqa: E402
 from evo_pai.data.datasets import FASHION_MNIST_ROOT, load_data  # noqa: E402
 from evo_pai.data.formats import read_idx  # noqa: E402
 from evo_pai.evaluation.local import LocalEvaluator  # noqa: E402
@@ -37,6 +42,7 @@ from evo_pai.search.experiment import Experiment  # noqa: E402
 from evo_pai.training.tasks import BurstTask  # noqa: E402
 
 SPARSITY = 0.5
+CPU = torch.device("cpu")
 AUGMENT = {"crop_padding": 2, "flip": True}
 MODELS = {"LeNet-5": {"name": "lenet5"}, "ResNet-20 w8": {"name": "resnet20", "params": {"width": 8}}}
 
@@ -82,18 +88,44 @@ def write_fashion_tree(root: Path, train: int, test: int) -> None:
 def stream_cost(train: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_fashion_tree(Path(tmp), train, 256)
-        variants, n = {}, 0
-        for name, workers in (("memory", 0), ("stream_w0", 0), ("stream_w2", 2)):
+        variants, n, kept = {}, 0, None
+        for name, workers in (("memory", 0), ("stream_w0", 0), ("stream_w2", 2), ("stream_w2_restart", 2)):
             cfg = build_config(raw({"name": "image_folder", "root": tmp, "params": {"channels": 1},
                                     "workers": workers}, MODELS["LeNet-5"]))
             data = load_data(cfg.data)
             n = data.n_train
             variants[name] = burst(cfg, data.in_memory() if name == "memory" else data)
+            if name == "stream_w2":
+                kept = data
+            if name == "stream_w2_restart":  # this data's own loader, its workers shut down before each burst
+                variants[name] = (lambda run, d: lambda r: (loaders.run_loader(d, 2, CPU).close(), run(r)))(
+                    variants[name], data)
         t = interleaved(variants, repeats)
+        start = startup_cost(kept, repeats)
     print(table(["variant", "train", "best_s", "vs_memory", "paired"],
                 [[v, n, t.best(v), t.ratio(v, "memory"), t.paired(v, "memory")] for v in variants]))
-    for v in ("stream_w0", "stream_w2"):
-        print(f"ratio {v}/memory (LeNet-5, Fashion-MNIST {n} PNGs): {t.ratio(v, 'memory'):.3f}")
+    for v in variants:
+        if v != "memory":
+            print(f"ratio {v}/memory (LeNet-5, Fashion-MNIST {n} PNGs): {t.ratio(v, 'memory'):.3f}")
+    print(f"ratio stream_w2_restart/stream_w2: {t.ratio('stream_w2_restart', 'stream_w2'):.3f} "
+          f"(paired {t.paired('stream_w2_restart', 'stream_w2'):.3f})")
+    print(f"worker start-up (2 workers, started and shut down) per loader: {start:.3f} s; the per-pass loaders of "
+          f"before started 2 per burst (training, validation): ~{2 * start:.2f} s per burst, "
+          f"~{16 * start:.1f} s per generation of 8")
+
+
+def startup_cost(data, repeats: int) -> float:
+    """Seconds a new 2-worker loader adds to reading one batch (best new - best kept, interleaved rounds)."""
+    sets, batch = (data.train_set, data.val_set, data.test_set), [list(range(128))]
+    kept = loaders.run_loader(data, 2, CPU)
+
+    def new(r):
+        run = loaders.RunLoader(sets, 2, False)
+        list(run.read(data.train_set, batch, CPU))
+        run.close()
+    t = interleaved({"new": new, "kept": lambda r: list(kept.read(data.train_set, batch, CPU))}, repeats)
+    print(f"startup: new loader {t.best('new'):.3f} s, kept {t.best('kept'):.3f} s for one batch of 128 PNGs")
+    return t.best("new") - t.best("kept")
 
 
 def rss_peak_during(fn) -> tuple[int, int]:

@@ -123,12 +123,13 @@ def test_attention_flops_count_the_projections():
     assert dense == 2 * (4 * (4 * 8 + 24 * 8 + 8 * 8) + 8 * 4)
 
 
-def test_vectorized_backend_refuses_attention_in_one_line():
+def test_vectorized_backend_batches_attention_through_vmap():
+    """The hand path refuses attention; the vectorized backend runs it through torch.func.vmap, masks on
+    the packed in_proj_weight applied by name as in the sequential trainer (tests/test_vmapped.py: equality)."""
     raw = transformer_raw()
     raw["evaluation"] = {"device": "cpu", "backend": "vectorized"}
-    with pytest.raises(EvoPaiError, match=r"model 'test_tiny_transformer' has a MultiheadAttention layer \(attn\).*"
-                                          r"use evaluation.backend local"):
-        make_evaluator(build_config(raw))
+    vec = make_evaluator(build_config(raw))
+    assert type(vec.trainer.forward).__name__ == "VmapForward" and "MultiheadAttention" in vec.trainer.forward.hand_why
 
 
 def test_exports_and_load_mask_with_attention(transformer_run):

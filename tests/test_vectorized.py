@@ -140,7 +140,7 @@ def test_search_with_vectorized_backend_matches_local(tmp_path):
 
 
 class LayerNormNet(nn.Module):
-    """A plugin model the vectorized backend cannot batch (LayerNorm normalises across features)."""
+    """A plugin model the hand path cannot batch (LayerNorm normalises across features): torch.func.vmap does."""
 
     def __init__(self, features: int, classes: int):
         super().__init__()
@@ -150,15 +150,35 @@ class LayerNormNet(nn.Module):
         return self.out(self.norm(self.fc(x.flatten(1))))
 
 
+class BranchyNet(nn.Module):
+    """A plugin model nothing can batch: its forward branches on a tensor's value."""
+
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, x):
+        h = self.fc(x.flatten(1))
+        return h if h.sum() > 0 else -h
+
+
 if "test_layernorm_net" not in MODEL:
     register_model("test_layernorm_net", "a plugin model with LayerNorm (tests)")(
         lambda input_shape, num_classes: LayerNormNet(math.prod(input_shape), num_classes))
+    register_model("test_branchy_net", "a plugin model with data-dependent control flow (tests)")(
+        lambda input_shape, num_classes: BranchyNet(math.prod(input_shape), num_classes))
 
 
-def test_unbatchable_norm_model_is_refused_with_one_line():
-    raw = raw_for("mlp", "float32")
+def test_layernorm_model_is_vectorized_and_an_unbatchable_one_refused_with_one_line():
+    raw = raw_for("mlp", "float64")
     raw["model"] = {"name": "test_layernorm_net"}
-    with pytest.raises(EvoPaiError, match=r"model 'test_layernorm_net' has LayerNorm.*use evaluation.backend local, or ray with evaluation.actor_trainer sequential"):
+    local, vec, exp = both(raw)
+    assert type(vec.trainer.forward).__name__ == "VmapForward"
+    for a, b in zip(local.evaluate(mixed_tasks(exp, n=3)), vec.evaluate(mixed_tasks(exp, n=3))):
+        assert_same(a, b, F64_TOL, relative=False)
+    raw["model"] = {"name": "test_branchy_net"}
+    with pytest.raises(EvoPaiError, match=r"model 'test_branchy_net' has data-dependent control flow.*"
+                                          r"use evaluation.backend local, or ray with evaluation.actor_trainer sequential"):
         make_evaluator(build_config({**raw, "evaluation": {"backend": "vectorized", "device": "cpu"}}))
 
 
@@ -172,8 +192,8 @@ def test_cli_refusal_exit_code_2(tmp_path):
 
 
 def test_unbatchable_layers_are_refused():
-    with pytest.raises(EvoPaiError, match="Dropout"):
-        StackedForward(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)), "plugin")
+    with pytest.raises(EvoPaiError, match="AlphaDropout"):
+        StackedForward(nn.Sequential(nn.Linear(4, 4), nn.AlphaDropout(0.5)), "plugin")
     with pytest.raises(EvoPaiError, match="LSTM"):
         StackedForward(nn.Sequential(nn.LSTM(4, 4)), "plugin")
 
@@ -200,13 +220,14 @@ def test_memory_estimate_covers_stacked_state():
 
 
 def test_ray_actor_trainer_resolution():
-    """auto: batched where the model allows it (BatchNorm too), else one by one; vectorized for a
-    LayerNorm model: the refusal."""
+    """auto: batched where the hand path or vmap allows it (BatchNorm, LayerNorm too), else one by one;
+    vectorized for a model with data-dependent control flow: the refusal."""
     from evo_pai.training.tasks import initial_model
     from evo_pai.evaluation.ray import actor_trainer
 
     for model, choice, expected in [("mlp", "auto", "vectorized"), ("mlp", "sequential", "sequential"),
-                                    ("resnet20", "auto", "vectorized"), ("test_layernorm_net", "auto", "sequential")]:
+                                    ("resnet20", "auto", "vectorized"), ("test_layernorm_net", "auto", "vectorized"),
+                                    ("test_branchy_net", "auto", "sequential")]:
         raw = raw_for(model, "float32", actor_trainer=choice)
         cfg = build_config(raw)
         data = load_data(cfg.data)

@@ -35,9 +35,10 @@ def check(cfg: AugmentConfig, input_shape: Sequence[int], dataset: str) -> None:
                           "not images (C, H, W); set data.augment to {crop_padding: 0, flip: false}")
 
 
-def step_seed(seed: int, step: int) -> int:
-    """A 63-bit seed for (burst seed, step of the lineage): splitmix64, so nearby inputs give unrelated seeds."""
-    z = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + _AUGMENT_STREAM) & _MASK64
+def step_seed(seed: int, step: int, stream: int = _AUGMENT_STREAM) -> int:
+    """A 63-bit seed for (burst seed, step of the lineage): splitmix64, so nearby inputs give unrelated seeds;
+    `stream` keeps one kind of draw (augmentation, dropout) apart from the others."""
+    z = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + stream) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return (z ^ (z >> 31)) >> 1

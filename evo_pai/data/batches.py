@@ -15,7 +15,8 @@ import torch
 from evo_pai.core.config import AugmentConfig
 from evo_pai.data import augment
 from evo_pai.data.datasets import DataSplits
-from evo_pai.data.streaming import in_order, loader, on_device
+from evo_pai.data.loaders import stream
+from evo_pai.data.streaming import in_order, on_device
 
 
 def batch_order(n: int, steps: int, batch_size: int, generator: torch.Generator, skip: int = 0) -> list[torch.Tensor]:
@@ -62,7 +63,7 @@ class TrainBatches:
         data, k = self.data, self.k
         if data.streamed:
             batches = (on_device(x, y, data.stats, self.device, self.dtype) for x, y in
-                       loader(data.train_set, [i.tolist() for i in self.indices], self.workers, self.device))
+                       stream(data, data.train_set, [i.tolist() for i in self.indices], self.workers, self.device))
         else:  # index_select: the same rows as train_x[idx], gathered ~5x faster than advanced indexing
             batches = ((torch.index_select(data.train_x, 0, idx), data.train_y[idx])
                        for idx in batches_on(self.indices, self.device))
@@ -83,7 +84,7 @@ def eval_batches(data: DataSplits, split: str, rows: int, device: torch.device, 
     rows = max(1, min(rows, EVAL_BYTES // (math.prod(data.input_shape) * dtype.itemsize)))
     if data.streamed:
         dataset = getattr(data, f"{split}_set")
-        for x, y in loader(dataset, in_order(len(dataset), rows), workers, device):
+        for x, y in stream(data, dataset, in_order(len(dataset), rows), workers, device):
             yield on_device(x, y, data.stats, device, dtype)
         return
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")

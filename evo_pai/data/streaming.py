@@ -97,10 +97,11 @@ def loader(dataset: Dataset, batches: Iterable[Sequence[int]], workers: int,
     try:
         yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
     except EvoPaiError as exc:
-        raise EvoPaiError(_worker_error(str(exc))) from None
+        raise EvoPaiError(worker_error(str(exc))) from None
 
 
-def _worker_error(message: str) -> str:
+def worker_error(message: str) -> str:
+    """The EvoPaiError line inside a DataLoader's re-raised worker message (with the worker's traceback)."""
     prefix = f"{EvoPaiError.__module__}.{EvoPaiError.__qualname__}: "
     lines = [line for line in message.splitlines() if line.startswith(prefix)]
     return lines[-1][len(prefix):] if lines else message

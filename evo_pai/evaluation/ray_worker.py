@@ -20,7 +20,7 @@ from evo_pai.core.errors import EvoPaiError
 from evo_pai.core.registry import ALL, DATASET, MODEL, import_plugins
 from evo_pai.data.user_data import PREFIX
 from evo_pai.training.burst import BurstResult
-from evo_pai.training.stacked import StackedForward
+from evo_pai.training.vmapped import make_forward
 from evo_pai.training.tasks import BurstTask
 from evo_pai.evaluation.base import WorkerContext
 from evo_pai.evaluation.payload import on_cpu  # noqa: F401  (start weights and optimizer state: CPU before they cross)
@@ -166,9 +166,9 @@ def actor_trainer(cfg: Config, model: torch.nn.Module, data: DataSplits) -> str:
     if choice == "sequential":
         return choice
     try:
-        StackedForward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
+        make_forward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
     except EvoPaiError:
         if choice == "vectorized":
             raise
-        return "sequential"  # e.g. LayerNorm or Dropout models: trained one by one, as the local backend does
+        return "sequential"  # what torch.func.vmap cannot batch either: trained one by one, as locally
     return "vectorized"

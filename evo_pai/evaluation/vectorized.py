@@ -18,7 +18,7 @@ from evo_pai.models.networks import masked_names
 from evo_pai.core.registry import register_backend
 from evo_pai.training.compiled import CompiledForward, compiled_update, update_eager
 from evo_pai.training.precision import numerics
-from evo_pai.training.stacked import StackedForward
+from evo_pai.training.vmapped import VmapForward, make_forward
 from evo_pai.training.burst import BurstResult, burst_steps
 from evo_pai.training.optim import adam_step
 from evo_pai.training.tasks import BurstTask, Progress
@@ -67,15 +67,22 @@ def plan_chunk(per_model: int, budget: int, source: str, chunk_size: int | None,
     return chunk_size
 
 
+def _compilable(forward, model: str) -> None:
+    if isinstance(forward, VmapForward):
+        raise EvoPaiError(f"evaluation.compile: model '{model}' is batched by torch.func.vmap ({forward.hand_why} "
+                          "for the hand-batched path), which is not compiled; set evaluation.compile false")
+
+
 class BatchedTrainer:
     """Checks the model and plans chunks once per worker; then trains task lists chunk by chunk."""
 
     def __init__(self, context: WorkerContext):
         cfg = context.cfg
         self.context = context
-        self.forward = StackedForward(context.model, cfg.model.name, context.data.input_shape, cfg.train.batch_size)
+        self.forward = make_forward(context.model, cfg.model.name, context.data.input_shape, cfg.train.batch_size)
         self.update = update_eager
         if cfg.evaluation.compile:
+            _compilable(self.forward, cfg.model.name)
             self.forward, self.update = CompiledForward(self.forward), compiled_update()
         masked = masked_names(context.model, cfg.masks)
         self.bytes_per_model = bytes_per_model(context.model, context.data.input_shape, cfg.train, masked)
@@ -132,7 +139,9 @@ class VectorizedEvaluator(LocalEvaluator):
         device = resolve_device(cfg.evaluation.device)
         if data is None or model is None:
             return
-        StackedForward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
+        forward = make_forward(model, cfg.model.name, data.input_shape, cfg.train.batch_size)
+        if cfg.evaluation.compile:
+            _compilable(forward, cfg.model.name)
         per_model = bytes_per_model(model, data.input_shape, cfg.train, masked_names(model, cfg.masks))
         budget, source = memory_budget(cfg, device)
         plan_chunk(per_model, budget, source, cfg.evaluation.chunk_size, cfg.model.name)

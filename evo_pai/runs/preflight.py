@@ -222,6 +222,20 @@ def preflight(cfg: Config) -> DataSplits:
     return data
 
 
+def check_abn_dropout(cfg: Config, data: DataSplits, model: torch.nn.Module) -> None:
+    """Adaptive BN recalibrates with dropout off; the stacked / vmapped forwards cannot run BatchNorm in
+    training mode with dropout off yet, so a dropout model is refused there rather than measured wrongly."""
+    ev = cfg.evaluation
+    stacked = ev.backend == "vectorized" or (ev.backend == "ray" and ev.actor_trainer != "sequential")
+    if cfg.search.adaptive_bn_batches and stacked:
+        from evo_pai.training.draws import uses_draws
+
+        if uses_draws(model, data.input_shape):
+            raise EvoPaiError("search.adaptive_bn_batches: the vectorized trainer cannot yet recalibrate BatchNorm "
+                              "with dropout off in a model that uses dropout; use evaluation.backend: local (or ray "
+                              "with evaluation.actor_trainer: sequential)")
+
+
 def check_channels(cfg: Config, data: DataSplits, model: torch.nn.Module) -> None:
     """masks.granularity: channel — the model's channel groups proven and the operators structure-aware."""
     from evo_pai.models.prunable import output_layer_name

@@ -95,6 +95,7 @@ def train_batched(
     own = dict(model.named_buffers())
     buffers = {n: torch.stack([s[n].to(device, own[n].dtype) for s in starts]) for n in getattr(forward, "buffer_names", ())}
     dtype = params[names[0]].dtype
+    draw_for = getattr(forward, "draw_for", None)  # vmap's forward: each model's dropout masks (training/draws.py)
     forward = autocast_forward(forward, hp.precision, device, dtype)  # train.precision bf16
     # 0/1 in the parameters' dtype: x * 1.0 == x * True exactly, and a same-dtype multiply is a
     # vectorized kernel (a bool operand measured ~5x slower).
@@ -123,6 +124,8 @@ def train_batched(
         factor = lr_factor(hp, offset + step, horizon, per_epoch) if scheduled else None
         if scheduled:
             set_lr(opt, hp.lr * factor)
+        if draw_for is not None:
+            draw_for(seeds, offset + step)
         out = forward(params, x, buffers)
         losses = F.cross_entropy(out.flatten(0, 1), y, reduction="none",
                                  label_smoothing=hp.label_smoothing).view(k, x.shape[1]).mean(1)

@@ -21,6 +21,7 @@ from evo_pai.training.optim import OptState, constant_lr, load_state, lr_factor,
 from evo_pai.training.precision import autocast_forward
 from evo_pai.training.drop_grow import DynamicSpec, MaskUpdater
 from evo_pai.training.adaptive_bn import abn_metrics, has_running_stats, kept_statistics, recalibrate, recalibration_batches
+from evo_pai.training.draws import drawn, uses_draws
 
 EVAL_BATCH = 2048
 _EPS = 1e-12
@@ -162,6 +163,8 @@ def train_masked(
     load_state(opt, params, masked_state(opt_state, masks) if opt_state else None)
     grad_accum = {k: torch.zeros_like(params[k]) for k in masks}
     forward = autocast_forward(model, hp.precision, device, next(model.parameters()).dtype)
+    # dropout / attention: masks from (seed, lineage step), as the vectorized trainer draws them (training/draws.py)
+    draws = uses_draws(model, data.input_shape)
     steps = burst_steps(epochs, data.n_train, hp.batch_size)
     per_epoch, scheduled = math.ceil(data.n_train / hp.batch_size), not constant_lr(hp)
     horizon = offset + steps if horizon is None else horizon
@@ -175,7 +178,7 @@ def train_masked(
         t = i + 1  # the mask updater counts this run's steps from 1
         if scheduled:
             set_lr(opt, hp.lr * lr_factor(hp, offset + i, horizon, per_epoch))
-        out = forward(x[0])
+        out = (drawn(forward, seed, offset + i) if draws else forward)(x[0])
         loss = F.cross_entropy(out, y, label_smoothing=hp.label_smoothing)
         opt.zero_grad(set_to_none=False)
         loss.backward()
@@ -199,6 +202,7 @@ def train_masked(
         epoch_done(i, steps, per_epoch, on_epoch)
     train_loss = float(loss_sum) / steps if steps else None  # 0 steps: no training loss to report
     finite = (train_loss is None or math.isfinite(train_loss)) and all(bool(torch.isfinite(p).all()) for p in params.values())
+    forward = drawn(forward, None) if draws else forward
     val = evaluate(model, eval_batches(data, "val", EVAL_BATCH, device, dtype, data_cfg.workers), forward)
     metrics = {**({} if train_loss is None else {"train_loss": train_loss}), "val_loss": val["loss"],
                "val_accuracy": val["accuracy"], "finite": float(finite)}

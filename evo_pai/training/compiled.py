@@ -43,6 +43,7 @@ class CompiledForward:
         self._compiled = torch.compile(forward.__call__)
 
         self.buffer_names = forward.buffer_names
+        self.draw_for = forward.draw_for  # dropout masks are drawn in Python: a graph break, not an input
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, buffers=None, training: bool = True) -> torch.Tensor:
         if torch.is_grad_enabled():

@@ -7,14 +7,11 @@ one `F.batch_norm` over K*C channels with the K models' running statistics stack
 HFTA fuses it (each channel is normalised by its own batch statistics, so the K models stay
 independent). Hand batching was chosen by measurement over torch.func.vmap (docs/performance.md).
 
-Activations travel in one of three layouts, converted only where needed:
-  "kb":   (K, B, ...)                   what bmm and the loss want
-  "ch":   (B, K*C, H, W), channels_last  what a grouped convolution and pooling want
-  "list": K tensors (B, C, H, W)         model by model, for large convolutions
+Activations travel in the layouts of training/layouts.py. Dropout draws each model's masks from its
+own generator (training/draws.py). Models with other ops go to torch.func.vmap (training/vmapped.py).
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,6 +21,8 @@ from torch import fx, nn
 
 from evo_pai.core.errors import EvoPaiError
 from evo_pai.models.shapes import eval_mode
+from evo_pai.training.draws import step_generator
+from evo_pai.training.layouts import FUNCTIONS, METHODS, Act, dropout, mean_dims_ok
 
 # Modules that act on each example (and, for images, each channel) independently: they run
 # unchanged on any layout, so K models cost one call ("list": K calls).
@@ -31,52 +30,16 @@ _PER_EXAMPLE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.
                 nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _BATCH_NORM = nn.modules.batchnorm._BatchNorm  # BatchNorm1d/2d/3d: batched with per-model statistics
 _NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # the others: refused
+# Dropout modules, by the input dims of a batch for channel dropout (None: element-wise); each model's masks
+# drawn from its own generator as train_masked draws them (training/draws.py)
+_DROPOUT = {nn.Dropout: None, nn.Dropout1d: 3, nn.Dropout2d: 4, nn.Dropout3d: 5}
+_DROPOUT_TYPES = tuple(_DROPOUT)
 MIN_GROUP_CHANNELS = 4  # below this many input channels per model, convolve model by model
 # On CPU, a convolution whose output for one model and one batch has at least this many elements
 # runs model by model: its compute dwarfs the per-call overhead that batching saves, and K times
 # larger activations cost page faults and copies (Conv-4 on 28x28, measured: grouped 0.73-0.87x
 # of sequential, per model ~1.0x; LeNet-5's small convolutions gain from grouping).
 PER_MODEL_MIN_ELEMENTS = 2**21
-
-
-@dataclass
-class _Act:
-    t: torch.Tensor | list[torch.Tensor]
-    layout: str  # "kb", "ch" or "list"
-    k: int
-
-    def kb(self) -> torch.Tensor:
-        if self.layout == "kb":
-            return self.t
-        if self.layout == "list":
-            return torch.stack(self.t)
-        b, kc = self.t.shape[:2]
-        return self.t.view(b, self.k, kc // self.k, *self.t.shape[2:]).transpose(0, 1)
-
-    def ch(self) -> torch.Tensor:
-        if self.layout == "ch":
-            return self.t
-        if self.layout == "list":
-            return torch.cat(self.t, 1).contiguous(memory_format=torch.channels_last)
-        k, b, c, h, w = self.t.shape
-        # channels_last: oneDNN's grouped convolution runs ~1.3x faster in NHWC than in NCHW (measured)
-        return self.t.permute(1, 3, 4, 0, 2).contiguous().view(b, h, w, k * c).permute(0, 3, 1, 2)
-
-    def parts(self) -> list[torch.Tensor]:
-        if self.layout == "list":
-            return self.t
-        if self.layout == "kb":
-            return list(self.t.unbind(0))
-        b, kc = self.t.shape[:2]
-        return list(self.t.view(b, self.k, kc // self.k, *self.t.shape[2:]).unbind(1))
-
-    def map(self, fn) -> "_Act":
-        """Apply a per-example, per-channel function."""
-        if self.layout == "list":
-            return _Act([fn(x) for x in self.t], "list", self.k)
-        if self.layout == "ch":
-            return _Act(fn(self.t), "ch", self.k)
-        return _Act(fn(self.t.flatten(0, 1)).unflatten(0, (self.k, -1)), "kb", self.k)
 
 
 @dataclass(frozen=True)
@@ -88,11 +51,18 @@ def _refs(a):
     return _Ref(a.name) if isinstance(a, fx.Node) else a
 
 
+class NotBatchable(EvoPaiError):
+    """A model the vectorized backend cannot batch; `why` says what in it (training/vmapped.py then tries
+    torch.func.vmap where the hand path refused)."""
+
+    def __init__(self, model_name: str, why: str):
+        super().__init__(f"evaluation.backend: model '{model_name}' {why}, which the vectorized backend cannot batch; "
+                         f"use evaluation.backend local, or ray with evaluation.actor_trainer sequential")
+        self.why = why
+
+
 def _refuse(model_name: str, why: str) -> EvoPaiError:
-    return EvoPaiError(
-        f"evaluation.backend: model '{model_name}' {why}, which the vectorized backend cannot batch; "
-        f"use evaluation.backend local, or ray with evaluation.actor_trainer sequential"
-    )
+    return NotBatchable(model_name, why)
 
 
 def _conv_output_elements(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -131,8 +101,6 @@ class StackedForward:
                                           "(a cumulative average)")
             if isinstance(m, _NORM) and not isinstance(m, _BATCH_NORM):
                 raise _refuse(model_name, f"has {type(m).__name__} layers ({name})")
-            if isinstance(m, nn.Dropout) and m.p > 0:
-                raise _refuse(model_name, f"uses Dropout ({name}), whose random draws differ per model")
         try:
             self.graph = fx.symbolic_trace(model).graph
         except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot batch"
@@ -143,6 +111,9 @@ class StackedForward:
                              if isinstance(self.modules[n.rpartition(".")[0]], _BATCH_NORM)]
         for node in self.graph.nodes:  # fail now, not in the middle of a burst
             self._check(node)
+        self.seeds: list[int] | None = None  # whose dropout masks, at which lineage step (draw_for)
+        self.step = 0
+        self._gens: list = []  # numpy generators of the current training call
         # The graph as a plain list of steps, node references replaced by names: what __call__ walks
         # (torch.compile cannot trace into fx.Graph's node list).
         self.program = [(n.op, n.name, n.target, tuple(_refs(a) for a in n.args),
@@ -158,14 +129,21 @@ class StackedForward:
             raise ValueError(f"conv_mode must be auto, grouped or per_model, not {conv_mode!r}")
         self.conv_mode = conv_mode
 
+    def draw_for(self, seeds: Sequence[int], step: int) -> None:
+        """Dropout masks of the next training call: model i's from (seeds[i], step) (training/draws.py)."""
+        self.seeds, self.step = list(seeds), step
+
     def _check(self, node: fx.Node) -> None:
         if node.op == "call_module":
             m = self.modules[node.target]
-            if not isinstance(m, (nn.Linear, nn.Conv2d, nn.Flatten, nn.Dropout, _BATCH_NORM, *_PER_EXAMPLE)):
+            if not isinstance(m, (nn.Linear, nn.Conv2d, nn.Flatten, *_DROPOUT_TYPES, _BATCH_NORM, *_PER_EXAMPLE)):
                 raise _refuse(self.model_name, f"has a {type(m).__name__} layer ({node.target})")
-        elif node.op == "call_method" and node.target not in ("flatten", "relu"):
+        elif node.op == "call_method" and (node.target not in ("flatten", "relu", "mean")
+                                           or node.target == "mean" and not mean_dims_ok(node.args, node.kwargs)):
             raise _refuse(self.model_name, f"calls Tensor.{node.target} in forward")
-        elif node.op == "call_function" and node.target not in _FUNCTIONS:
+        elif node.op == "call_function" and node.target is torch.mean and not mean_dims_ok(node.args, node.kwargs):
+            raise _refuse(self.model_name, "calls torch.mean without dims past the batch's")
+        elif node.op == "call_function" and node.target not in FUNCTIONS:
             raise _refuse(self.model_name, f"calls {getattr(node.target, '__name__', node.target)} in forward")
         elif node.op == "get_attr":
             raise _refuse(self.model_name, f"reads attribute {node.target} in forward")
@@ -178,23 +156,24 @@ class StackedForward:
             raise ValueError("this model has BatchNorm: pass the stacked running statistics as `buffers`")
         state = (buffers or {}, training)
         env: dict[str, object] = {}
+        self._gens = [step_generator(s, self.step) for s in self.seeds or []] if training else []
 
         def val(a):
             return env[a.name] if isinstance(a, _Ref) else a
 
         for op, name, target, args, kwargs in self.program:
             if op == "placeholder":
-                env[name] = _Act(x, "kb", k)
+                env[name] = Act(x, "kb", k)
             elif op == "call_module":
                 env[name] = self._module(target, val(args[0]), params, state)
             elif op in ("call_method", "call_function"):
-                fn = _FUNCTIONS[_METHODS.get(target, target)]
+                fn = FUNCTIONS[METHODS.get(target, target)]
                 env[name] = fn(*[val(a) for a in args], **{kk: val(v) for kk, v in kwargs.items()})
             elif op == "output":
                 return val(args[0]).kb()
         raise AssertionError("fx graph without output")
 
-    def _module(self, name: str, a: _Act, params: dict[str, torch.Tensor], state: tuple) -> _Act:
+    def _module(self, name: str, a: Act, params: dict[str, torch.Tensor], state: tuple) -> Act:
         m = self.modules[name]
         if isinstance(m, _BATCH_NORM):
             return _batch_norm(m, name, a, params, *state)
@@ -203,30 +182,34 @@ class StackedForward:
             lead = h.shape[1:-1]
             h = h.reshape(a.k, -1, h.shape[-1])
             out = _StackedLinear.apply(h, params[f"{name}.weight"], params.get(f"{name}.bias"))
-            return _Act(out.view(a.k, *lead, out.shape[-1]), "kb", a.k)
+            return Act(out.view(a.k, *lead, out.shape[-1]), "kb", a.k)
         if isinstance(m, nn.Conv2d):
             return self._conv(m, a, params[f"{name}.weight"], params.get(f"{name}.bias"))
         if isinstance(m, nn.Flatten):
             return _flatten(a, m.start_dim, m.end_dim)
-        if isinstance(m, nn.Dropout):  # p == 0 (checked): identity
-            return a
+        if isinstance(m, _DROPOUT_TYPES):
+            if not state[1] or m.p == 0:
+                return a
+            if len(self._gens) != a.k:
+                raise ValueError("StackedForward: call draw_for(seeds, step) with the K models' seeds before training")
+            return dropout(a, m.p, next(d for t, d in _DROPOUT.items() if isinstance(m, t)), self._gens)
         return a.map(m)
 
-    def _conv(self, m: nn.Conv2d, a: _Act, w: torch.Tensor, bias: torch.Tensor | None) -> _Act:
+    def _conv(self, m: nn.Conv2d, a: Act, w: torch.Tensor, bias: torch.Tensor | None) -> Act:
         k = a.k
         shared = a.layout == "kb" and a.t.stride(0) == 0  # evaluation: every model sees the same images
         if self.conv_mode == "per_model" or m.in_channels // m.groups < self.min_group_channels:
             # Model by model (also where oneDNN's grouped kernel with 1-3 input channels per group is
             # 4-20x slower than K separate convolutions: first layers, measured).
             xs = [a.t[0]] * k if shared else a.parts()
-            return _Act([F.conv2d(xs[i], w[i], None if bias is None else bias[i], m.stride, m.padding,
+            return Act([F.conv2d(xs[i], w[i], None if bias is None else bias[i], m.stride, m.padding,
                                   m.dilation, m.groups) for i in range(k)], "list", k)
         flat_b = None if bias is None else bias.flatten()
         if shared and m.groups == 1:  # one convolution with all K*O filters
             out = F.conv2d(a.t[0], w.flatten(0, 1), flat_b, m.stride, m.padding, m.dilation)
-            return _Act(out.contiguous(memory_format=torch.channels_last), "ch", k)
+            return Act(out.contiguous(memory_format=torch.channels_last), "ch", k)
         out = F.conv2d(a.ch(), w.flatten(0, 1), flat_b, m.stride, m.padding, m.dilation, m.groups * k)
-        return _Act(out, "ch", k)
+        return Act(out, "ch", k)
 
 
 class _StackedLinear(torch.autograd.Function):
@@ -264,8 +247,8 @@ class _StackedLinear(torch.autograd.Function):
         return dx, dw, db
 
 
-def _batch_norm(m: nn.modules.batchnorm._BatchNorm, name: str, a: _Act, params: dict[str, torch.Tensor],
-                buffers: dict[str, torch.Tensor], training: bool) -> _Act:
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm, name: str, a: Act, params: dict[str, torch.Tensor],
+                buffers: dict[str, torch.Tensor], training: bool) -> Act:
     """K BatchNorm layers in one call: channels of the K models side by side (K*C), weights, biases and
     running statistics flattened from their (K, C) stacks. F.batch_norm updates the running statistics
     in place: through the flattened views, in the stacked buffers."""
@@ -282,69 +265,10 @@ def _batch_norm(m: nn.modules.batchnorm._BatchNorm, name: str, a: _Act, params: 
         return F.batch_norm(x, sel(mean), sel(var), sel(w), sel(b), batch_stats, m.momentum, m.eps)
 
     if a.layout == "list":
-        return _Act([call(x, i) for i, x in enumerate(a.t)], "list", k)
+        return Act([call(x, i) for i, x in enumerate(a.t)], "list", k)
     if a.layout == "ch" or a.t.dim() == 5:
-        return _Act(call(a.ch()), "ch", k)
+        return Act(call(a.ch()), "ch", k)
     h = a.t  # (K, B, C, *rest): BatchNorm1d
     x = h.transpose(0, 1).reshape(h.shape[1], k * h.shape[2], *h.shape[3:])
     out = call(x).view(h.shape[1], k, *h.shape[2:]).transpose(0, 1)
-    return _Act(out, "kb", k)
-
-
-def _getitem(a, index):
-    """Spatial slicing of images (`x[:, :, ::2, ::2]`): every model sliced alike."""
-    if not isinstance(a, _Act):
-        return operator.getitem(a, index)
-    index = index if isinstance(index, tuple) else (index,)
-    if len(index) < 2 or any(i != slice(None) for i in index[:2]):
-        raise EvoPaiError("vectorized backend: only slicing past the batch and channel dims can be batched")
-    if a.layout == "list":
-        return _Act([x[index] for x in a.t], "list", a.k)
-    if a.layout == "ch":
-        return _Act(a.t[index], "ch", a.k)
-    return _Act(a.t[(slice(None), *index)], "kb", a.k)
-
-
-def _pad(a: _Act, pad, mode: str = "constant", value: float | None = None) -> _Act:
-    """F.pad on the last dims (zero channels in a ResNet's option-A shortcut): per model."""
-    if mode != "constant":
-        raise EvoPaiError(f"vectorized backend: F.pad mode '{mode}' cannot be batched (constant only)")
-    if a.layout == "list":
-        return _Act([F.pad(x, pad, mode, value) for x in a.t], "list", a.k)
-    return _Act(F.pad(a.kb(), pad, mode, value), "kb", a.k)
-
-
-def _per_example(fn):
-    """A function acting on each example and channel alone (pooling): any layout, unchanged."""
-    def apply(a: _Act, *args, **kwargs) -> _Act:
-        return a.map(lambda t: fn(t, *args, **kwargs))
-    return apply
-
-
-def _flatten(a: _Act, start: int = 0, end: int = -1) -> _Act:
-    if a.layout == "list":  # per-model tensors keep their own dims
-        return _Act([x.flatten(start, end) for x in a.t], "list", a.k)
-    start = start + 1 if start >= 0 else start
-    end = end + 1 if end >= 0 else end
-    return _Act(a.kb().flatten(start, end), "kb", a.k)
-
-
-def _relu(a: _Act, inplace: bool = False) -> _Act:
-    return a.map(F.relu)
-
-
-def _add(a, b):
-    if not (isinstance(a, _Act) and isinstance(b, _Act)):
-        raise EvoPaiError("vectorized backend: only activation + activation additions can be batched")
-    if a.layout == b.layout == "list":
-        return _Act([x + y for x, y in zip(a.t, b.t)], "list", a.k)
-    if a.layout == b.layout:
-        return _Act(a.t + b.t, a.layout, a.k)
-    return _Act(a.kb() + b.kb(), "kb", a.k)
-
-
-_FUNCTIONS = {torch.flatten: _flatten, F.relu: _relu, torch.relu: _relu, operator.add: _add,
-              operator.getitem: _getitem, F.pad: _pad,
-              **{f: _per_example(f) for f in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d,
-                                               F.max_pool2d)}}
-_METHODS = {"flatten": torch.flatten, "relu": torch.relu}
+    return Act(out, "kb", k)
