@@ -197,11 +197,10 @@ def test_preflight_refuses_what_cannot_work(change, match):
     assert "\n" not in str(err.value)
 
 
-def test_preflight_refuses_a_model_without_batchnorm():
+def test_a_model_without_batchnorm_ranks_by_val_accuracy():
+    """Nothing to recalibrate: accepted (it is channel masks' default fitness on any model), abn = plain."""
     raw = tiny_raw(fitness="adaptive_bn_accuracy", adaptive_bn_batches=4)  # the mlp
-    check_config(build_config(raw))  # the config alone is fine
-    with pytest.raises(EvoPaiError, match=r"model 'mlp' has none; choose val_accuracy"):
-        preflight(build_config(raw))
+    preflight(build_config(raw))
     preflight(build_config(abn_raw() | {"search": {**abn_raw()["search"], "fitness": "adaptive_bn_accuracy"}}))
 
 

@@ -13,7 +13,6 @@ import math
 from evo_pai.core.errors import EvoPaiError, brief
 from evo_pai.core.masks import MaskSet
 from evo_pai.core.registry import FITNESS, register_fitness
-from evo_pai.training.adaptive_bn import has_running_stats
 from evo_pai.training.burst import BurstResult
 
 WORST = float("-inf")
@@ -81,9 +80,8 @@ def check_inputs(name: str, key: str, adaptive_bn_batches: int, burst_epochs: fl
         if adaptive_bn_batches == 0:
             raise EvoPaiError(f"{key}: adaptive_bn_accuracy needs search.adaptive_bn_batches > 0 (training batches "
                               "that re-estimate BatchNorm statistics, e.g. 50); set it")
-        if model is not None and not has_running_stats(model):
-            raise EvoPaiError(f"{key}: adaptive_bn_accuracy needs BatchNorm layers with running statistics, and "
-                              f"model '{model_name or type(model).__name__}' has none; choose val_accuracy")
+        # a model without BatchNorm statistics: nothing to recalibrate, the fitness is val_accuracy (it is
+        # the default of channel masks, which must work on any model)
     if burst_epochs == 0 and name in FROM_TRAINING:
         raise EvoPaiError(f"search.burst_epochs: 0 trains nothing, so fitness '{name}' (from the burst's weight "
                           f"changes and gradients) cannot rank candidates; set {key} to adaptive_bn_accuracy or "

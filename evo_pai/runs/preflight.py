@@ -233,7 +233,8 @@ def check_abn_dropout(cfg: Config, data: DataSplits, model: torch.nn.Module) -> 
         if uses_draws(model, data.input_shape):
             raise EvoPaiError("search.adaptive_bn_batches: the vectorized trainer cannot yet recalibrate BatchNorm "
                               "with dropout off in a model that uses dropout; use evaluation.backend: local (or ray "
-                              "with evaluation.actor_trainer: sequential)")
+                              "with evaluation.actor_trainer: sequential), or search.fitness: val_accuracy with "
+                              "search.adaptive_bn_batches: 0")
 
 
 def check_channels(cfg: Config, data: DataSplits, model: torch.nn.Module) -> None:

@@ -111,7 +111,8 @@ def front_record(front: list[Individual], names: list[str]) -> list[dict]:
 def nsga2_plan(cfg) -> tuple[int, int]:
     """Generation 0's trajectory, then one burst per member and generation."""
     s = cfg.search
-    return s.population * s.generations + init_tasks(cfg), s.generations
+    reference = len(density_levels(cfg)) if cfg.masks.granularity == "channel" else 0  # uniform_reference's bursts
+    return s.population * s.generations + init_tasks(cfg) + reference, s.generations
 
 
 @register_method("nsga2", "NSGA-II over many densities: the accuracy-sparsity front in one search (search.nsga2)",
