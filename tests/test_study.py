@@ -108,7 +108,8 @@ def test_report_regenerates_from_the_csv(smoke, tmp_path):
     assert (copy / "accuracy_vs_sparsity.png").is_file()
 
 
-@pytest.mark.parametrize("study", ["study_fmnist_full", "study_fmnist_resnet", "study_fmnist_conv_augment", "study_population"])
+@pytest.mark.parametrize("study", ["study_fmnist_full", "study_fmnist_resnet", "study_fmnist_conv_augment", "study_population",
+                                   "study_structured"])
 def test_report_regenerates_the_tables_docs_quote(tmp_path, study):
     """docs/results.md quotes `evo-pai report`'s tables (accuracy, compute, the study file's comparisons)
     for the CSV shipped in docs/data: regenerated from it, every table line stands in the docs verbatim."""
