@@ -213,7 +213,7 @@ def test_structured_study_runs_smoke_sized(tmp_path):
     r = run_cli("study", str(path), "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     got = rows(tmp_path / "out" / "results.csv")
-    assert len(got) == len(grid(load_study(path))) == 8  # dense once, 7 rows at 2x fewer MACs
+    assert len(got) == len(grid(load_study(path))) == 9  # dense once, 8 rows at 2x fewer MACs
     for row in got:
         summary = json.loads((tmp_path / "out" / "cells" / row["cell"] / "summary.json").read_text())
         if row["label"] != "dense":
