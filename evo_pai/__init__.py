@@ -15,6 +15,7 @@ from evo_pai.core.registry import (
     register_pruner,
     register_selection,
     register_unit_criterion,
+    register_channel_criterion,
 )
 
 __version__ = "0.2.0"  # semantic versioning; pyproject.toml reads it; CHANGELOG.md says what each version changed
@@ -149,4 +150,5 @@ __all__ = [
     "register_pruner",
     "register_selection",
     "register_unit_criterion",
+    "register_channel_criterion",
 ]

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import evo_pai
-from conftest import cli_inproc, tiny_raw
+from conftest import Pairs, cli_inproc, tiny_raw
 from evo_pai import EvoPaiError
 from evo_pai.core.config import build_config
 from evo_pai.core.individual import Individual
@@ -45,16 +45,7 @@ def clusters(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 SPLITS = {"train": clusters(120, 1), "val": clusters(40, 2), "test": clusters(40, 3)}
 
 
-class Items(Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
-
+Items = Pairs  # a plugin's streamed set: items one by one, no `labels()`
 
 def search_refused(tmp_path, **splits) -> str:
     torch.manual_seed(0)

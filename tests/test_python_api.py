@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import evo_pai
-from conftest import ROOT, cli_inproc, crash_after, run_cli, without_timing
+from conftest import Pairs, ROOT, cli_inproc, crash_after, run_cli, without_timing
 from evo_pai import EvoPaiError
 
 TINY = ["search.population=4", "search.generations=2", "search.burst_epochs=1", "search.initial_sparsity=0.4",
@@ -59,18 +59,6 @@ class BNNet(nn.Module):
     def forward(self, x):
         return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
 
-
-class Pairs(Dataset):
-    """A map-style Dataset of (x, label) pairs, labels as Python ints."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 def net() -> Net:
