@@ -189,6 +189,8 @@ def test_a_weight_mutation_or_an_unreachable_budget_is_refused_before_a_run(tmp_
 
     with pytest.raises(EvoPaiError, match=r"^search.mutation: 'magnitude' works on single weights.*\(width\)"):
         preflight(build_config({**channel_raw(), "search": {**channel_raw()["search"], "mutation": "magnitude"}}))
+    with pytest.raises(EvoPaiError, match=r"^masks.pattern: N:M patterns choose single weights"):
+        preflight(build_config({**channel_raw(), "masks": {"granularity": "channel", "pattern": "2:4"}}))
     with pytest.raises(EvoPaiError, match=r"search.sparsity: 0.999 of the MACs cannot be removed"):
         preflight(build_config({**channel_raw(), "search": {**channel_raw()["search"], "sparsity": 0.999}}))
 
