@@ -206,6 +206,7 @@ def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: Dat
               t0: float) -> dict:
     """summary.json's content."""
     mask, res = final_mask(outcome, final), final.result
+    flops = count_flops(exp.model, data.input_shape, dict(mask))
     summary = {
         "method": cfg.search.method,
         "dataset": cfg.data.name,
@@ -229,10 +230,10 @@ def summarize(cfg: Config, method: Method, exp: Experiment, evaluator, data: Dat
         "device": str(getattr(evaluator, "device_name", cfg.evaluation.device)),
         # torch intra-op threads (training/threads.py); auto may lower them while other processes load the CPUs
         "threads": {"count": threads.threads, "reason": threads.reason, "adjusted": display.governor.changes},
-        "flops": count_flops(exp.model, data.input_shape, dict(mask)),
+        "flops": flops,
         # training FLOPs of the final run (forward + backward = 3 x the kept forward FLOPs per example):
         # with search_flops' sparse count, what a row's whole training cost (narrow networks train cheaper)
-        "final_flops": 3.0 * count_flops(exp.model, data.input_shape, dict(mask))["sparse"] * data.n_train
+        "final_flops": 3.0 * flops["sparse"] * data.n_train
         * (cfg.final.epochs + extra_epochs(cfg) + final.replayed),
         "input_shape": list(data.input_shape),  # what `evo-pai export` rebuilds the model with
         "num_classes": data.num_classes,

@@ -32,12 +32,11 @@ def _needs_channels(cfg) -> None:
 def uniform(exp: Experiment) -> SearchOutcome:
     import torch
 
-    from evo_pai.core.masks import MaskSet
-    from evo_pai.operators.widths import choose_channels, repair
+    from evo_pai.search.channel_mode import uniform_channel_mask
 
     s, m = exp.structure, exp.cfg.masks
-    widths = repair(s, s.full_widths(), (1.0 - exp.cfg.search.sparsity) * s.dense_macs, m.macs_tolerance, m.min_channels)
     gen = torch.Generator().manual_seed(derive_seed(exp.cfg.seed, "uniform"))
     scores = {g.id: torch.rand(g.channels, generator=gen, dtype=torch.float64) for g in s.free}  # θ0: exchangeable
-    mask = MaskSet(s.mask_of(choose_channels(s, widths, scores)), exp.output_layer)
+    mask, widths = uniform_channel_mask(s, exp.cfg.search.sparsity, scores, m.macs_tolerance, m.min_channels,
+                                        exp.output_layer)
     return SearchOutcome(mask, extra={"uniform_fraction": [w / g.channels for w, g in zip(widths, s.free)]})

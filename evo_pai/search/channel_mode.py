@@ -37,6 +37,13 @@ def random_channel_mask(structure: ChannelStructure, sparsity: float, seed: int,
     return MaskSet(structure.mask_of(choose_channels(structure, widths, scores)), output_layer)
 
 
+def uniform_channel_mask(structure: ChannelStructure, sparsity: float, scores: dict[int, torch.Tensor],
+                         tolerance: float, min_channels: int, output_layer: str | None) -> tuple[MaskSet, list[int]]:
+    """Every free group at one fraction (the width multiplier) at the MACs level; channels by `scores`."""
+    widths = repair(structure, structure.full_widths(), (1.0 - sparsity) * structure.dense_macs, tolerance, min_channels)
+    return MaskSet(structure.mask_of(choose_channels(structure, widths, scores)), output_layer), widths
+
+
 def operator_params(fn: Callable, params: dict, structure: ChannelStructure, theta0: dict, tolerance: float,
                     min_channels: int) -> dict:
     """The structure-aware keyword arguments an operator accepts, under the user's own parameters."""

@@ -155,15 +155,12 @@ def nsga2(exp: Experiment) -> SearchOutcome:
 def uniform_reference(exp: Experiment, levels: list[float], costs: Costs, objectives: int) -> list[dict]:
     """Channel masks: every group at one fraction at each level, burst-trained from θ0 like a member
     of generation 0 and costed like the members (rows for front.png and summary.json)."""
-    from evo_pai.core.masks import MaskSet
-    from evo_pai.operators.widths import choose_channels, repair
+    from evo_pai.search.channel_mode import uniform_channel_mask
 
     s, m = exp.structure, exp.cfg.masks
-    people = []
-    for lv in levels:
-        widths = repair(s, s.full_widths(), (1.0 - lv) * s.dense_macs, m.macs_tolerance, m.min_channels)
-        keep = choose_channels(s, widths, {g.id: -torch.arange(g.channels, dtype=torch.float64) for g in s.free})
-        people.append(Individual(MaskSet(s.mask_of(keep), exp.output_layer), objectives=objectives))
+    first = {g.id: -torch.arange(g.channels, dtype=torch.float64) for g in s.free}  # the first channels
+    people = [Individual(uniform_channel_mask(s, lv, first, m.macs_tolerance, m.min_channels, exp.output_layer)[0],
+                         objectives=objectives) for lv in levels]
     exp.evaluate(people, fitness=exp.cfg.search.nsga2.objectives[0], costs=costs)
     names = exp.cfg.search.nsga2.objectives[1:]
     return [{"sparsity": level(ind), "val_accuracy": ind.metrics.get("val_accuracy"),
